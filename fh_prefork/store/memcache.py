@@ -1,0 +1,180 @@
+"""memcached backend and ``MemcacheSessionStore``.
+
+Key layout, shared with the FeatureHub Ruby and JavaScript stores:
+
+* ``{prefix}_{environment_id}``      JSON array of feature states (the CAS target)
+* ``{prefix}_{environment_id}_sha``  hex SHA-256 fingerprint of the array (change detection)
+
+Values are raw UTF-8 JSON bytes with memcached flags 0. The client is built
+without a serde, so nothing read from memcached is ever deserialized by
+pymemcache: bytes in, ``json.loads`` in our own code, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from featurehub_sdk.featurehub_config import FeatureHubConfig
+from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
+
+from .. import features as fs
+from . import faults
+from .backend import Snapshot, StoreUnavailable
+from .core import SessionStore, environment_id, require_client_evaluated
+from .options import MemcacheSessionStoreOptions, validate_key
+
+SOURCE = "memcache-store"
+SCHEME = "memcache://"
+
+Server = tuple[str, int]
+
+
+def parse_servers(connection: str) -> list[Server]:
+    """``host:port[,host:port]``, optionally after ``memcache://``; the port defaults to 11211."""
+    text = connection.strip()
+    if text.startswith(SCHEME):
+        text = text[len(SCHEME):]
+    elif "://" in text:
+        raise ValueError(f"memcache address {connection!r}: unknown scheme, expected "
+                         f"'{SCHEME}host:port[,host:port]'")
+    text = text.rstrip("/")
+    servers: list[Server] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"memcache address {connection!r}: empty server entry")
+        if part.startswith("["):  # [ipv6]:port
+            host, _, rest = part[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port_text = part.rpartition(":") if ":" in part else (part, "", "")
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"memcache address {connection!r}: bad host in {part!r}")
+        try:
+            port = int(port_text) if port_text else 11211
+        except ValueError:
+            raise ValueError(f"memcache address {connection!r}: bad port in {part!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"memcache address {connection!r}: port {port} out of range")
+        servers.append((host, port))
+    return servers
+
+
+def make_client(servers: list[Server], options: MemcacheSessionStoreOptions) -> Any:
+    """A pymemcache client with bounded timeouts and no serde (bytes only)."""
+    common = dict(connect_timeout=options.connect_timeout, timeout=options.timeout,
+                  no_delay=True, default_noreply=False)
+    if len(servers) == 1:
+        return Client(servers[0], **common)
+    return HashClient(servers, retry_attempts=1, retry_timeout=0, dead_timeout=5,
+                      ignore_exc=False, **common)
+
+
+def check_client(client: Any) -> None:
+    """Refuse a client whose serde would turn cached bytes into objects (pickle, for one).
+
+    Ruby's Dalli marks its JSON values with flags 1, the same flag pymemcache's
+    pickle serde uses: a deserializing client would unpickle data written by
+    any process that can reach memcached. Bytes must come back untouched.
+    """
+    serdes = [getattr(client, "serde", None)]
+    if isinstance(client, HashClient):
+        serde = client.default_kwargs.get("serde")
+        if serde is not None or client.default_kwargs.get("deserializer") is not None:
+            serdes.append(serde or client)  # a deserializer was given: refuse below
+    for serde in serdes:
+        if serde is None:
+            continue
+        probe = b'["fh-prefork-probe"]'
+        try:
+            untouched = all(serde.deserialize("k", probe, flags) == probe for flags in (0, 1, 2))
+        except Exception:
+            untouched = False
+        if not untouched:
+            raise ValueError("the memcache client deserializes values (a serde or deserializer "
+                             "is set); give fh_prefork a client without one: values are JSON "
+                             "bytes and nothing read from a shared cache may be deserialized")
+
+
+class MemcacheBackend:
+    """Moves the store's bytes in and out of memcached; every call bounded by timeouts."""
+
+    source = SOURCE
+
+    def __init__(self, client: Any, data_key: str, description: str) -> None:
+        self._client = client
+        self.data_key = validate_key(data_key)
+        self.sha_key = validate_key(f"{data_key}_sha")
+        self.description = description
+
+    def change_token(self) -> str | None:
+        raw = self._call(self._client.get, self.sha_key)
+        return fs.decode_fingerprint(raw)
+
+    def read(self) -> Snapshot:
+        found = self._call(self._client.gets_many, [self.data_key, self.sha_key])
+        value, cas = found.get(self.data_key, (None, None))
+        sha_raw, _ = found.get(self.sha_key, (None, None))
+        return Snapshot(value=value, cas_token=cas,
+                        change_token=fs.decode_fingerprint(sha_raw))
+
+    def write(self, value: bytes, fingerprint: str, previous: Snapshot) -> str | None:
+        if previous.value is None:
+            stored = self._call(self._client.add, self.data_key, value, noreply=False)
+        else:
+            # cas answers True (stored), False (exists: someone else wrote), None (not found)
+            stored = self._call(self._client.cas, self.data_key, value, previous.cas_token,
+                                noreply=False)
+        if stored is not True:
+            return None
+        faults.hit("between_data_and_fingerprint")
+        self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
+        return fingerprint
+
+    def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
+        if snapshot.change_token != fingerprint:
+            self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"),
+                       noreply=False)
+        return fingerprint
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as err:  # pymemcache raises socket, timeout and protocol errors
+            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
+
+class MemcacheSessionStore(SessionStore):
+    """Feature states shared through memcached (the FeatureHub Ruby store's design, fixed).
+
+    ``connection_or_client``: ``"host:port"``, ``"host:port,host2:port"``,
+    ``"memcache://host:port[,host:port]"`` or a pymemcache client without a serde.
+    """
+
+    SOURCE = SOURCE
+
+    def __init__(self, connection_or_client: str | Any, config: FeatureHubConfig,
+                 opts: MemcacheSessionStoreOptions | Mapping[str, Any] | None = None
+                 ) -> None:
+        options = MemcacheSessionStoreOptions.coerce(opts)
+        api_key = config.get_api_keys()[0]
+        require_client_evaluated(api_key)
+        data_key = f"{options.prefix}_{environment_id(api_key)}"
+        if isinstance(connection_or_client, str):
+            servers = parse_servers(connection_or_client)
+            description = SCHEME + ",".join(f"{h}:{p}" for h, p in servers)
+            client = make_client(servers, options)
+        else:
+            check_client(connection_or_client)
+            client = connection_or_client
+            description = f"memcache client {type(client).__name__}"
+        backend = MemcacheBackend(client, data_key, f"{description} key {data_key}")
+        super().__init__(backend, config, options)

@@ -1,0 +1,112 @@
+"""Options of the session stores, validated once at construction."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="SessionStoreOptions")
+
+_KEY_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+#: memcached's own key length limit; the file store uses the same rule so keys are portable.
+MAX_KEY_BYTES = 250
+
+
+@dataclass(frozen=True)
+class SessionStoreOptions:
+    """Options shared by every backend (names follow the Ruby SDK's store).
+
+    Defaults are for a prefork server: a refresh every 5 s, spread by +/-20%
+    across workers, keeps N workers x 12 reads/min cheap while bounding how
+    long a worker can lag behind an update that reached another worker's
+    stream. Conflicts retry at once with a few ms of jitter; after
+    ``retry_update_count`` conflicts in a row the write is deferred to the
+    next tick, never dropped.
+    """
+
+    prefix: str = "featurehub"
+    backoff_timeout: int = 10          # ms, base of the jittered wait after a CAS conflict
+    retry_update_count: int = 64       # CAS attempts per flush before deferring to the next tick
+    refresh_timeout: float = 5.0       # s between refresh ticks
+    refresh_jitter: float = 0.2        # fraction: each period is uniform in [1-j, 1+j] x refresh
+    logger: logging.Logger | None = None
+    max_item_bytes: int = 1024 * 1024 - 1024   # memcached's default item limit, minus headroom
+    verify_every: int = 12             # full read every N ticks: repairs a stale fingerprint key
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ValueError("prefix must be a non-empty string")
+        if _KEY_UNSAFE.search(self.prefix):
+            raise ValueError(f"prefix {self.prefix!r} contains spaces or control characters")
+        _positive_int("backoff_timeout", self.backoff_timeout, allow_zero=True)
+        _positive_int("retry_update_count", self.retry_update_count)
+        _positive_int("max_item_bytes", self.max_item_bytes)
+        _positive_int("verify_every", self.verify_every)
+        if not isinstance(self.refresh_timeout, (int, float)) or isinstance(
+            self.refresh_timeout, bool
+        ) or not self.refresh_timeout > 0:
+            raise ValueError(f"refresh_timeout must be a number of seconds > 0, "
+                             f"got {self.refresh_timeout!r}")
+        if not isinstance(self.refresh_jitter, (int, float)) or not 0 <= self.refresh_jitter < 1:
+            raise ValueError(f"refresh_jitter must be a fraction in [0, 1), "
+                             f"got {self.refresh_jitter!r}")
+
+    @classmethod
+    def coerce(cls: type[T], opts: SessionStoreOptions | Mapping[str, Any] | None) -> T:
+        """Accept an options object, a dict (unknown names are an error) or None."""
+        if opts is None:
+            return cls()
+        if isinstance(opts, cls):
+            return opts
+        if isinstance(opts, SessionStoreOptions):
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in vars(opts).items() if k in known})
+        if isinstance(opts, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(opts) - known)
+            if unknown:
+                raise ValueError(f"unknown store option(s): {', '.join(map(str, unknown))}; "
+                                 f"known: {', '.join(sorted(known))}")
+            return cls(**opts)
+        raise TypeError(f"opts must be {cls.__name__}, a dict or None, not {type(opts).__name__}")
+
+    def with_changes(self: T, **changes: Any) -> T:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MemcacheSessionStoreOptions(SessionStoreOptions):
+    """Adds memcached client timeouts: every call is bounded, so a hung server cannot stall."""
+
+    connect_timeout: float = 0.5       # s, per connection attempt
+    timeout: float = 0.5               # s, per read/write on an open connection
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("connect_timeout", "timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FileSessionStoreOptions(SessionStoreOptions):
+    """The embedded store needs nothing beyond the shared options."""
+
+
+def validate_key(key: str) -> str:
+    """Raise ``ValueError`` unless ``key`` is a valid memcache key (also used for file names)."""
+    if _KEY_UNSAFE.search(key):
+        raise ValueError(f"store key {key!r} contains spaces or control characters")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ValueError(f"store key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")

@@ -1,0 +1,67 @@
+"""Shared fixtures: a real memcached per session, a store of each backend per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from featurehub_sdk.featurehub_config import FeatureHubConfig
+
+from fh_prefork.store import SessionStore, open_store
+from tests.support.memcached import Memcached
+
+API_KEY = "portfolio/env-test/client*secret"
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def memcached() -> Iterator[Memcached]:
+    server = Memcached(item_size="8m").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_config(api_key: str = API_KEY, edge_url: str = "http://127.0.0.1:9/") -> Any:
+    return FeatureHubConfig(edge_url, [api_key])
+
+
+@pytest.fixture(params=["memcache", "file"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend_kind == "memcache":
+        server: Memcached = request.getfixturevalue("memcached")
+        return server.url
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix per test, so tests sharing one memcached never see each other."""
+    return f"t{next(_prefixes)}"
+
+
+@pytest.fixture
+def make_store(store_url: str, prefix: str) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on this test's backend; every store built is closed at teardown."""
+    built: list[SessionStore] = []
+
+    def factory(config: Any = None, **opts: Any) -> SessionStore:
+        opts.setdefault("prefix", prefix)
+        opts.setdefault("refresh_timeout", 60.0)
+        store = open_store(store_url, config or make_config(), opts)
+        assert store is not None
+        built.append(store)
+        return store
+
+    yield factory
+    for store in built:
+        store.close(flush_timeout=0)
