@@ -1,0 +1,215 @@
+"""The store against real backends: every test runs on memcached and on the embedded file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fh_prefork import features as fs
+from fh_prefork.listener import ListeningRepository
+from fh_prefork.store import SessionStore
+from fh_prefork.store import faults
+from tests.conftest import make_config
+from tests.support.procs import wait_for
+
+StoreFactory = Callable[..., SessionStore]
+
+
+def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
+    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
+            "type": "BOOLEAN", "value": value, "strategies": []}
+
+
+def stored(store: SessionStore) -> dict[str, int]:
+    """What the backend holds right now, id -> version, read around the store."""
+    snapshot = store._backend.read()
+    return {f["id"]: f["version"] for f in fs.decode(snapshot.value, 10**8).features}
+
+
+def repo_of(config: Any) -> ListeningRepository:
+    repo = config.repository()
+    assert isinstance(repo, ListeningRepository)
+    return repo
+
+
+def test_constructing_attaches_a_listening_repository(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    assert store in repo_of(config).raw_update_listeners
+
+
+def test_edge_update_is_written_off_thread_within_two_seconds(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    started = time.monotonic()
+    repo_of(config).notify("feature", feat("A", 1))
+    assert time.monotonic() - started < 0.05, "notify must only queue"
+    assert store.flush(2.0)
+    assert stored(store) == {"id-A": 1}
+    assert store.counters.writes == 1
+
+
+def test_new_store_replays_what_the_store_holds_before_returning(
+        make_store: StoreFactory) -> None:
+    writer_config = make_config()
+    writer = make_store(writer_config)
+    repo_of(writer_config).notify("features", [feat("A", 2, False), feat("B", 1)])
+    assert writer.flush(2.0)
+
+    reader_config = make_config()
+    reader = make_store(reader_config)
+    repo = repo_of(reader_config)
+    assert repo.feature("A").get_version == 2 and repo.feature("A").get_boolean is False
+    assert repo.feature("B").is_enabled
+    assert reader.counters.writes == 0, "a replay must never be written back"
+
+
+def test_refresh_picks_up_writes_of_other_processes(make_store: StoreFactory) -> None:
+    a_config, b_config = make_config(), make_config()
+    a = make_store(a_config)
+    make_store(b_config, refresh_timeout=0.1)
+    repo_of(a_config).notify("feature", feat("A", 1))
+    assert a.flush(2.0)
+    wait_for(lambda: repo_of(b_config).feature("A").get_version == 1, 3, what="refresh")
+    repo_of(a_config).notify("feature", feat("A", 2, False))
+    wait_for(lambda: repo_of(b_config).feature("A").get_boolean is False, 3, what="update")
+
+
+def test_delete_reaches_the_store_and_other_processes(make_store: StoreFactory) -> None:
+    a_config, b_config = make_config(), make_config()
+    a = make_store(a_config)
+    repo_of(a_config).notify("features", [feat("A", 1), feat("B", 1)])
+    assert a.flush(2.0)
+    make_store(b_config, refresh_timeout=0.1)
+    assert repo_of(b_config).feature("B").exists
+    repo_of(a_config).notify("delete_feature", {"id": "id-B", "key": "B", "version": 1})
+    assert a.flush(2.0)
+    assert stored(a) == {"id-A": 1}
+    wait_for(lambda: not repo_of(b_config).feature("B").exists, 3, what="delete replayed")
+
+
+def test_older_version_never_replaces_newer(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    repo_of(config).notify("feature", feat("A", 5))
+    assert store.flush(2.0)
+    other_config = make_config()
+    other = make_store(other_config)
+    repo_of(other_config).notify("feature", feat("A", 3))
+    assert other.flush(2.0)
+    assert stored(store) == {"id-A": 5}
+    assert repo_of(other_config).feature("A").get_version == 5
+
+
+def test_same_update_twice_writes_once(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    for _ in range(3):
+        repo_of(config).notify("features", [feat("A", 1), feat("B", 1)])
+        assert store.flush(2.0)
+    assert store.counters.writes == 1
+    assert store.counters.unchanged == 2
+
+
+def test_competing_writer_between_read_and_cas_both_survive(
+        make_store: StoreFactory) -> None:
+    """A writer that sneaks in after our read makes our CAS fail; the retry re-merges."""
+    config, rival_config = make_config(), make_config()
+    store = make_store(config)
+    rival = make_store(rival_config)
+    injected: list[bool] = []
+
+    def compete() -> None:
+        if injected:
+            return
+        injected.append(True)
+        faults.install("before_write", None)  # the rival's own write must not recurse
+        repo_of(rival_config).notify("feature", feat("RIVAL", 1))
+        assert rival.flush(2.0)
+
+    faults.install("before_write", compete)
+    try:
+        repo_of(config).notify("feature", feat("MINE", 1))
+        assert store.flush(5.0)
+    finally:
+        faults.install("before_write", None)
+    assert injected
+    assert stored(store) == {"id-MINE": 1, "id-RIVAL": 1}
+    assert store.counters.cas_conflicts >= 1 and store.counters.retries >= 1
+    assert store.counters.writes == 1
+
+
+def test_status_reports_counters_and_fingerprint(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    repo_of(config).notify("feature", feat("A", 1))
+    assert store.flush(2.0)
+    status = store.status()
+    assert status["fingerprint"] == fs.fingerprint([feat("A", 1)])
+    assert status["counters"]["writes"] == 1 and status["healthy"]
+    json.dumps(status)  # status must be JSON-serialisable for the CLI and health checks
+
+
+def test_close_is_idempotent_and_detaches(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    store.close()
+    store.close()
+    assert store not in repo_of(config).raw_update_listeners
+    assert not store._thread.is_alive()
+
+
+def test_close_flushes_pending_updates(make_store: StoreFactory) -> None:
+    config = make_config()
+    store = make_store(config)
+    repo_of(config).notify("feature", feat("LAST", 1))
+    store.close(flush_timeout=2.0)
+    assert stored(store) == {"id-LAST": 1}
+
+
+@pytest.mark.parametrize("junk", [
+    b"not json at all",
+    b'{"an": "object"}',
+    b"[1, 2, 3]",
+    b'[{"id": "x", "key": "X", "version": "7"}, {"key": "Y"}]',
+    b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00.",  # pickled bytes: never loaded
+])
+def test_junk_in_the_store_is_skipped_and_repaired_by_next_write(
+        make_store: StoreFactory, junk: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    writer_config = make_config()
+    writer = make_store(writer_config)
+    _force_value(writer, junk)
+    with caplog.at_level(logging.WARNING, logger="fh_prefork"):
+        config = make_config()
+        store = make_store(config)
+    assert "junk in" in caplog.text
+    assert not repo_of(config).features or all(
+        f.get_version >= 0 for f in repo_of(config).features.values())
+    repo_of(config).notify("feature", feat("GOOD", 1))
+    assert store.flush(2.0)
+    assert stored(store) == {"id-GOOD": 1}
+
+
+def test_oversized_merge_is_logged_and_kept_in_memory(
+        make_store: StoreFactory, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config()
+    store = make_store(config, max_item_bytes=2_000)
+    big = [feat(f"F{i:03}", 1, "x" * 100) for i in range(40)]
+    with caplog.at_level(logging.ERROR, logger="fh_prefork"):
+        repo_of(config).notify("features", big)
+        assert not store.flush(1.0)
+    assert "over the 2000-byte item limit" in caplog.text
+    assert repo_of(config).feature("F039").get_version == 1  # still served from memory
+    assert stored(store) == {}
+
+
+def _force_value(store: SessionStore, value: bytes) -> None:
+    """Write raw bytes under the data key, whatever is there (test-only back door)."""
+    backend: Any = store._backend
+    snapshot = backend.read()
+    assert backend.write(value, "junk", snapshot) is not None
