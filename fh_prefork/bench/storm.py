@@ -85,8 +85,8 @@ def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any
 
 
 def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str | None = None,
-              crash_indexes: tuple[int, ...] = (), crash_point: str = "before_write",
-              start_method: str = "spawn") -> StormResult:
+              crash_indexes: tuple[int, ...] = (),
+              crash_point: str = "before_write") -> StormResult:
     """Run one storm against the store at ``url`` and check what the store ends with.
 
     ``mode="distinct"``: every process writes its own feature plus one shared
@@ -95,7 +95,7 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
     ``crash_indexes`` die with SIGKILL at ``crash_point`` during their write.
     """
     prefix = prefix or f"storm{os.getpid()}x{time.time_ns() % 10**9}"
-    ctx = mp.get_context(start_method)
+    ctx = mp.get_context("spawn")  # fresh interpreters: nothing shared but the store
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
     procs = [ctx.Process(target=_writer, name=f"storm-{i}", daemon=True,

@@ -98,6 +98,11 @@ class FileBackend:
         self.lock_path = self.directory / f"{name}.lock"
         self.description = f"file://{self.path}"
         self._lock_fd = -1
+        for existing in (self.path, self.lock_path):
+            try:
+                _check_owned(existing, os.stat(existing, follow_symlinks=False), "file")
+            except FileNotFoundError:
+                pass
         self._remove_stale_temporaries()
 
     def change_token(self) -> str | None:

@@ -12,8 +12,7 @@ import pytest
 
 from fh_prefork import features as fs
 from fh_prefork.listener import ListeningRepository
-from fh_prefork.store import SessionStore
-from fh_prefork.store import faults
+from fh_prefork.store import SessionStore, faults
 from tests.conftest import make_config
 from tests.support.procs import wait_for
 

@@ -1,0 +1,596 @@
+"""A controllable FeatureHub Edge on loopback.
+
+It speaks the same wire protocol the FeatureHub SDKs use (SSE on ``GET /features/{key}``,
+polling on ``GET /features?apiKey=...``) so that tests, ``fh-prefork demo`` and the docker
+examples can exercise real sockets without a FeatureHub installation, and it can misbehave on
+demand (go down, answer 500/404, close streams after every event) to prove the supervision.
+
+Run it standalone with ``python -m fh_prefork.edge_simulator --port 8085 --api-key KEY``; a
+simulator in another process is driven through the ``/_sim/...`` control API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import logging
+import queue
+import select
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+log = logging.getLogger("fh_prefork.edge_simulator")
+
+__all__ = ["EdgeSimulator", "StreamInfo", "main", "make_feature"]
+
+# Sentinel put on a stream queue to make it say ``bye`` and close.
+_BYE = object()
+
+
+def make_feature(
+    key: str,
+    value: Any,
+    version: int = 1,
+    type: str = "BOOLEAN",
+    id: str | None = None,
+) -> dict[str, Any]:
+    """Build a feature state shaped like the ones Edge sends (stable id per key)."""
+    return {
+        "id": id if id is not None else str(uuid.uuid5(uuid.NAMESPACE_URL, "fh-prefork:" + key)),
+        "key": key,
+        "l": False,
+        "version": version,
+        "type": type,
+        "value": value,
+        "strategies": [],
+    }
+
+
+def environment_id(api_key: str) -> str:
+    """Environment id embedded in an API key: ``a/b/c*d`` -> ``b``, ``b/c*d`` -> ``b``."""
+    parts = api_key.split("/")
+    if len(parts) >= 3:
+        return parts[1]
+    return parts[0]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A currently open SSE stream, as seen by the simulator."""
+
+    id: int
+    peer: tuple[str, int]
+    api_key: str
+    opened_at: float
+
+
+class _Stream:
+    def __init__(self, info: StreamInfo) -> None:
+        self.info = info
+        # (event, data) tuples, or _BYE
+        self.queue: queue.Queue[object] = queue.Queue()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    sim: EdgeSimulator
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    server_version = "fh-prefork-edge-simulator/1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.sim._track_connection(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.sim._track_connection(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - " + format, self.address_string(), *args)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        payload = b"" if body is None else json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw.decode("utf-8")) if raw else None
+
+    # -- routing -------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        sim = self.server.sim
+        parts = urlsplit(self.path)
+        if parts.path == "/_sim/state":
+            self._send(200, sim.state())
+            return
+        failure = sim._failure_status
+        if failure is not None:
+            if parts.path.startswith("/features"):
+                sim._count_request(parts.path == "/features")
+            self._send(failure, {"error": "simulated failure"})
+            return
+        if parts.path == "/features":
+            sim._count_request(True)
+            self._poll(parse_qs(parts.query))
+        elif parts.path.startswith("/features/"):
+            sim._count_request(False)
+            self._stream(unquote(parts.path[len("/features/"):]))
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        sim = self.server.sim
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        try:
+            body = self._body()
+            if parts.path == "/_sim/feature":
+                stream = query.get("stream", [None])[0]
+                sim.push_feature(body, None if stream is None else int(stream))
+            elif parts.path == "/_sim/delete":
+                stream = query.get("stream", [None])[0]
+                sim.delete_feature(body, None if stream is None else int(stream))
+            elif parts.path == "/_sim/features":
+                sim.set_features(list(body or []))
+            elif parts.path == "/_sim/config":
+                sim.send_config(dict(body or {}))
+            elif parts.path == "/_sim/failure":
+                status = query.get("status", ["none"])[0]
+                sim.set_failure(None if status.lower() in ("none", "", "0") else int(status))
+            elif parts.path == "/_sim/close_after_each_event":
+                enabled = query.get("enabled", ["1"])[0].lower() in ("1", "true", "yes")
+                sim.close_after_each_event = enabled
+            elif parts.path == "/_sim/down":
+                seconds = float(query.get("seconds", ["5"])[0])
+                self._send(202, {"down_for": seconds})
+                sim._down_for(seconds)
+                return
+            else:
+                self._send(404, {"error": "not found"})
+                return
+        except (ValueError, TypeError, KeyError) as exc:
+            self._send(400, {"error": str(exc)})
+            return
+        self._send(200, {"ok": True})
+
+    # -- protocol ------------------------------------------------------------------------------
+    def _poll(self, query: dict[str, list[str]]) -> None:
+        sim = self.server.sim
+        keys = query.get("apiKey", [])
+        if not keys or not all(sim._key_valid(k) for k in keys):
+            self._send(404, {"error": "unknown api key"})
+            return
+        features, etag = sim._snapshot()
+        headers = {"ETag": etag}
+        if sim.poll_max_age is not None:
+            headers["Cache-Control"] = f"max-age={sim.poll_max_age}"
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.wfile.flush()
+            return
+        body = [{"id": environment_id(k), "features": features} for k in keys]
+        self._send(200, body, headers)
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _client_gone(self) -> bool:
+        """True when the client closed its side (readable socket with EOF)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+        except OSError:
+            return True
+
+    def _stream(self, api_key: str) -> None:
+        sim = self.server.sim
+        if not sim._key_valid(api_key):
+            self._send(404, {"error": "unknown api key"})
+            return
+        peer = (str(self.client_address[0]), int(self.client_address[1]))
+        stream, features = sim._open_stream(peer, api_key)
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._write_chunk(sim._event("ack", json.dumps({"status": "ack"})))
+            self._write_chunk(sim._event("features", json.dumps(features)))
+            if not sim.close_after_each_event:
+                self._pump(stream)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            pass
+        finally:
+            sim._close_stream(stream)
+
+    def _pump(self, stream: _Stream) -> None:
+        sim = self.server.sim
+        last_write = time.monotonic()
+        while True:
+            try:
+                item = stream.queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._client_gone():
+                    return
+                if time.monotonic() - last_write >= sim.keepalive_interval:
+                    self._write_chunk(b": keepalive\n\n")
+                    last_write = time.monotonic()
+                continue
+            if item is _BYE:
+                self._write_chunk(sim._event("bye", json.dumps({"status": "bye"})))
+                return
+            assert isinstance(item, tuple)
+            name, data = item
+            self._write_chunk(sim._event(name, data))
+            last_write = time.monotonic()
+            if sim.close_after_each_event:
+                return
+
+
+class EdgeSimulator:
+    """A FeatureHub Edge for one environment, controllable from the test or over HTTP."""
+
+    close_after_each_event: bool
+    """When True every stream is closed right after its first data event (the initial
+    ``features``), like an Edge or proxy that drops streams after each event."""
+
+    poll_max_age: int | None
+    """When set, polling answers carry ``Cache-Control: max-age=N``."""
+
+    keepalive_interval: float
+
+    def __init__(
+        self,
+        api_keys: list[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        keepalive_interval: float = 5.0,
+    ) -> None:
+        self._api_keys = None if api_keys is None else list(api_keys)
+        self._host = host
+        self._port = port
+        self.keepalive_interval = keepalive_interval
+        self.close_after_each_event = False
+        self.poll_max_age = None
+        self._cond = threading.Condition()
+        self._features: dict[str, dict[str, Any]] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._connections: set[socket.socket] = set()
+        self._next_stream_id = 1
+        self._next_event_id = 1
+        self._failure_status: int | None = None
+        self._server: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._helper_threads: list[threading.Thread] = []
+        self.total_stream_connections = 0
+        self.total_stream_requests = 0
+        self.total_poll_requests = 0
+        self.max_concurrent_streams = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> EdgeSimulator:
+        """Bind and serve in a daemon thread; returns self for chaining."""
+        self._stopped.clear()
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        """Say ``bye`` to every stream, stop listening and join the server threads."""
+        self._stopped.set()
+        self.go_down()
+        for thread in self._helper_threads:
+            thread.join(timeout=2)
+        self._helper_threads.clear()
+
+    def __enter__(self) -> EdgeSimulator:  # noqa: PYI034 - py3.9 has no typing.Self
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Edge base URL with the trailing slash the SDK expects."""
+        return f"http://{self._host}:{self._port}/"
+
+    def _listen(self) -> None:
+        with self._cond:
+            if self._server is not None:
+                return
+            server = _Server((self._host, self._port), _Handler)
+            server.sim = self
+            self._port = int(server.server_address[1])
+            self._server = server
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"edge-simulator-{self._port}",
+                daemon=True,
+            )
+            self._serve_thread = thread
+        thread.start()
+
+    def go_down(self) -> None:
+        """Stop listening (connections are refused) and close every open connection."""
+        with self._cond:
+            server, thread = self._server, self._serve_thread
+            self._server, self._serve_thread = None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=2)
+        with self._cond:
+            for stream in self._streams.values():
+                stream.queue.put(_BYE)
+            # give streams a moment to say bye, then cut whatever is left (keep-alive polls...)
+            self._cond.wait_for(lambda: not self._streams, timeout=1.0)
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._cond:
+            self._cond.wait_for(lambda: not self._connections, timeout=1.0)
+
+    def come_up(self) -> None:
+        """Listen again on the same port."""
+        self._listen()
+
+    def _down_for(self, seconds: float) -> None:
+        def run() -> None:
+            self.go_down()
+            if not self._stopped.wait(seconds):
+                self.come_up()
+
+        thread = threading.Thread(target=run, name="edge-simulator-down", daemon=True)
+        self._helper_threads.append(thread)
+        thread.start()
+
+    # -- control -------------------------------------------------------------------------------
+    def set_failure(self, status: int | None) -> None:
+        """Answer every Edge request with this HTTP status (None: behave normally)."""
+        self._failure_status = status
+
+    def set_features(self, features: list[dict[str, Any]]) -> None:
+        """Replace the environment and send a ``features`` event to every stream."""
+        with self._cond:
+            self._features = {f["key"]: dict(f) for f in features}
+            self._broadcast("features", json.dumps(list(self._features.values())), None)
+
+    def push_feature(self, feature: dict[str, Any], stream_id: int | None = None) -> None:
+        """Upsert a feature; send a ``feature`` event to every stream or only to ``stream_id``."""
+        if not isinstance(feature, dict) or "key" not in feature:
+            raise ValueError("a feature needs a key")
+        with self._cond:
+            self._features[feature["key"]] = dict(feature)
+            self._broadcast("feature", json.dumps(feature), stream_id)
+
+    def delete_feature(self, feature: dict[str, Any], stream_id: int | None = None) -> None:
+        """Remove a feature; send a ``delete_feature`` event to every stream or one stream."""
+        if not isinstance(feature, dict) or "key" not in feature:
+            raise ValueError("a feature needs a key")
+        with self._cond:
+            removed = self._features.pop(feature["key"], None)
+            payload = removed if removed is not None else feature
+            self._broadcast("delete_feature", json.dumps(payload), stream_id)
+
+    def send_config(self, payload: dict[str, Any], stream_id: int | None = None) -> None:
+        """Send a ``config`` event (e.g. ``{"edge.stale": true}``)."""
+        with self._cond:
+            self._broadcast("config", json.dumps(payload), stream_id)
+
+    def send_raw_event(self, name: str, data: str, stream_id: int | None = None) -> None:
+        """Send an arbitrary event, e.g. malformed JSON to test client robustness."""
+        with self._cond:
+            self._broadcast(name, data, stream_id)
+
+    def _broadcast(self, name: str, data: str, stream_id: int | None) -> None:
+        if stream_id is not None:
+            if stream_id not in self._streams:
+                raise KeyError(f"no open stream {stream_id}")
+            self._streams[stream_id].queue.put((name, data))
+            return
+        for stream in self._streams.values():
+            stream.queue.put((name, data))
+
+    # -- inspection ----------------------------------------------------------------------------
+    def features(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [dict(f) for f in self._features.values()]
+
+    def streams(self) -> list[StreamInfo]:
+        with self._cond:
+            return [s.info for s in self._streams.values()]
+
+    @property
+    def open_streams(self) -> int:
+        with self._cond:
+            return len(self._streams)
+
+    def wait_for_streams(self, n: int, timeout: float) -> bool:
+        """Wait until at least ``n`` streams are open; False on timeout."""
+        return self.wait_until(lambda: len(self._streams) >= n, timeout)
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (bounded) until ``predicate`` is true; it is re-checked on every change."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout=timeout)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-friendly view for ``GET /_sim/state``."""
+        with self._cond:
+            return {
+                "url": self.url,
+                "features": [dict(f) for f in self._features.values()],
+                "streams": [
+                    {
+                        "id": s.info.id,
+                        "peer": list(s.info.peer),
+                        "api_key": s.info.api_key,
+                        "opened_at": s.info.opened_at,
+                    }
+                    for s in self._streams.values()
+                ],
+                "open_streams": len(self._streams),
+                "total_stream_connections": self.total_stream_connections,
+                "total_stream_requests": self.total_stream_requests,
+                "total_poll_requests": self.total_poll_requests,
+                "max_concurrent_streams": self.max_concurrent_streams,
+                "failure_status": self._failure_status,
+                "close_after_each_event": self.close_after_each_event,
+            }
+
+    # -- used by the handler -------------------------------------------------------------------
+    def _key_valid(self, api_key: str) -> bool:
+        return self._api_keys is None or api_key in self._api_keys
+
+    def _count_request(self, poll: bool) -> None:
+        with self._cond:
+            if poll:
+                self.total_poll_requests += 1
+            else:
+                self.total_stream_requests += 1
+            self._cond.notify_all()
+
+    def _track_connection(self, conn: socket.socket, add: bool) -> None:
+        with self._cond:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+            self._cond.notify_all()
+
+    def _snapshot(self) -> tuple[list[dict[str, Any]], str]:
+        with self._cond:
+            features = [dict(f) for f in self._features.values()]
+        digest = hashlib.sha256(json.dumps(features, sort_keys=True).encode("utf-8"))
+        return features, f'"{digest.hexdigest()[:20]}"'
+
+    def _event(self, name: str, data: str) -> bytes:
+        with self._cond:
+            event_id = self._next_event_id
+            self._next_event_id += 1
+        lines = [f"id: {event_id}", f"event: {name}"]
+        lines += [f"data: {line}" for line in data.split("\n")]
+        return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+    def _open_stream(self, peer: tuple[str, int], api_key: str) -> tuple[_Stream, list[Any]]:
+        # registration and the initial snapshot happen atomically so no update is lost
+        with self._cond:
+            stream = _Stream(StreamInfo(self._next_stream_id, peer, api_key, time.time()))
+            self._next_stream_id += 1
+            self._streams[stream.info.id] = stream
+            self.total_stream_connections += 1
+            self.max_concurrent_streams = max(self.max_concurrent_streams, len(self._streams))
+            features = [dict(f) for f in self._features.values()]
+            self._cond.notify_all()
+        return stream, features
+
+    def _close_stream(self, stream: _Stream) -> None:
+        with self._cond:
+            self._streams.pop(stream.info.id, None)
+            self._cond.notify_all()
+
+
+def _parse_feature_arg(text: str) -> dict[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false", "on", "off", "1", "0", "yes", "no"):
+        return make_feature(key, lowered in ("true", "on", "1", "yes"))
+    try:
+        return make_feature(key, float(raw), type="NUMBER")
+    except ValueError:
+        return make_feature(key, raw, type="STRING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fh_prefork.edge_simulator``: serve until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(description="Local FeatureHub Edge simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8085)
+    parser.add_argument(
+        "--api-key", action="append", dest="api_keys", help="valid key (repeatable; default any)"
+    )
+    parser.add_argument(
+        "--feature", action="append", type=_parse_feature_arg, default=[], help="KEY=true|false"
+    )
+    parser.add_argument("--keepalive", type=float, default=5.0, help="seconds between keepalives")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    sim = EdgeSimulator(args.api_keys, host=args.host, port=args.port,
+                        keepalive_interval=args.keepalive)
+    sim.set_features(args.feature)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sim.start()
+    print(f"FeatureHub Edge simulator listening on {sim.url}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

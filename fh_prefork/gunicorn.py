@@ -1,0 +1,65 @@
+"""gunicorn server hooks: import them into ``gunicorn.conf.py``.
+
+.. code-block:: python
+
+    # gunicorn.conf.py
+    from fh_prefork.gunicorn import on_starting, post_fork, worker_exit
+    workers = 8
+
+Each hook has gunicorn's exact signature and only calls :mod:`fh_prefork.runtime`.
+If you already define one of these hooks, call ours from yours.
+
+* ``on_starting(server)``: in the master, before any worker: validate the
+  settings and the store location, and refuse to start with one line naming
+  the variable; mark the process as the master (it never connects to Edge).
+* ``on_reload(server)``: on SIGHUP, validate again so a bad edit is reported
+  by the master, once, rather than by every new worker.
+* ``post_fork(server, worker)``: in each new worker: its own config, store,
+  refresh timer and Edge connection.
+* ``worker_exit(server, worker)``: in the exiting worker: close them, so it
+  exits promptly.
+
+Importing this module in a gunicorn master (``gunicorn.conf.py`` is read
+there, before ``--preload`` imports the app) marks the process as the master
+at once, so flags read at import time never open a connection in it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from . import runtime
+from .settings import SettingsError
+
+__all__ = ["on_reload", "on_starting", "post_fork", "worker_exit"]
+
+
+def on_starting(server: Any) -> None:
+    runtime.mark_master()
+    try:
+        runtime.check()
+    except SettingsError as err:
+        raise SystemExit(f"fh_prefork: refusing to start: {err}") from None
+
+
+def on_reload(server: Any) -> None:
+    try:
+        runtime.check()
+    except SettingsError as err:
+        server.log.error("fh_prefork: after reload: %s", err)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    runtime.start_worker()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    # gunicorn also calls this in the master for a worker that vanished: only act in the worker
+    if getattr(worker, "pid", None) == os.getpid():
+        runtime.stop_worker()
+
+
+if "gunicorn.arbiter" in sys.modules:
+    runtime.mark_master()

@@ -1,0 +1,242 @@
+"""One process's FeatureHub: its config, store and Edge connection, and their lifecycle.
+
+A prefork server calls :func:`start_worker` in each worker after the fork and
+:func:`stop_worker` at worker exit (the gunicorn and uWSGI adapters do it for
+you). Application code calls :func:`config` or :func:`context`, which cost a
+module-global read and a pid comparison on top of the plain SDK: no lock, no
+I/O.
+
+Fork safety: nothing created before a fork is used after it. A child drops
+the parent's objects without touching their sockets (shutting down a shared
+socket would cut the parent's connection) and starts fresh, either from the
+post-fork hook or, when no hook saw the fork, on first use.
+
+A process marked as a prefork *master* never connects to Edge and keeps no
+thread: if application code asks for flags while being imported there
+(gunicorn ``--preload``, uWSGI without ``lazy-apps``), it gets the store's
+contents, read once, and nothing that could leak into the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+from featurehub_sdk.client_context import ClientContext
+from featurehub_sdk.edge_service import EdgeService
+from featurehub_sdk.featurehub_config import FeatureHubConfig
+
+from . import settings as settings_mod
+from .edge import SupervisedEdge, edge_provider
+from .listener import ListeningRepository
+from .settings import Settings
+from .store import SessionStore, open_store
+
+log = logging.getLogger("fh_prefork")
+
+_overrides: dict[str, Any] = {}
+_lock = threading.Lock()
+_current: Worker | None = None
+_master_pid: int | None = None        # pid of the process marked as a prefork master
+_forked_from: int | None = None       # set in a child whose parent had a runtime
+_unanswered_fork: int | None = None   # parent pid of a fork no start_worker() answered yet
+
+
+class _NoEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
+    """Edge stand-in for a master: contexts work, nothing connects."""
+
+
+class Worker:
+    """The config, store and Edge connection of one process, built and closed together."""
+
+    def __init__(self, settings: Settings, role: str) -> None:
+        self.pid = os.getpid()
+        self.role = role
+        self.settings = settings
+        self.started_at = time.time()
+        self.repository = ListeningRepository()
+        provider: Any
+        if role == "master":
+            provider = lambda repository, api_keys, edge_url: _NoEdge()  # noqa: E731
+        else:
+            provider = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval)
+        self.config = FeatureHubConfig(settings.edge_url, [settings.api_key],
+                                       repository=self.repository, edge_provider=provider)
+        self.store: SessionStore | None = None
+        self.store_error: str | None = None
+        try:
+            self.store = open_store(settings.store, self.config, settings.store_options())
+        except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
+            self.store_error = str(err)
+            log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
+                      settings.store, err)
+        self.edge: SupervisedEdge | None = None
+        if role == "master":
+            if self.store is not None:
+                self.store.close(flush_timeout=0)  # replayed once; no thread left behind
+        else:
+            edge = self.config.get_or_create_edge_service()
+            if isinstance(edge, SupervisedEdge):
+                self.edge = edge
+                edge.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Edge first (no new updates), then the store (flushes, bounded)."""
+        if self.edge is not None:
+            self.edge.close(timeout=timeout / 2)
+        if self.store is not None:
+            self.store.close(flush_timeout=timeout / 2)
+        self.repository.close()
+
+    def status(self) -> dict[str, Any]:
+        proc = psutil.Process(self.pid)
+        store = self.store.status() if self.store is not None and self.role != "master" else None
+        edge = self.edge.status() if self.edge is not None else {"state": "none"}
+        parent = proc.parent()
+        return {
+            "pid": self.pid,
+            "role": self.role,
+            "master_pid": parent.pid if parent is not None and self.role == "worker" else None,
+            "started_at": self.started_at,
+            "forked_from": _forked_from,
+            "store_url": self.settings.store,
+            "store": store,
+            "store_error": self.store_error,
+            "edge_transport": self.settings.edge,
+            "edge_mode": self.settings.edge_mode,
+            "edge": edge,
+            "edge_state": edge.get("state"),
+            "fingerprint": store["fingerprint"] if store else None,
+            "last_refresh": store["last_refresh"] if store else None,
+            "counters": store["counters"] if store else {},
+            "features": sum(1 for h in self.repository.features.values() if h.exists),
+            "memory_rss": proc.memory_info().rss,
+            "threads": threading.active_count(),
+            "settings": self.settings.public(),
+        }
+
+
+def configure(**overrides: Any) -> Settings:
+    """Override settings in code (before the fork); validated at once, so errors show early."""
+    merged = {**_overrides, **overrides}
+    loaded = settings_mod.load(overrides=merged)
+    _overrides.clear()
+    _overrides.update(merged)
+    return loaded
+
+
+def settings() -> Settings:
+    """The settings in force: ``configure()`` overrides over the environment."""
+    return settings_mod.load(overrides=_overrides)
+
+
+def check(settings_: Settings | None = None) -> Settings:
+    """Validate settings and the store's location; raise SettingsError naming what is wrong."""
+    loaded = settings_ or settings()
+    if loaded.store.startswith("file://"):
+        from .store.file import ensure_private_directory, parse_file_url
+
+        try:
+            ensure_private_directory(parse_file_url(loaded.store))
+        except ValueError as err:
+            raise settings_mod.SettingsError(f"FH_PREFORK_STORE: {err}") from None
+    return loaded
+
+
+def mark_master() -> None:
+    """Call in a prefork master: flags asked for here never start threads or connect."""
+    global _master_pid
+    _master_pid = os.getpid()
+
+
+def start_worker() -> Worker:
+    """Start this process's FeatureHub now (a post-fork hook). Idempotent per process."""
+    global _current, _unanswered_fork
+    _reset_if_forked()
+    _unanswered_fork = None
+    with _lock:
+        current = _current
+        if current is not None and current.pid == os.getpid() and current.role != "master":
+            return current
+        if current is not None and current.pid == os.getpid():
+            current.close(timeout=0)  # the master's dormant config, if this is it
+        _current = Worker(settings(), role="worker")
+        log.info("fh_prefork: worker %d started (store %s, edge %s/%s)", os.getpid(),
+                 _current.settings.store, _current.settings.edge,
+                 _current.settings.edge_mode)
+        return _current
+
+
+def stop_worker(timeout: float = 2.0) -> None:
+    """Close this process's store, timer and Edge connection (a worker-exit hook)."""
+    global _current
+    with _lock:
+        current, _current = _current, None
+    if current is not None and current.pid == os.getpid():
+        current.close(timeout=timeout)
+
+
+def config() -> FeatureHubConfig:
+    """This process's started FeatureHubConfig, the same object for the process's life."""
+    current = _current
+    if current is not None and current.pid == os.getpid():
+        return current.config
+    return _start_lazily().config
+
+
+def context() -> ClientContext:
+    """A new client-evaluated context, as ``config().new_context()``: memory only."""
+    return config().new_context()
+
+
+def status() -> dict[str, Any]:
+    """What this process knows: pid, role, store, Edge state, last refresh, counters."""
+    current = _current
+    if current is None or current.pid != os.getpid():
+        return {"pid": os.getpid(), "role": "not started", "forked_from": _forked_from}
+    return current.status()
+
+
+def current_worker() -> Worker | None:
+    current = _current
+    return current if current is not None and current.pid == os.getpid() else None
+
+
+def _start_lazily() -> Worker:
+    global _current, _unanswered_fork
+    _reset_if_forked()
+    with _lock:
+        if _current is not None and _current.pid == os.getpid():
+            return _current
+        role = "master" if _master_pid == os.getpid() else "worker"
+        if _unanswered_fork is not None:
+            log.warning("fh_prefork: process %d was forked from %d and no post-fork hook started "
+                        "FeatureHub; starting it now (call fh_prefork.start_worker() in your "
+                        "server's post-fork hook to start it eagerly)", os.getpid(),
+                        _unanswered_fork)
+            _unanswered_fork = None
+        _current = Worker(settings(), role=role)
+        return _current
+
+
+def _reset_if_forked() -> None:
+    """Drop state inherited through a fork that no at-fork hook saw (uWSGI, for one)."""
+    current = _current
+    if current is not None and current.pid != os.getpid():
+        _note_fork()
+
+
+def _note_fork() -> None:
+    """In a child: forget the parent's runtime without touching its threads or sockets."""
+    global _current, _lock, _forked_from, _unanswered_fork
+    if _current is not None:
+        _forked_from = _unanswered_fork = _current.pid
+    _current = None
+    _lock = threading.Lock()  # the parent may have held it while forking
+
+
+os.register_at_fork(after_in_child=_note_fork)

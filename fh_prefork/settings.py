@@ -1,0 +1,199 @@
+"""Every setting, declared once: name, environment variable, parser, default, meaning.
+
+Settings come from the environment and can be overridden in code with
+``fh_prefork.configure(**settings)`` (in ``gunicorn.conf.py``, before the
+fork). They are parsed and validated here and nowhere else, and a bad value
+raises ``SettingsError`` with one line naming the variable, so a master can
+refuse to start instead of N workers each printing a traceback.
+
+The README's settings table is generated from ``SETTINGS`` (``fh-prefork settings``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .store.core import environment_id, require_client_evaluated
+from .store.file import default_directory, parse_file_url
+from .store.memcache import parse_servers
+from .store.options import validate_key
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message is one line that names it."""
+
+
+def _edge_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL of FeatureHub Edge, got {text!r}")
+    return text if text.endswith("/") else text + "/"
+
+
+def _api_key(text: str) -> str:
+    require_client_evaluated(text)
+    environment_id(text)
+    return text
+
+
+def _store(text: str) -> str:
+    if text in ("", "default"):
+        return f"file://{default_directory()}"
+    if text == "none":
+        return text
+    if text.startswith("memcache://"):
+        parse_servers(text)
+        return text
+    if text.startswith("file://"):
+        parse_file_url(text)
+        return text
+    scheme = text.split("://", 1)[0] if "://" in text else text
+    raise ValueError(f"unknown store {scheme!r} in {text!r}: expected "
+                     "memcache://host:port[,host:port], file:///path or none")
+
+
+def _prefix(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    validate_key(f"{text}_{'x' * 40}_sha")
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _seconds_or_auto(text: str) -> float | None:
+    return None if text.strip().lower() == "auto" else _positive_float(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str               # attribute of Settings and keyword of configure()
+    env: str                # environment variable
+    parse: Callable[[str], Any]
+    default: str | None     # None: required
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("edge_url", "FEATUREHUB_EDGE_URL", _edge_url, None,
+            "URL of FeatureHub Edge, e.g. http://edge:8085"),
+    Setting("api_key", "FEATUREHUB_API_KEY", _api_key, None,
+            "client-evaluated API key (contains '*'); server-evaluated keys are refused"),
+    Setting("store", "FH_PREFORK_STORE", _store, "default",
+            "memcache://host:port[,host:port], file:///folder, or none; default: the embedded "
+            "file store in a per-user runtime folder"),
+    Setting("prefix", "FH_PREFORK_PREFIX", _prefix, "featurehub",
+            "key prefix in the store (keys are {prefix}_{environment_id})"),
+    Setting("refresh_seconds", "FH_PREFORK_REFRESH_SECONDS", _seconds_or_auto, "auto",
+            "seconds between a worker's store refreshes; auto: 5, or 1 in leader mode"),
+    Setting("refresh_jitter", "FH_PREFORK_REFRESH_JITTER", _fraction, "0.2",
+            "spread of each refresh period, as a fraction (0.2 = +/-20%)"),
+    Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
+            "how workers talk to Edge: sse (streaming) or poll"),
+    Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _positive_float, "30",
+            "seconds between polls when FH_PREFORK_EDGE=poll (the SDK's variable)"),
+    Setting("edge_mode", "FH_PREFORK_EDGE_MODE", _choice("every", "leader"), "every",
+            "every: each worker holds an Edge connection; leader: one per store"),
+    Setting("lease_seconds", "FH_PREFORK_LEASE_SECONDS", _positive_float, "10",
+            "leader mode: time to live of the leader lease"),
+    Setting("memcache_timeout", "FH_PREFORK_MEMCACHE_TIMEOUT", _positive_float, "0.5",
+            "seconds bounding every memcached connect and read"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    edge_url: str
+    api_key: str
+    store: str
+    prefix: str
+    refresh_seconds: float
+    refresh_jitter: float
+    edge: str
+    poll_interval: float
+    edge_mode: str
+    lease_seconds: float
+    memcache_timeout: float
+
+    @property
+    def environment_id(self) -> str:
+        return environment_id(self.api_key)
+
+    def store_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"prefix": self.prefix, "refresh_timeout": self.refresh_seconds,
+                                "refresh_jitter": self.refresh_jitter}
+        if self.store.startswith("memcache://"):
+            opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
+        return opts
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to show: the API key's secret part is cut off."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["api_key"] = self.api_key.split("*", 1)[0] + "*..."
+        return shown
+
+
+def check_names(overrides: Mapping[str, Any]) -> None:
+    unknown = sorted(set(overrides) - set(_BY_NAME))
+    if unknown:
+        raise SettingsError(f"fh_prefork.configure(): unknown setting(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(_BY_NAME)}")
+
+
+def load(environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Parse every setting from ``overrides`` (configure()) over ``environ``."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    check_names(overrides)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            raw, origin = overrides[setting.name], f"configure({setting.name}=...)"
+        else:
+            raw, origin = environ.get(setting.env), setting.env
+        if raw is None:
+            if setting.default is None:
+                raise SettingsError(f"{setting.env} is required: {setting.help}")
+            raw, origin = setting.default, f"{setting.env} (default)"
+        try:
+            values[setting.name] = setting.parse(raw if isinstance(raw, str) else str(raw))
+        except ValueError as err:
+            raise SettingsError(f"{origin}: {err}") from None
+    if values["refresh_seconds"] is None:
+        values["refresh_seconds"] = 1.0 if values["edge_mode"] == "leader" else 5.0
+    return Settings(**values)

@@ -1,0 +1,231 @@
+"""memcached-only behaviour: key layout, Ruby interop, unreachable servers, crashes, restarts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.serde import pickle_serde
+
+from fh_prefork import MemcacheSessionStore
+from fh_prefork import features as fs
+from fh_prefork.listener import ListeningRepository
+from tests.conftest import make_config
+from tests.support.memcached import Memcached
+from tests.support.procs import free_port, wait_for
+
+
+def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
+    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
+            "type": "BOOLEAN", "value": value, "strategies": []}
+
+
+@pytest.fixture
+def client(memcached: Memcached) -> Any:
+    c = Client(("127.0.0.1", memcached.port), connect_timeout=1, timeout=1,
+               default_noreply=False)
+    yield c
+    c.close()
+
+
+def repo(config: Any) -> ListeningRepository:
+    r = config.repository()
+    assert isinstance(r, ListeningRepository)
+    return r
+
+
+def test_key_layout_and_plain_json_values(memcached: Memcached, client: Any,
+                                          prefix: str) -> None:
+    config = make_config("p/env42/c*s")
+    store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
+    try:
+        repo(config).notify("features", [feat("B", 2), feat("A", 1)])
+        assert store.flush(2)
+    finally:
+        store.close()
+    value, flags = client.get(f"{prefix}_env42"), None
+    assert json.loads(value) == [feat("A", 1), feat("B", 2)]
+    expected_sha = fs.fingerprint([feat("A", 1), feat("B", 2)])
+    assert client.get(f"{prefix}_env42_sha") == expected_sha.encode()
+    raw = client.raw_command(f"get {prefix}_env42".encode(), b"END")
+    flags = int(raw.split(b"\r\n")[0].split()[2])
+    assert flags == 0, "values must be plain bytes, readable by any SDK"
+
+
+def test_reads_the_ruby_stores_json_string_form(memcached: Memcached, client: Any,
+                                                prefix: str) -> None:
+    ruby_value = json.dumps(json.dumps([feat("R", 4)]))  # Dalli JSON serializer, flags 1
+    ruby_sha = json.dumps(fs.fingerprint([feat("R", 4)]))
+    client.set(f"{prefix}_env-test", ruby_value.encode(), flags=1)
+    client.set(f"{prefix}_env-test_sha", ruby_sha.encode(), flags=1)
+    config = make_config()
+    store = MemcacheSessionStore(memcached.url, config, {"prefix": prefix})
+    try:
+        assert repo(config).feature("R").get_version == 4
+        repo(config).notify("feature", feat("P", 1))
+        assert store.flush(2)
+    finally:
+        store.close()
+    merged = json.loads(client.get(f"{prefix}_env-test"))
+    assert {f["key"] for f in merged} == {"R", "P"}, "Ruby's feature kept, plain form written"
+
+
+def test_unreachable_memcached_constructor_returns_within_3s_and_warns(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="fh_prefork"):
+        store = MemcacheSessionStore(f"127.0.0.1:{free_port()}", config)
+    elapsed = time.monotonic() - started
+    try:
+        assert elapsed < 3.0
+        assert "cannot read" in caplog.text
+        repo(config).notify("feature", feat("A", 1))  # still works from memory
+        assert repo(config).feature("A").is_enabled
+        assert not store.status()["healthy"]
+    finally:
+        store.close(flush_timeout=0)
+
+
+def test_unanswering_memcached_is_bounded_by_timeouts() -> None:
+    """A server that accepts connections and never answers must not stall the constructor."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        config = make_config()
+        started = time.monotonic()
+        store = MemcacheSessionStore(f"127.0.0.1:{port}", config,
+                                     {"timeout": 0.3, "connect_timeout": 0.3})
+        assert time.monotonic() - started < 3.0
+        store.close(flush_timeout=0)
+    finally:
+        listener.close()
+
+
+def test_client_that_would_deserialize_is_refused(memcached: Memcached) -> None:
+    unsafe = Client(("127.0.0.1", memcached.port), serde=pickle_serde)
+    with pytest.raises(ValueError, match="deserializes values"):
+        MemcacheSessionStore(unsafe, make_config())
+
+
+def test_pymemcache_client_is_accepted(memcached: Memcached, prefix: str) -> None:
+    client = Client(("127.0.0.1", memcached.port), default_noreply=True)  # noreply is overridden
+    config = make_config()
+    store = MemcacheSessionStore(client, config, {"prefix": prefix})
+    try:
+        repo(config).notify("feature", feat("C", 1))
+        assert store.flush(2)
+        assert store.counters.writes == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("prefix_value", ["a" * 240, "with space", "tab\there"])
+def test_invalid_memcache_key_is_a_value_error(memcached: Memcached, prefix_value: str) -> None:
+    with pytest.raises(ValueError):
+        MemcacheSessionStore(memcached.address, make_config(), {"prefix": prefix_value})
+
+
+def test_server_evaluated_key_is_refused(memcached: Memcached) -> None:
+    with pytest.raises(ValueError, match="only client-evaluated"):
+        MemcacheSessionStore(memcached.address, make_config("p/env/serverkey"))
+
+
+def _die_between_data_and_fingerprint(address: str, prefix: str) -> None:
+    os.environ["FH_PREFORK_FAULT"] = "between_data_and_fingerprint"
+    config = make_config()
+    store = MemcacheSessionStore(address, config, {"prefix": prefix})
+    config.repository().notify("feature", feat("CRASH", 1))
+    store.flush(10)  # never returns: the process is killed at the fault point
+
+
+def test_crash_between_data_and_fingerprint_never_leaves_others_stale(
+        memcached: Memcached, client: Any, prefix: str) -> None:
+    watcher_config = make_config()
+    watcher = MemcacheSessionStore(memcached.address, watcher_config,
+                                   {"prefix": prefix, "refresh_timeout": 0.1,
+                                    "verify_every": 4})
+    try:
+        proc = mp.get_context("spawn").Process(target=_die_between_data_and_fingerprint,
+                                               args=(memcached.address, prefix))
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == -9, "the writer must have died at the fault point"
+        assert client.get(f"{prefix}_env-test") is not None, "data was stored"
+        # the fingerprint key is stale (missing); the watcher's full read repairs it
+        wait_for(lambda: repo(watcher_config).feature("CRASH").get_version == 1, 5,
+                 what="watcher to see the crashed writer's data")
+        wait_for(lambda: client.get(f"{prefix}_env-test_sha") ==
+                 fs.fingerprint([feat("CRASH", 1)]).encode(), 5, what="fingerprint repaired")
+    finally:
+        watcher.close()
+
+
+def test_stale_fingerprint_is_repaired_by_the_periodic_full_read(
+        memcached: Memcached, client: Any, prefix: str) -> None:
+    """Worst case of a crash: the fingerprint still matches what readers saw last."""
+    config = make_config()
+    store = MemcacheSessionStore(memcached.address, config,
+                                 {"prefix": prefix, "refresh_timeout": 0.05, "verify_every": 5})
+    try:
+        repo(config).notify("feature", feat("A", 1))
+        assert store.flush(2)
+        old_sha = client.get(f"{prefix}_env-test_sha")
+        client.set(f"{prefix}_env-test", json.dumps([feat("A", 2, False)]).encode())
+        assert client.get(f"{prefix}_env-test_sha") == old_sha  # token says nothing changed
+        wait_for(lambda: repo(config).feature("A").get_version == 2, 5,
+                 what="full read to find the change")
+    finally:
+        store.close()
+
+
+def test_restarted_memcached_is_seeded_from_memory_within_a_refresh(
+        prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    with Memcached() as server:
+        config = make_config()
+        store = MemcacheSessionStore(server.address, config,
+                                     {"prefix": prefix, "refresh_timeout": 0.2})
+        try:
+            repo(config).notify("features", [feat("A", 3), feat("B", 1)])
+            assert store.flush(2)
+            with caplog.at_level(logging.INFO, logger="fh_prefork"):
+                server.restart()
+                c = Client(("127.0.0.1", server.port), connect_timeout=1, timeout=1)
+                wait_for(lambda: c.get(f"{prefix}_env-test") is not None, 5,
+                         what="store seeded again")
+                held = {f["id"]: f["version"] for f in json.loads(c.get(f"{prefix}_env-test"))}
+                c.close()
+            assert held == {"id-A": 3, "id-B": 1}
+            assert store.counters.seeds >= 1
+            assert "seeding it" in caplog.text
+        finally:
+            store.close(flush_timeout=0)
+
+
+def test_updates_while_memcached_is_down_are_written_when_it_returns(prefix: str) -> None:
+    with Memcached() as server:
+        config = make_config()
+        store = MemcacheSessionStore(server.address, config,
+                                     {"prefix": prefix, "refresh_timeout": 0.2})
+        try:
+            server.stop()
+            repo(config).notify("feature", feat("DURING", 1))
+            assert not store.flush(0.5)
+            assert repo(config).feature("DURING").is_enabled  # served from memory meanwhile
+            server.start()
+            assert store.flush(5)
+            c = Client(("127.0.0.1", server.port), connect_timeout=1, timeout=1)
+            assert json.loads(c.get(f"{prefix}_env-test"))[0]["key"] == "DURING"
+            c.close()
+        finally:
+            store.close(flush_timeout=0)
