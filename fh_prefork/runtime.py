@@ -63,7 +63,8 @@ class Worker:
         if role == "master":
             provider = lambda repository, api_keys, edge_url: _NoEdge()  # noqa: E731
         else:
-            provider = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval)
+            provider = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval,
+                                     backoff_max=settings.edge_backoff_max)
         self.config = FeatureHubConfig(settings.edge_url, [settings.api_key],
                                        repository=self.repository, edge_provider=provider)
         self.store: SessionStore | None = None

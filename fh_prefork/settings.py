@@ -124,6 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
             "how workers talk to Edge: sse (streaming) or poll"),
     Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _positive_float, "30",
             "seconds between polls when FH_PREFORK_EDGE=poll (the SDK's variable)"),
+    Setting("edge_backoff_max", "FH_PREFORK_EDGE_BACKOFF_MAX", _positive_float, "30",
+            "longest wait, in seconds, between two Edge connection attempts while Edge is down"),
     Setting("edge_mode", "FH_PREFORK_EDGE_MODE", _choice("every", "leader"), "every",
             "every: each worker holds an Edge connection; leader: one per store"),
     Setting("lease_seconds", "FH_PREFORK_LEASE_SECONDS", _positive_float, "10",
@@ -145,6 +147,7 @@ class Settings:
     refresh_jitter: float
     edge: str
     poll_interval: float
+    edge_backoff_max: float
     edge_mode: str
     lease_seconds: float
     memcache_timeout: float

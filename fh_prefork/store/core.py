@@ -22,6 +22,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._last_write: float | None = None
         self._last_error: str | None = None
         self._ticks_since_read = 0
+        self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
@@ -249,6 +251,7 @@ class SessionStore(RawUpdateFeatureListener):
             "healthy": not self._backend_log.failing,
             "refresh_seconds": self.options.refresh_timeout,
             "counters": self.counters.as_dict(),
+            "recent_ticks": list(self._recent_ticks),
         }
 
     # -- the store thread -------------------------------------------------------------------
@@ -297,6 +300,7 @@ class SessionStore(RawUpdateFeatureListener):
     def _tick(self, full: bool) -> None:
         """One refresh: a cheap token read, and a full read only when something changed."""
         self.counters.refreshes += 1
+        self._recent_ticks.append(time.monotonic())
         self._ticks_since_read += 1
         try:
             if not full and self._ticks_since_read < self.options.verify_every:

@@ -1,0 +1,59 @@
+"""Real prefork servers against a real memcached and the local Edge simulator."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+
+API_KEY = "portfolio/env-srv/client*secret"
+REFRESH = 0.5
+
+
+@pytest.fixture
+def edge() -> Iterator[EdgeSimulator]:
+    sim = EdgeSimulator(keepalive_interval=1.0).start()
+    sim.set_features([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)])
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def server_env(edge: EdgeSimulator, memcached: Any, prefix: str) -> dict[str, str]:
+    return {
+        "FEATUREHUB_EDGE_URL": edge.url,
+        "FEATUREHUB_API_KEY": API_KEY,
+        "FH_PREFORK_STORE": memcached.url,
+        "FH_PREFORK_PREFIX": prefix,
+        "FH_PREFORK_REFRESH_SECONDS": str(REFRESH),
+        "FH_PREFORK_EDGE_BACKOFF_MAX": "2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+
+
+@pytest.fixture
+def start_cluster(server_env: dict[str, str], tmp_path: Path
+                  ) -> Iterator[Callable[..., Cluster]]:
+    """Start clusters; every one is stopped, and its processes killed by pid, at teardown."""
+    started: list[Cluster] = []
+
+    def start(kind: str, workers: int = 4, args: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> Cluster:
+        cluster = Cluster(kind, workers, {**server_env, **(env or {})}, args=args,
+                          log_dir=str(tmp_path))
+        started.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in started:
+        cluster.stop()

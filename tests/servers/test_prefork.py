@@ -1,0 +1,213 @@
+"""gunicorn and uWSGI masters forking real workers: every worker correct, in every mode."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from tests.servers.conftest import REFRESH
+from tests.support.procs import wait_for
+
+StartCluster = Callable[..., Cluster]
+
+VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
+    "gunicorn-sync": ("gunicorn", (), {}),
+    "gunicorn-preload": ("gunicorn", ("--preload",), {"PROBE_CONFIG_AT_IMPORT": "1"}),
+    "gunicorn-gthread": ("gunicorn", ("-k", "gthread", "--threads", "4"), {}),
+    "uwsgi": ("uwsgi", (), {}),
+    "uwsgi-config-in-master": ("uwsgi", (), {"PROBE_CONFIG_AT_IMPORT": "1"}),
+    "uwsgi-lazy-apps": ("uwsgi", ("--lazy-apps",), {"PROBE_CONFIG_AT_IMPORT": "1"}),
+    "uwsgi-enable-threads": ("uwsgi", ("--enable-threads",), {}),
+    "uwsgi-fork-hooks": ("uwsgi", ("--py-call-uwsgi-fork-hooks",),
+                         {"PROBE_CONFIG_AT_IMPORT": "1"}),
+}
+
+#: Two refresh periods at the top of their jitter, plus scheduling slack on a 2-core machine.
+PROPAGATION_BOUND = 2 * REFRESH * 1.2 + 1.5
+
+
+def start_variant(start_cluster: StartCluster, name: str, workers: int = 4) -> Cluster:
+    kind, args, env = VARIANTS[name]
+    return start_cluster(kind, workers, args, env)
+
+
+def pid_of_local_port(port: int) -> int | None:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.pid:
+            return int(conn.pid)
+    return None
+
+
+def stream_owners(edge: EdgeSimulator) -> list[int | None]:
+    return [pid_of_local_port(s.peer[1]) for s in edge.streams()]
+
+
+def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:
+    return {pid: flags[key]["version"] for pid, flags in cluster.flags(key).items()}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_worker_serves_and_an_update_to_one_stream_reaches_all(
+        start_cluster: StartCluster, edge: EdgeSimulator, variant: str) -> None:
+    cluster = start_variant(start_cluster, variant)
+    workers = cluster.worker_pids()
+    assert len(workers) == 4
+    # a store that nobody wrote yet: the first flags come from each worker's Edge stream
+    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="initial flags")
+
+    # One Edge stream per worker, none from the master, even when the master read flags.
+    assert edge.wait_for_streams(4, timeout=10), edge.state()
+    owners = wait_for(lambda: (o := stream_owners(edge)) and None not in o and o, 5,
+                      what="stream owners")
+    assert sorted(owners) == sorted(workers), (owners, workers)
+    assert cluster.master_pid not in owners
+
+    # An update pushed to a single worker's stream reaches every worker through the store.
+    one = edge.streams()[0]
+    edge.push_feature(make_feature("FLAG", False, 2), stream_id=one.id)
+    started = time.monotonic()
+    wait_for(lambda: set(versions(cluster).values()) == {2}, PROPAGATION_BOUND,
+             what="update to reach every worker")
+    took = time.monotonic() - started
+    print(f"{variant}: one-stream update reached all 4 workers in {took:.2f} s")
+    assert all(f["FLAG"]["value"] is False for f in cluster.flags("FLAG").values())
+
+    # The worker's own threads are alive: Edge connected, refresh ticking.
+    statuses = cluster.statuses()
+    for pid, status in statuses.items():
+        assert status["role"] == "worker" and status["pid"] == pid
+        assert status["edge_state"] == "connected", status
+        assert status["store"]["counters"]["refreshes"] >= 1, status
+
+
+@pytest.mark.parametrize("variant", ["gunicorn-preload", "uwsgi-config-in-master"])
+def test_master_that_read_flags_keeps_no_thread_or_connection(
+        start_cluster: StartCluster, edge: EdgeSimulator, variant: str) -> None:
+    cluster = start_variant(start_cluster, variant)
+    master = psutil.Process(cluster.master_pid)
+    edge_port = edge.port
+    assert not [c for c in master.net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == edge_port]
+    threads_before = master.num_threads()
+    ticks = {pid: s["store"]["counters"]["refreshes"] for pid, s in cluster.statuses().items()}
+    wait_for(lambda: all(s["store"]["counters"]["refreshes"] >= ticks[pid] + 3
+                         for pid, s in cluster.statuses().items()), 10, what="3 worker ticks")
+    assert master.num_threads() == threads_before
+    for status in cluster.statuses().values():
+        assert status["threads"] <= 3 + 4, status  # main (+ gthread pool) + edge + store
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_same_update_to_every_worker_is_written_once(
+        start_cluster: StartCluster, edge: EdgeSimulator, kind: str) -> None:
+    cluster = start_cluster(kind, 6)
+    assert edge.wait_for_streams(6, timeout=10)
+    before = {pid: s["counters"] for pid, s in cluster.statuses().items()}
+    update = [make_feature(f"SAME{i}", True, 3) for i in range(5)]
+    edge.set_features([make_feature("FLAG", True, 1), *update])  # all streams at once
+    wait_for(lambda: all(f["SAME4"]["version"] == 3
+                         for f in cluster.flags("SAME4").values()), PROPAGATION_BOUND,
+             what="the update in every worker")
+
+    def settled() -> dict[int, dict[str, Any]] | None:
+        statuses = cluster.statuses()
+        return statuses if all(s["store"]["pending"] == 0 for s in statuses.values()) else None
+
+    after = {pid: s["counters"] for pid, s in wait_for(settled, 5, what="flushes").items()}
+    writes = sum(after[p]["writes"] - before[p]["writes"] for p in after)
+    deferred = sum(after[p]["deferred"] - before[p]["deferred"] for p in after)
+    conflicts = sum(after[p]["cas_conflicts"] - before[p]["cas_conflicts"] for p in after)
+    print(f"{kind}: same update to 6 workers: {writes} data write(s), {conflicts} CAS conflicts")
+    assert writes == 1
+    assert deferred == 0
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
+def test_worker_killed_while_edge_is_down_is_replaced_and_serves_latest_at_once(
+        start_cluster: StartCluster, edge: EdgeSimulator, kind: str) -> None:
+    cluster = start_cluster(kind, 4)
+    edge.push_feature(make_feature("FLAG", False, 5))
+    wait_for(lambda: set(versions(cluster).values()) == {5}, PROPAGATION_BOUND, what="v5")
+    edge.go_down()
+    victim = cluster.worker_pids()[0]
+    cluster.kill_worker(victim)
+    replacement = wait_for(lambda: [p for p in cluster.worker_pids() if p != victim]
+                           if len(cluster.worker_pids()) == 4 and victim not in
+                           cluster.worker_pids() else None, 15, what="replacement worker")
+    new_pid = (set(replacement) - set(versions(cluster))) or set(replacement)
+    answers = cluster.flags("FLAG")
+    assert all(f["FLAG"]["version"] == 5 and f["FLAG"]["value"] is False
+               for f in answers.values()), answers
+    fresh = [p for p in answers if p in new_pid]
+    assert fresh, "the replacement worker answered"
+    status = cluster.statuses()
+    assert any(s["edge_state"] in ("backoff", "connecting") for s in status.values())
+
+
+def test_gunicorn_reload_and_shutdown_leave_no_stuck_worker(
+        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    cluster = start_cluster("gunicorn", 4)
+    old = set(cluster.worker_pids())
+    assert edge.wait_for_streams(4, timeout=10)
+    cluster.send(signal.SIGHUP)
+    wait_for(lambda: len(set(cluster.worker_pids())) == 4
+             and not (set(cluster.worker_pids()) & old), 20, what="new generation of workers")
+    # worker exit closed every old stream: exactly one per new worker remains
+    wait_for(lambda: edge.open_streams == 4, 10, what="old streams closed")
+    assert set(versions(cluster).values()) == {1}
+    took = cluster.stop()
+    print(f"gunicorn graceful stop of 4 workers took {took:.2f} s")
+    assert took < 10, "a worker hung on exit (graceful timeout is 10 s)"
+    wait_for(lambda: edge.open_streams == 0, 5, what="all streams closed")
+
+
+def test_uwsgi_shutdown_closes_everything(start_cluster: StartCluster,
+                                          edge: EdgeSimulator) -> None:
+    cluster = start_cluster("uwsgi", 4)
+    assert edge.wait_for_streams(4, timeout=10)
+    took = cluster.stop()
+    print(f"uWSGI stop of 4 workers took {took:.2f} s")
+    assert took < 10, "a worker waited for worker-reload-mercy: a thread kept it alive"
+    wait_for(lambda: edge.open_streams == 0, 5, what="all streams closed")
+
+
+def test_edge_down_at_start_then_up(start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    edge.go_down()
+    cluster = start_cluster("gunicorn", 4)
+    for status in cluster.statuses().values():
+        assert status["edge_state"] in ("backoff", "connecting")
+    edge.push_feature(make_feature("FLAG", False, 7))  # applied to the state while down
+    edge.come_up()
+    assert edge.wait_for_streams(4, timeout=10), edge.state()
+    wait_for(lambda: set(versions(cluster).values()) == {7}, PROPAGATION_BOUND, what="v7")
+
+
+def test_refresh_ticks_of_eight_workers_are_spread(start_cluster: StartCluster) -> None:
+    cluster = start_cluster("gunicorn", 8)
+    statuses = wait_for(lambda: (st := cluster.statuses()) and all(
+        len(s["store"]["recent_ticks"]) >= 12 for s in st.values()) and st, 30,
+        what="12 ticks in every worker")
+    ticks = sorted((t, pid) for pid, s in statuses.items() for t in s["store"]["recent_ticks"])
+    assert len({pid for _, pid in ticks}) == 8
+    # each worker's period is jittered: intervals vary, inside +/-20% of the period
+    for pid, s in statuses.items():
+        own = s["store"]["recent_ticks"]
+        gaps = [b - a for a, b in zip(own, own[1:])]
+        assert min(gaps) > REFRESH * 0.8 - 0.05 and max(gaps) < REFRESH * 1.2 + 0.15, gaps
+        mean = sum(gaps) / len(gaps)
+        spread = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+        assert spread > 0.04, f"worker {pid} ticks at a fixed period: {gaps}"
+    # and the workers are not aligned with each other
+    close = sum(1 for i, (t, pid) in enumerate(ticks)
+                if any(abs(t - u) < 0.01 and p != pid for u, p in ticks[max(0, i - 8):i + 8]))
+    share = close / len(ticks)
+    print(f"{len(ticks)} ticks of 8 workers; {share:.0%} within 10 ms of another worker's tick")
+    # lockstep gives ~100%; independent uniform phases give ~25% at this tick density
+    assert share < 0.6
