@@ -199,7 +199,7 @@ def test_refresh_ticks_of_eight_workers_are_spread(start_cluster: StartCluster) 
     # each worker's period is jittered: intervals vary, inside +/-20% of the period
     for pid, s in statuses.items():
         own = s["store"]["recent_ticks"]
-        gaps = [b - a for a, b in zip(own, own[1:])]
+        gaps = [b - a for a, b in zip(own, own[1:], strict=False)]
         assert min(gaps) > REFRESH * 0.8 - 0.05 and max(gaps) < REFRESH * 1.2 + 0.15, gaps
         mean = sum(gaps) / len(gaps)
         spread = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
