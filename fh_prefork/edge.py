@@ -28,6 +28,8 @@ from featurehub_sdk.client_context import InternalFeatureRepository
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.version import sdk_version
 
+from .apikey import redact
+
 log = logging.getLogger("fh_prefork.edge")
 
 __all__ = ["STATES", "SupervisedEdge", "edge_provider"]
@@ -216,10 +218,10 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                log.warning("FeatureHub Edge thread %s did not stop within %.1fs",
+                log.warning("fh_prefork: Edge thread %s did not stop within %.1fs",
                             self._name, timeout)
         if not already:
-            self._set_state("closed", logging.DEBUG, "FeatureHub Edge connection closed")
+            self._set_state("closed", logging.DEBUG, "fh_prefork: Edge connection closed")
             self._pool.close()
 
     def client_evaluated(self) -> bool:
@@ -302,7 +304,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                         raise _StreamEmpty("stream closed before delivering any event")
                     delay = 0.0  # a normal end of stream (e.g. after `bye`): the floor paces us
                     if not self._stale:
-                        self._set_state("connecting", logging.DEBUG, "FeatureHub Edge stream "
+                        self._set_state("connecting", logging.DEBUG, "fh_prefork: Edge stream "
                                         "ended, reconnecting")
                 else:
                     self._poll_once()
@@ -316,9 +318,9 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                 self._set_state(
                     "key_not_found",
                     logging.ERROR,
-                    "FeatureHub Edge answered 404 for API key %s: the key does not exist or was "
-                    "deleted; retrying every ~%.0fs",
-                    self._api_keys[0] if len(self._api_keys) == 1 else self._api_keys,
+                    "fh_prefork: Edge answered 404 for API key %s: the key does not "
+                    "exist or was deleted; retrying every ~%.0fs",
+                    ", ".join(redact(key) for key in self._api_keys),
                     self._backoff_max,
                 )
                 delay = self._backoff(10**6)
@@ -334,7 +336,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                 self._set_state(
                     "backoff",
                     logging.WARNING,
-                    "FeatureHub Edge %s failed (%s); retrying with backoff (next in %.1fs)",
+                    "fh_prefork: Edge %s failed (%s); retrying with backoff (next in %.1fs)",
                     self._edge_url,
                     error,
                     delay,
@@ -353,11 +355,11 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         with self._lock:
             self._connects += 1
         if self._consecutive_failures:
-            self._set_state("connected", logging.INFO, "FeatureHub Edge %s reachable again after "
+            self._set_state("connected", logging.INFO, "fh_prefork: Edge %s reachable again after "
                             "%d failed attempts (%s)", self._edge_url,
                             self._consecutive_failures, self._transport)
         else:
-            self._set_state("connected", logging.INFO, "FeatureHub Edge %s connected (%s)",
+            self._set_state("connected", logging.INFO, "fh_prefork: Edge %s connected (%s)",
                             self._edge_url, self._transport)
 
     def _request(self, path: str, headers: dict[str, str], preload: bool) -> Any:
@@ -439,7 +441,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         with self._lock:
             self._events += 1
             self._last_event_at = time.time()
-        log.debug("FeatureHub Edge event %s: %.200s", name, data)
+        log.debug("fh_prefork: Edge event %s: %.200s", name, data)
         if name in ("features", "feature", "delete_feature"):
             payload = self._parse(name, data, list if name == "features" else dict)
             if payload is not None:
@@ -450,28 +452,28 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             self._delivered = True
             if config is not None and config.get("edge.stale") is not None:
                 self._stale = True
-                self._set_state("stale", logging.WARNING, "FeatureHub Edge says the environment "
+                self._set_state("stale", logging.WARNING, "fh_prefork: Edge says the environment "
                                 "is stale (edge.stale=%s); no longer requesting updates",
                                 config.get("edge.stale"))
         elif name == "failure":
             self._delivered = True
-            log.warning("FeatureHub Edge sent a failure event: %.200s", data)
+            log.warning("fh_prefork: Edge sent a failure event: %.200s", data)
         elif name in ("ack", "bye"):
             # ack: Edge accepted the stream; bye: Edge is about to close it
             self._delivered = True
         else:
-            log.debug("ignoring unknown FeatureHub Edge event %r", name)
+            log.debug("fh_prefork: ignoring unknown Edge event %r", name)
 
     def _parse(self, name: str, data: str, expected: type) -> Any:
         """Parse event JSON; malformed payloads are logged and skipped, never fatal."""
         try:
             payload = json.loads(data)
         except ValueError as exc:
-            log.warning("ignoring FeatureHub Edge %r event with malformed JSON (%s): %.200s",
+            log.warning("fh_prefork: ignoring Edge %r event with malformed JSON (%s): %.200s",
                         name, exc, data)
             return None
         if not isinstance(payload, expected):
-            log.warning("ignoring FeatureHub Edge %r event: expected a JSON %s, got %.200s",
+            log.warning("fh_prefork: ignoring Edge %r event: expected a JSON %s, got %.200s",
                         name, "array" if expected is list else "object", data)
             return None
         return payload
@@ -512,7 +514,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._delivered = True
         if status == 236:
             self._stale = True
-            self._set_state("stale", logging.WARNING, "FeatureHub Edge says the environment is "
+            self._set_state("stale", logging.WARNING, "fh_prefork: Edge says the environment is "
                             "stale (HTTP 236); no longer polling")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from .store.core import environment_id, require_client_evaluated
+from .apikey import environment_id, redact, require_client_evaluated
 from .store.file import default_directory, parse_file_url
 from .store.memcache import parse_servers
 from .store.options import validate_key
@@ -74,6 +74,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _whole_seconds(text: str) -> float:
+    """The FeatureHub SDK itself does int(FEATUREHUB_POLL_INTERVAL) at import: keep to that."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected whole seconds (the FeatureHub SDK reads it with int()), "
+                         f"got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1 second, got {text!r}")
+    return float(value)
+
+
 def _seconds_or_auto(text: str) -> float | None:
     return None if text.strip().lower() == "auto" else _positive_float(text)
 
@@ -122,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
             "spread of each refresh period, as a fraction (0.2 = +/-20%)"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
-    Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _positive_float, "30",
+    Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _whole_seconds, "30",
             "seconds between polls when FH_PREFORK_EDGE=poll (the SDK's variable)"),
     Setting("edge_backoff_max", "FH_PREFORK_EDGE_BACKOFF_MAX", _positive_float, "30",
             "longest wait, in seconds, between two Edge connection attempts while Edge is down"),
@@ -130,6 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
             "every: each worker holds an Edge connection; leader: one per store"),
     Setting("lease_seconds", "FH_PREFORK_LEASE_SECONDS", _positive_float, "10",
             "leader mode: time to live of the leader lease"),
+    Setting("lease_renew_seconds", "FH_PREFORK_LEASE_RENEW_SECONDS", _seconds_or_auto, "auto",
+            "leader mode: seconds between the leader's lease renewals; auto: a third of the "
+            "lease time to live"),
     Setting("memcache_timeout", "FH_PREFORK_MEMCACHE_TIMEOUT", _positive_float, "0.5",
             "seconds bounding every memcached connect and read"),
 )
@@ -150,6 +165,7 @@ class Settings:
     edge_backoff_max: float
     edge_mode: str
     lease_seconds: float
+    lease_renew_seconds: float
     memcache_timeout: float
 
     @property
@@ -166,7 +182,7 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """Settings safe to show: the API key's secret part is cut off."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        shown["api_key"] = self.api_key.split("*", 1)[0] + "*..."
+        shown["api_key"] = redact(self.api_key)
         return shown
 
 
@@ -199,4 +215,10 @@ def load(environ: Mapping[str, str] | None = None,
             raise SettingsError(f"{origin}: {err}") from None
     if values["refresh_seconds"] is None:
         values["refresh_seconds"] = 1.0 if values["edge_mode"] == "leader" else 5.0
+    if values["lease_renew_seconds"] is None:
+        values["lease_renew_seconds"] = values["lease_seconds"] / 3
+    if values["lease_renew_seconds"] >= values["lease_seconds"]:
+        raise SettingsError(f"FH_PREFORK_LEASE_RENEW_SECONDS ({values['lease_renew_seconds']:g}) "
+                            f"must be shorter than FH_PREFORK_LEASE_SECONDS "
+                            f"({values['lease_seconds']:g})")
     return Settings(**values)

@@ -8,6 +8,7 @@ so a new backend is a small file and cannot get the concurrency wrong.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,4 +54,93 @@ class StoreBackend(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+# -- leader lease (FH_PREFORK_EDGE_MODE=leader) ------------------------------------------------
+
+#: Bytes a lease record may take; longer values are junk (the file backend pads to this size).
+LEASE_RECORD_BYTES = 512
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds the leader lease, stored as JSON bytes (never pickle).
+
+    ``holder`` is ``host:pid:nonce`` (the nonce tells two terms of one pid
+    apart); ``expires_at`` is unix time, for people and the CLI: decisions use
+    the backend's own expiry (memcached) or lock (file) and a local monotonic
+    deadline, never a comparison of two hosts' clocks.
+    """
+
+    holder: str
+    host: str
+    pid: int
+    expires_at: float
+
+    def encode(self) -> bytes:
+        return json.dumps({"holder": self.holder, "host": self.host, "pid": self.pid,
+                           "expires_at": round(self.expires_at, 3)},
+                          separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Lease | None:
+        """The lease in ``raw``, or None when absent or not a lease record (junk)."""
+        if not raw or len(raw) > LEASE_RECORD_BYTES:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        holder, host, pid, expires = (data.get("holder"), data.get("host"), data.get("pid"),
+                                      data.get("expires_at"))
+        if not (isinstance(holder, str) and holder and isinstance(host, str)
+                and isinstance(pid, int) and not isinstance(pid, bool)
+                and isinstance(expires, (int, float)) and not isinstance(expires, bool)):
+            return None
+        return cls(holder, host, pid, float(expires))
+
+    def public(self) -> dict[str, Any]:
+        return {"holder": self.holder, "host": self.host, "pid": self.pid,
+                "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
+class LeaseAnswer:
+    """A lease operation's outcome.
+
+    ``held``: the caller holds the lease now. ``current``: the lease the
+    backend holds, as far as it said (the caller's own when ``held``; None when
+    nobody holds it or the record is unreadable). ``valid_for``: seconds from
+    the start of the call during which a held lease cannot have passed to
+    anyone else (shorter than the nominal time to live by the backend's clock
+    granularity; infinite for a lock that dies only with its holder).
+    """
+
+    held: bool
+    current: Lease | None
+    valid_for: float = 0.0
+
+
+class LeaseBackend(Protocol):
+    """Lease operations of a backend that supports leader mode. Store-thread only."""
+
+    description: str
+
+    def lease_read(self) -> Lease | None:
+        """Who holds the lease now (None: nobody, or an unreadable record)."""
+        ...
+
+    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+        """Take the lease for ``candidate`` if nobody holds it (or it is already ours)."""
+        ...
+
+    def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
+        """Extend ``lease`` only if the backend still names it; ``held=False``: lost."""
+        ...
+
+    def lease_release(self, lease: Lease) -> bool:
+        """Give the lease up if, and only if, it is still ours; True when released."""
         ...

@@ -23,12 +23,14 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
+from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from . import faults
@@ -88,24 +90,14 @@ class _Pending:
             self.add_delete(fid, version)
 
 
-def environment_id(api_key: str) -> str:
-    """``a/b/c`` -> ``b``; ``b/c`` -> ``b`` (the FeatureHub API key layout)."""
-    parts = api_key.split("/")
-    if len(parts) == 3 and parts[1]:
-        return parts[1]
-    if len(parts) == 2 and parts[0]:
-        return parts[0]
-    raise ValueError(f"cannot find the environment id in API key {_redact(api_key)!r}: "
-                     "expected 'portfolio/environment/key' or 'environment/key'")
+@dataclass
+class _Task:
+    """A callable the store thread runs on its own schedule (see ``SessionStore.add_task``)."""
 
-
-def require_client_evaluated(api_key: str) -> None:
-    if "*" not in api_key:
-        raise ValueError(
-            "only client-evaluated API keys (they contain '*') can be shared between processes: "
-            "a server-evaluated key gives each context its own resolved values, and sharing them "
-            f"would make processes overwrite each other's flags (key {_redact(api_key)!r})"
-        )
+    run: Callable[[], float]
+    on_close: Callable[[], object] | None
+    due: float          # time.monotonic()
+    name: str
 
 
 def attach_repository(config: FeatureHubConfig) -> ListeningRepository:
@@ -155,6 +147,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
+        self._tasks: list[_Task] = []
 
         try:
             self._read_and_replay()
@@ -206,7 +199,59 @@ class SessionStore(RawUpdateFeatureListener):
         self._repository.remove_raw_update_listener(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=max(flush_timeout, 0) + 2.0)
+        if not self._thread.is_alive():  # the store thread is gone: its I/O is ours now
+            for task in self._take_tasks():
+                if task.on_close is not None:
+                    try:
+                        task.on_close()
+                    except Exception:
+                        self._log.exception("fh_prefork: %s closing task %s failed", self.source,
+                                            task.name)
         self._backend.close()
+
+    # -- tasks: extra backend I/O on the store thread ------------------------------------------
+
+    @property
+    def backend(self) -> StoreBackend:
+        """The backend; use it only from a task (its clients are not thread-safe)."""
+        return self._backend
+
+    def add_task(self, run: Callable[[], float], *, on_close: Callable[[], object] | None = None,
+                 name: str = "task") -> None:
+        """Run ``run`` on the store thread now, then again after the seconds it returns.
+
+        Lets a feature do backend I/O (the leader lease) on the one thread that
+        owns the backend's client, without a second connection or thread.
+        ``on_close`` runs once in ``close()`` after the store thread stopped
+        (and not at all if it failed to stop in time), before the backend closes.
+        An exception in ``run`` is logged and retried after one refresh period.
+        """
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._tasks.append(_Task(run, on_close, time.monotonic(), name))
+            self._cond.notify_all()
+
+    def _take_tasks(self) -> list[_Task]:
+        with self._cond:
+            tasks, self._tasks = self._tasks, []
+        return tasks
+
+    def _next_task_due(self) -> float | None:
+        return min((t.due for t in self._tasks), default=None)
+
+    def _run_due_tasks(self) -> None:
+        with self._cond:
+            due = [t for t in self._tasks if t.due <= time.monotonic()]
+        for task in due:
+            try:
+                delay = float(task.run())
+            except Exception:
+                self.counters.errors += 1
+                self._log.exception("fh_prefork: %s store task %s failed", self.source,
+                                    task.name)
+                delay = self._period()
+            task.due = time.monotonic() + max(0.0, delay)
 
     # -- public helpers ---------------------------------------------------------------------
 
@@ -264,6 +309,11 @@ class SessionStore(RawUpdateFeatureListener):
                 while not self._closed:
                     now = time.monotonic()
                     due = min(next_tick, retry_at) if retry_at is not None else next_tick
+                    task_due = self._next_task_due()
+                    if task_due is not None:
+                        if now >= task_due:
+                            break
+                        due = min(due, task_due)
                     if self._refresh_requested or now >= next_tick:
                         break
                     if self._pending and (retry_at is None or now >= retry_at):
@@ -272,6 +322,7 @@ class SessionStore(RawUpdateFeatureListener):
                 if self._closed:
                     return
             try:
+                self._run_due_tasks()  # first: a leader that lost its lease stops before writing
                 now = time.monotonic()
                 if self._has_pending() and (retry_at is None or now >= retry_at):
                     retry_at = None if self._flush() else time.monotonic() + self._period() / 4
@@ -463,9 +514,3 @@ class SessionStore(RawUpdateFeatureListener):
         self._backend_log.recovered("fh_prefork: %s is back", self._backend.description)
         self._size_log.recovered("fh_prefork: merged state fits %s again",
                                  self._backend.description)
-
-
-def _redact(api_key: str) -> str:
-    """Keep enough of a key to recognise it in a log, not enough to use it."""
-    head, _, _secret = api_key.partition("*")
-    return head[:24] + ("*..." if "*" in api_key else "")

@@ -10,6 +10,12 @@ The change token is the file's inode, size and mtime in nanoseconds: an idle
 refresh tick costs one ``stat()``. Each write sets the new file's mtime past
 the old one's, so two writes inside one clock tick still differ.
 
+Leader mode: ``{name}.leader`` beside the data holds the leader lease, an
+exclusive ``flock`` the leader keeps for its whole term (the kernel drops it
+when the leader dies, however it dies). The leader writes its lease record
+(the same JSON as on memcached, space-padded to a fixed size and written with
+one ``pwrite``, so a reader never sees a torn record) into it on every renewal.
+
 Nobody else on the host may inject flags: the folder must be ours and mode
 0700, the files ours and not writable by others, or the store refuses them.
 """
@@ -28,9 +34,10 @@ from typing import Any
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
+from ..apikey import environment_id, require_client_evaluated
 from . import faults
-from .backend import Snapshot, StoreUnavailable
-from .core import SessionStore, environment_id, require_client_evaluated
+from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable
+from .core import SessionStore
 from .options import FileSessionStoreOptions, validate_key
 
 SOURCE = "file-store"
@@ -96,9 +103,11 @@ class FileBackend:
         self.directory = ensure_private_directory(directory)
         self.path = self.directory / f"{validate_key(name)}.json"
         self.lock_path = self.directory / f"{name}.lock"
+        self.leader_path = self.directory / f"{name}.leader"
         self.description = f"file://{self.path}"
         self._lock_fd = -1
-        for existing in (self.path, self.lock_path):
+        self._leader_fd = -1    # open and flocked while this backend's process leads
+        for existing in (self.path, self.lock_path, self.leader_path):
             try:
                 _check_owned(existing, os.stat(existing, follow_symlinks=False), "file")
             except FileNotFoundError:
@@ -153,6 +162,120 @@ class FileBackend:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        self._drop_leader_fd()
+
+    # -- leader lease -------------------------------------------------------------------------
+
+    def lease_read(self) -> Lease | None:
+        """The record in the lease file; None when absent, unreadable, or nobody holds the lock."""
+        if self._leader_fd >= 0:
+            return self._read_record(self._leader_fd)
+        try:
+            fd = self._open_leader()
+        except FileNotFoundError:
+            return None
+        try:
+            if self._try_lock(fd):  # nobody leads: the record is a past term's
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            return self._read_record(fd)
+        finally:
+            os.close(fd)
+
+    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+        if self._leader_fd >= 0:
+            return self.lease_renew(candidate, ttl)
+        fd = self._open_leader(create=True)
+        try:
+            if not self._try_lock(fd):
+                return LeaseAnswer(False, self._read_record(fd))
+            if not self._names_path(fd):  # unlinked or replaced since we opened it
+                return LeaseAnswer(False, None)
+            mine = Lease(candidate.holder, candidate.host, candidate.pid, time.time() + ttl)
+            self._write_record(fd, mine)
+            self._leader_fd, fd = fd, -1  # kept open: the lock lives as long as the fd
+            return LeaseAnswer(True, mine, float("inf"))
+        finally:
+            if fd >= 0:
+                os.close(fd)  # closing our only fd also drops a lock we took
+
+    def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
+        fd = self._leader_fd
+        if fd < 0 or not self._names_path(fd):
+            self._drop_leader_fd()
+            return LeaseAnswer(False, self.lease_read())
+        mine = Lease(lease.holder, lease.host, lease.pid, time.time() + ttl)
+        self._write_record(fd, mine)
+        return LeaseAnswer(True, mine, float("inf"))
+
+    def lease_release(self, lease: Lease) -> bool:
+        fd = self._leader_fd
+        if fd < 0:
+            return False
+        try:
+            if self._names_path(fd):
+                self._write_record(fd, Lease(lease.holder, lease.host, lease.pid, time.time()))
+        except StoreUnavailable:
+            pass  # the unlock below is what releases
+        self._drop_leader_fd()
+        return True
+
+    def _open_leader(self, create: bool = False) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self.leader_path, flags, 0o600)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise StoreUnavailable(f"cannot open {self.leader_path}: {err}") from err
+        try:
+            _check_owned(self.leader_path, os.fstat(fd), "lease file")
+        except ValueError as err:
+            os.close(fd)
+            raise StoreUnavailable(str(err)) from None
+        return fd
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise StoreUnavailable(f"cannot lock {self.leader_path}: {err}") from err
+
+    def _names_path(self, fd: int) -> bool:
+        try:
+            held, named = os.fstat(fd), os.stat(self.leader_path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise StoreUnavailable(f"cannot stat {self.leader_path}: {err}") from err
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+    def _read_record(self, fd: int) -> Lease | None:
+        try:
+            return Lease.decode(os.pread(fd, LEASE_RECORD_BYTES + 1, 0).rstrip(b" \n\0"))
+        except OSError as err:
+            raise StoreUnavailable(f"cannot read {self.leader_path}: {err}") from err
+
+    def _write_record(self, fd: int, lease: Lease) -> None:
+        record = lease.encode()
+        if len(record) >= LEASE_RECORD_BYTES:
+            raise StoreUnavailable(f"lease record of {len(record)} bytes is too long")
+        try:  # one fixed-size pwrite: readers see the old record or the new one
+            os.pwrite(fd, record.ljust(LEASE_RECORD_BYTES - 1) + b"\n", 0)
+        except OSError as err:
+            raise StoreUnavailable(f"cannot write {self.leader_path}: {err}") from err
+
+    def _drop_leader_fd(self) -> None:
+        if self._leader_fd >= 0:
+            try:
+                fcntl.flock(self._leader_fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+            os.close(self._leader_fd)
+            self._leader_fd = -1
 
     def _remove_stale_temporaries(self, older_than: float = 60.0) -> None:
         """Temporary files left by writers killed mid-write; harmless, but not forever."""

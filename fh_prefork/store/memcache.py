@@ -4,6 +4,9 @@ Key layout, shared with the FeatureHub Ruby and JavaScript stores:
 
 * ``{prefix}_{environment_id}``      JSON array of feature states (the CAS target)
 * ``{prefix}_{environment_id}_sha``  hex SHA-256 fingerprint of the array (change detection)
+* ``{prefix}_{environment_id}_leader`` leader lease (leader mode only): JSON
+  ``{"holder", "host", "pid", "expires_at"}``, created with ``add`` and an
+  expiry, renewed by its holder with ``gets`` + ``cas``, deleted only by it
 
 Values are raw UTF-8 JSON bytes with memcached flags 0. The client is built
 without a serde, so nothing read from memcached is ever deserialized by
@@ -12,6 +15,8 @@ pymemcache: bytes in, ``json.loads`` in our own code, nothing else.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,9 +25,10 @@ from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
 from .. import features as fs
+from ..apikey import environment_id, require_client_evaluated
 from . import faults
-from .backend import Snapshot, StoreUnavailable
-from .core import SessionStore, environment_id, require_client_evaluated
+from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable
+from .core import SessionStore
 from .options import MemcacheSessionStoreOptions, validate_key
 
 SOURCE = "memcache-store"
@@ -107,6 +113,7 @@ class MemcacheBackend:
         self._client = client
         self.data_key = validate_key(data_key)
         self.sha_key = validate_key(f"{data_key}_sha")
+        self.lease_key = validate_key(f"{data_key}_leader")
         self.description = description
 
     def change_token(self) -> str | None:
@@ -138,6 +145,69 @@ class MemcacheBackend:
             self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"),
                        noreply=False)
         return fingerprint
+
+    # -- leader lease -------------------------------------------------------------------------
+
+    @staticmethod
+    def _lease_expire(ttl: float) -> tuple[int, float]:
+        """memcached's expiry in whole seconds, and how long a stored lease surely lives.
+
+        memcached's clock ticks once a second, so an item stored with expiry E
+        may vanish after E - 1 seconds: that is the window the holder may rely on.
+        """
+        expire = max(1, math.ceil(ttl))
+        return expire, max(expire - 1.0, min(ttl, expire) / 2)
+
+    def lease_read(self) -> Lease | None:
+        return Lease.decode(self._call(self._client.get, self.lease_key))
+
+    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+        expire, valid_for = self._lease_expire(ttl)
+        raw, cas = self._call(self._client.gets, self.lease_key)
+        if raw is None:
+            mine = self._stamped(candidate, ttl)
+            if self._call(self._client.add, self.lease_key, mine.encode(), expire=expire,
+                          noreply=False) is True:
+                return LeaseAnswer(True, mine, valid_for)
+            raw, cas = self._call(self._client.gets, self.lease_key)
+            if raw is None:
+                return LeaseAnswer(False, None)
+        current = Lease.decode(raw)
+        if current is None or current.holder == candidate.holder:
+            # ours already (a renewal that came late), or junk nobody can renew: take it by cas
+            return self._cas_lease(candidate, ttl, cas, current)
+        return LeaseAnswer(False, current)
+
+    def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
+        raw, cas = self._call(self._client.gets, self.lease_key)
+        current = Lease.decode(raw)
+        if current is None or current.holder != lease.holder:
+            return LeaseAnswer(False, current)
+        return self._cas_lease(lease, ttl, cas, current)
+
+    def lease_release(self, lease: Lease) -> bool:
+        raw, _cas = self._call(self._client.gets, self.lease_key)
+        current = Lease.decode(raw)
+        if current is None or current.holder != lease.holder:
+            return False
+        # memcached has no compare-and-delete: the holder renews every ttl/3, so between
+        # this read and the delete the lease cannot have expired and passed to another
+        # (the caller releases only while well inside its validity window)
+        return self._call(self._client.delete, self.lease_key, noreply=False) is True
+
+    def _cas_lease(self, lease: Lease, ttl: float, cas: Any, current: Lease | None
+                   ) -> LeaseAnswer:
+        expire, valid_for = self._lease_expire(ttl)
+        mine = self._stamped(lease, ttl)
+        stored = self._call(self._client.cas, self.lease_key, mine.encode(), cas,
+                            expire=expire, noreply=False)
+        if stored is True:
+            return LeaseAnswer(True, mine, valid_for)
+        return LeaseAnswer(False, self.lease_read() if stored is False else None)
+
+    @staticmethod
+    def _stamped(lease: Lease, ttl: float) -> Lease:
+        return Lease(lease.holder, lease.host, lease.pid, time.time() + ttl)
 
     def close(self) -> None:
         try:

@@ -13,6 +13,7 @@ import pytest
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
+from fh_prefork.apikey import redact
 from fh_prefork.edge import SupervisedEdge, edge_provider
 from fh_prefork.edge_simulator import EdgeSimulator, make_feature
 
@@ -240,7 +241,8 @@ def test_404_key_not_found_logs_one_error_and_recovers(
     errors = [r.getMessage() for r in caplog.records
               if r.name == "fh_prefork.edge" and r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
-    assert "404" in errors[0] and KEY in errors[0] and "does not exist or was deleted" in errors[0]
+    assert "404" in errors[0] and "does not exist or was deleted" in errors[0]
+    assert redact(KEY) in errors[0] and KEY not in errors[0], "the key's secret is never logged"
     sim.set_failure(None)  # the key was recreated
     assert wait_for(lambda: repo.value("FLAG_A") is True)
     assert edge.status()["state"] == "connected"

@@ -14,6 +14,7 @@ from fh_prefork.bench.cluster import Cluster
 from fh_prefork.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
+from tests.support.servers import stream_owners, versions
 
 StartCluster = Callable[..., Cluster]
 
@@ -36,21 +37,6 @@ PROPAGATION_BOUND = 2 * REFRESH * 1.2 + 1.5
 def start_variant(start_cluster: StartCluster, name: str, workers: int = 4) -> Cluster:
     kind, args, env = VARIANTS[name]
     return start_cluster(kind, workers, args, env)
-
-
-def pid_of_local_port(port: int) -> int | None:
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.pid:
-            return int(conn.pid)
-    return None
-
-
-def stream_owners(edge: EdgeSimulator) -> list[int | None]:
-    return [pid_of_local_port(s.peer[1]) for s in edge.streams()]
-
-
-def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:
-    return {pid: flags[key]["version"] for pid, flags in cluster.flags(key).items()}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fh_prefork.store.core import environment_id, require_client_evaluated
+from fh_prefork.apikey import environment_id, redact, require_client_evaluated
 from fh_prefork.store.memcache import parse_servers
 from fh_prefork.store.options import (
     MemcacheSessionStoreOptions,
@@ -80,3 +80,12 @@ def test_parse_servers(text: str, servers: list) -> None:
 def test_parse_servers_refuses_junk(text: str) -> None:
     with pytest.raises(ValueError, match="memcache address"):
         parse_servers(text)
+
+
+@pytest.mark.parametrize("key, shown", [
+    ("portfolio/env/client*secret", "portfolio/env/client*..."),
+    ("portfolio/env/serversecret", "portfolio/env/..."),
+    ("nokey", "..."),
+])
+def test_redact_never_shows_the_secret(key: str, shown: str) -> None:
+    assert redact(key) == shown

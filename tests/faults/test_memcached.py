@@ -1,0 +1,147 @@
+"""memcached restarted, stopped, hung, slow or absent: workers keep serving, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+
+from fh_prefork import features as fs
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from tests.servers.conftest import REFRESH
+from tests.support.memcached import Memcached
+from tests.support.procs import free_port, wait_for
+from tests.support.proxy import FaultyProxy
+from tests.support.servers import fh_log_lines, versions
+
+StartCluster = Callable[..., Cluster]
+DATA_KEY_ENV = "env-srv"
+BOUND = 2 * REFRESH * 1.2 + 1.5
+
+
+def stored(port: int, prefix: str) -> dict[str, int] | None:
+    """key -> version held in memcached, or None when the key is absent or unreachable."""
+    client = Client(("127.0.0.1", port), connect_timeout=0.5, timeout=0.5)
+    try:
+        raw = client.get(f"{prefix}_{DATA_KEY_ENV}")
+    except Exception:
+        return None
+    finally:
+        client.close()
+    if raw is None:
+        return None
+    return {f["key"]: f["version"] for f in fs.decode(raw, 10**8).features}
+
+
+def request_latencies(cluster: Cluster, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.monotonic()
+        cluster.get("/flags?key=FLAG", timeout=5)
+        out.append(time.monotonic() - started)
+    return out
+
+
+def test_restarted_empty_memcached_is_seeded_again_within_a_refresh(
+        start_cluster: StartCluster, own_memcached: Memcached, prefix: str) -> None:
+    cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
+    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1 everywhere")
+    wait_for(lambda: stored(own_memcached.port, prefix), 5, what="store written")
+    own_memcached.restart()
+    started = time.monotonic()
+    held = wait_for(lambda: stored(own_memcached.port, prefix), BOUND, what="store seeded")
+    print(f"store seeded again {time.monotonic() - started:.2f} s after memcached restarted")
+    assert held == {"FLAG": 1, "OTHER": 1}
+    assert set(versions(cluster).values()) == {1}, "no flag went back"
+
+
+def test_updates_during_memcached_outage_reach_the_store_when_it_returns(
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str) -> None:
+    cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
+    assert edge.wait_for_streams(4, 10)
+    outage_start = time.monotonic()
+    own_memcached.stop()
+    edge.push_feature(make_feature("FLAG", False, 2))                   # every worker gets it
+    edge.push_feature(make_feature("ONLY_ONE", True, 1), edge.streams()[0].id)  # one worker
+    wait_for(lambda: set(versions(cluster).values()) == {2}, 10, what="v2 in memory")
+    wait_for(lambda: all(s["store"]["healthy"] is False for s in cluster.statuses().values()),
+             BOUND * 2, what="every worker to notice the outage")
+    ticks = {pid: s["store"]["counters"]["refreshes"] for pid, s in cluster.statuses().items()}
+    wait_for(lambda: all(s["store"]["counters"]["refreshes"] >= ticks[pid] + 5
+                         for pid, s in cluster.statuses().items()), 15,
+             what="five refresh ticks into the outage in every worker")
+    own_memcached.start()
+    outage = time.monotonic() - outage_start
+    held = wait_for(lambda: (h := stored(own_memcached.port, prefix)) and
+                    h.get("ONLY_ONE") == 1 and h, BOUND * 2, what="store to catch up")
+    assert held["FLAG"] == 2
+    wait_for(lambda: all(f["ONLY_ONE"]["version"] == 1 for f in cluster.flags("ONLY_ONE").values()),
+             BOUND, what="one-stream update to reach everyone through the store")
+    errors = [line for line in fh_log_lines(cluster) if "cannot" in line]
+    print(f"{outage:.1f} s outage: {len(errors)} log line(s) from 4 workers")
+    assert len(errors) <= 4 * 2, errors
+
+
+def test_memcached_that_never_answers_does_not_touch_the_request_path(
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str) -> None:
+    with FaultyProxy(own_memcached.port) as proxy:
+        cluster = start_cluster("gunicorn", 4, env={
+            "FH_PREFORK_STORE": f"memcache://{proxy.address}",
+            "FH_PREFORK_MEMCACHE_TIMEOUT": "0.3"})
+        wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1")
+        baseline = request_latencies(cluster, 40)
+        proxy.blackhole = True
+        wait_for(lambda: all(s["store"]["healthy"] is False
+                             for s in cluster.statuses().values()), 10, what="store unhealthy")
+        edge.push_feature(make_feature("FLAG", False, 2))
+        wait_for(lambda: set(versions(cluster).values()) == {2}, 10, what="Edge still applied")
+        hung = request_latencies(cluster, 40)
+        statuses = cluster.statuses()
+        assert all(s["threads"] <= 3 for s in statuses.values()), "threads piled up"
+        print(f"request p max: healthy {max(baseline)*1000:.1f} ms, "
+              f"memcached hung {max(hung)*1000:.1f} ms")
+        assert max(hung) < 0.3, "a request waited on memcached"
+        proxy.blackhole = False
+        held = wait_for(lambda: (h := stored(own_memcached.port, prefix)) and
+                        h.get("FLAG") == 2 and h, 10, what="store to catch up")
+        assert held["FLAG"] == 2
+
+
+def test_slow_memcached_still_works_and_requests_do_not_wait(
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str) -> None:
+    with FaultyProxy(own_memcached.port, delay=0.1) as proxy:
+        cluster = start_cluster("gunicorn", 4, env={
+            "FH_PREFORK_STORE": f"memcache://{proxy.address}"})
+        wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1")
+        edge.push_feature(make_feature("FLAG", False, 2), edge.streams()[0].id)
+        wait_for(lambda: set(versions(cluster).values()) == {2}, 10,
+                 what="one-stream update through a slow store")
+        latencies = request_latencies(cluster, 40)
+        assert max(latencies) < 0.3
+        assert all(s["store"]["healthy"] for s in cluster.statuses().values())
+
+
+@pytest.mark.parametrize("how", ["refused", "never-answers"])
+def test_memcached_unreachable_at_start_worker_serves_from_edge(
+        start_cluster: StartCluster, own_memcached: Memcached, how: str) -> None:
+    with FaultyProxy(own_memcached.port) as proxy:
+        proxy.blackhole = True
+        address = f"127.0.0.1:{free_port()}" if how == "refused" else proxy.address
+        started = time.monotonic()
+        cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"memcache://{address}"})
+        took = time.monotonic() - started
+        print(f"4 workers up in {took:.2f} s with memcached {how}")
+        assert took < 3 + 2  # each worker within 3 s; the master adds its own boot
+        wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags from Edge")
+        statuses: dict[int, Any] = cluster.statuses()
+        assert all(s["store"]["healthy"] is False for s in statuses.values())
+        assert all(s["edge_state"] == "connected" for s in statuses.values())
+        json.dumps(statuses)
