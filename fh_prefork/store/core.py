@@ -369,15 +369,15 @@ class SessionStore(RawUpdateFeatureListener):
         self.counters.reads += 1
         self._ticks_since_read = 0
         decoded = self._decode(snapshot)
-        if snapshot.value is None or decoded.problem is not None:
+        clean = snapshot.value is not None and decoded.problem is None and not decoded.dropped
+        if not clean:  # empty, unusable or partly junk: rewrite it from what this process knows
             self._seed_from_memory(snapshot)
         fingerprint = fs.fingerprint(decoded.features)
-        if snapshot.value is not None and decoded.problem is None:
-            self._change_token = self._backend.settle(snapshot, fingerprint)
-        else:
-            self._change_token = snapshot.change_token
-        self._replay(decoded.features)
-        self._fingerprint = fingerprint if snapshot.value is not None else None
+        self._change_token = (self._backend.settle(snapshot, fingerprint) if clean
+                              else snapshot.change_token)
+        # Only a clean value says which features are gone; junk or emptiness says nothing.
+        self._replay(decoded.features, complete=clean)
+        self._fingerprint = fingerprint if clean else None
         self._last_refresh = time.time()
         self._note_success()
 
@@ -393,7 +393,7 @@ class SessionStore(RawUpdateFeatureListener):
         self.counters.seeds += 1
         self._log.info("fh_prefork: %s is %s; seeding it with %d feature(s) from memory",
                        self._backend.description,
-                       "empty" if snapshot.value is None else "unusable", len(known))
+                       "empty" if snapshot.value is None else "damaged", len(known))
 
     def _decode(self, snapshot: Snapshot) -> fs.Decoded:
         decoded = fs.decode(snapshot.value, self.options.max_item_bytes)
@@ -404,8 +404,12 @@ class SessionStore(RawUpdateFeatureListener):
                                    self._backend.description, what)
         return decoded
 
-    def _replay(self, stored: list[fs.FeatureState]) -> None:
-        """Tell the repository what other processes wrote: newer versions and deletions."""
+    def _replay(self, stored: list[fs.FeatureState], complete: bool = True) -> None:
+        """Tell the repository what other processes wrote: newer versions and deletions.
+
+        Deletions are inferred only from a ``complete`` (clean) value: a feature
+        missing from a junk or empty value was not deleted by anyone.
+        """
         repo_features = self._repository.features
         with self._cond:
             pending_ids = set(self._pending.updates)
@@ -418,10 +422,10 @@ class SessionStore(RawUpdateFeatureListener):
             if holder is None or holder.get_version < feature["version"]:
                 newer.append(feature)
         now_ids = {f["id"] for f in stored}
-        gone = self._stored_ids - now_ids
+        gone = self._stored_ids - now_ids if complete else set()
         removed = [(fid, key) for key, fid in self._ids_by_key.items()
                    if fid in gone and fid not in pending_ids]
-        self._stored_ids = now_ids
+        self._stored_ids = now_ids if complete else self._stored_ids | now_ids
         for feature in stored:
             self._ids_by_key[feature["key"]] = feature["id"]
         if newer:

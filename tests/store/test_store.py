@@ -212,3 +212,25 @@ def _force_value(store: SessionStore, value: bytes) -> None:
     backend: Any = store._backend
     snapshot = backend.read()
     assert backend.write(value, "junk", snapshot) is not None
+
+
+@pytest.mark.parametrize("junk", [
+    b'[{"id": "id-A", "key": "A", "version": 1, "l": false}, {"id": "id-B", "version": "x"}]',
+    b"garbage",
+    b"[]",
+])
+def test_junk_never_deletes_flags_and_is_rewritten_from_memory(
+        make_store: StoreFactory, junk: bytes) -> None:
+    """Found by the fault suite: a dropped entry looked like a deletion by another process."""
+    config = make_config()
+    store = make_store(config, refresh_timeout=0.05)
+    repo_of(config).notify("features", [feat("A", 1), feat("B", 1)])
+    assert store.flush(2.0)
+    _force_value(store, junk)
+    if junk == b"[]":
+        # a clean, empty value is what a process that deleted everything writes: followed
+        wait_for(lambda: not repo_of(config).feature("B").exists, 3, what="deletes replayed")
+        return
+    wait_for(lambda: stored(store) == {"id-A": 1, "id-B": 1}, 3, what="store rewritten")
+    assert repo_of(config).feature("B").get_version == 1
+    assert repo_of(config).feature("A").get_version == 1

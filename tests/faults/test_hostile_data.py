@@ -1,0 +1,122 @@
+"""Hostile bytes in the shared store: handled, logged, never executed, repaired by the next write."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pymemcache.client.base import Client
+
+from fh_prefork import features as fs
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from tests.servers.conftest import REFRESH
+from tests.support.memcached import Memcached
+from tests.support.procs import wait_for
+from tests.support.servers import fh_log_lines, versions
+
+StartCluster = Callable[..., Cluster]
+ENV = "env-srv"
+
+
+class _Exploit:
+    """Unpickling this runs a command that leaves a marker file: it must never happen."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def hostile_values(tmp_path: Path) -> dict[str, bytes]:
+    good = make_feature("FLAG", True, 1)
+    return {
+        "5MB": b"[" + b" " * (5 * 1024 * 1024) + json.dumps(good).encode() + b"]",
+        "deeply-nested": b"[" * 50_000 + b"]" * 50_000,
+        "version-as-string": json.dumps([{**good, "version": "99"}]).encode(),
+        "version-negative": json.dumps([{**good, "version": -5}]).encode(),
+        "version-huge": json.dumps([{**good, "version": 10**30}]).encode(),
+        "version-missing": json.dumps([{k: v for k, v in good.items() if k != "version"}]).encode(),
+        "duplicate-ids": json.dumps([{**good, "version": 1}, {**good, "version": 0}]).encode(),
+        "not-json": b"\x00\x01\x02 definitely not json",
+        "object": json.dumps({"features": [good]}).encode(),
+        "pickled": pickle.dumps(_Exploit(tmp_path / "PWNED")),
+    }
+
+
+@pytest.fixture
+def big_memcached() -> Iterator[Memcached]:
+    server = Memcached(item_size="8m").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_hostile_values_are_skipped_logged_and_repaired(
+        start_cluster: StartCluster, big_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str, tmp_path: Path) -> None:
+    cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": big_memcached.url})
+    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1")
+    pids = set(cluster.worker_pids())
+    client = Client(("127.0.0.1", big_memcached.port), connect_timeout=1, timeout=2)
+    version = 1
+    junk_seen = 0
+    try:
+        for name, junk in hostile_values(tmp_path).items():
+            client.set(f"{prefix}_{ENV}", junk, flags=1)   # flags 1: what a pickle serde reads
+            client.set(f"{prefix}_{ENV}_sha", b"junk-" + name.encode())
+            # the first worker to read it logs it and rewrites the store from memory
+            held = wait_for(lambda: _stored(client, prefix), 2 * REFRESH * 1.2 + 2,
+                            what=f"store repaired after {name}")
+            assert held == {"FLAG": version, "OTHER": 1}, (name, held)
+            total = sum(s["store"]["counters"]["junk"] for s in cluster.statuses().values())
+            assert total > junk_seen, f"nobody noticed the {name} junk"
+            junk_seen = total
+            # flags are intact and nobody crashed
+            assert set(versions(cluster).values()) == {version}, name
+            assert set(cluster.worker_pids()) == pids, f"a worker died on {name}"
+            # and updates keep flowing through the store
+            version += 1
+            edge.push_feature(make_feature("FLAG", True, version), edge.streams()[0].id)
+            wait_for(lambda v=version: set(versions(cluster).values()) == {v}, 5,
+                     what=f"v{version} everywhere after {name}")
+    finally:
+        client.close()
+    assert not (tmp_path / "PWNED").exists(), "a pickled payload was executed"
+    junk_lines = [line for line in fh_log_lines(cluster) if "junk" in line]
+    print(f"{len(hostile_values(tmp_path))} hostile values, {len(junk_lines)} log lines")
+    assert junk_lines, "junk must be logged"
+    assert len(junk_lines) <= 4 * 3, "junk logging must be rate-limited"
+
+
+def test_feature_keys_with_odd_characters_are_served(
+        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    odd = ["spa ce", "ünïcödé", 'quo"te', "new\nline", "emoji-\U0001f680", "x" * 300]
+    cluster = start_cluster("gunicorn", 2)
+    for i, key in enumerate(odd):
+        edge.push_feature(make_feature(key, True, 1, id=f"odd-{i}"), edge.streams()[0].id)
+    probe = cluster.workers  # every worker, including those that only saw the store
+    for pid, answer in cluster.sample("/flags?" + "&".join(
+            f"key={__import__('urllib.parse').parse.quote(k)}" for k in odd), 15).items():
+        assert len(answer["flags"]) == len(odd)
+    assert probe == 2
+
+
+def _stored(client: Client, prefix: str) -> dict[str, int] | None:
+    """What the store holds once it is consistent again (fingerprint matches data), else None."""
+    try:
+        raw = client.get(f"{prefix}_{ENV}")
+        sha = client.get(f"{prefix}_{ENV}_sha")
+    except Exception:
+        return None
+    decoded = fs.decode(raw, 1024 * 1024)
+    if raw is None or decoded.problem or fs.decode_fingerprint(sha) != fs.fingerprint(
+            decoded.features):
+        return None
+    return {f["key"]: f["version"] for f in decoded.features}
