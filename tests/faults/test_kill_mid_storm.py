@@ -1,0 +1,52 @@
+"""SIGKILL a worker in the middle of a compare-and-set storm between real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import psutil
+from pymemcache.client.base import Client
+
+from fh_prefork import features as fs
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from tests.servers.conftest import REFRESH
+from tests.support.procs import wait_for
+from tests.support.servers import pid_of_local_port
+
+StartCluster = Callable[..., Cluster]
+
+
+def test_updates_of_surviving_workers_all_reach_the_store(
+        start_cluster: StartCluster, edge: EdgeSimulator, memcached: object,
+        prefix: str) -> None:
+    start_cluster("gunicorn", 6)
+    assert edge.wait_for_streams(6, 10)
+    port = memcached.port  # type: ignore[attr-defined]
+    client = Client(("127.0.0.1", port), connect_timeout=1, timeout=1)
+    try:
+        for round_ in range(3):
+            streams = wait_for(lambda: (st := edge.streams()) and len(st) == 6 and all(
+                (pid := pid_of_local_port(s.peer[1])) and psutil.pid_exists(pid) for s in st)
+                and st, 15, what="six live workers streaming")
+            owners = {s.id: pid_of_local_port(s.peer[1]) for s in streams}
+            victim_stream = streams[round_ % len(streams)]
+            sent: dict[str, int | None] = {}
+            for s in streams:  # a distinct update per worker: six writers at once
+                key = f"R{round_}W{s.id}"
+                edge.push_feature(make_feature(key, True, 1), s.id)
+                sent[key] = owners[s.id]
+                if s.id == victim_stream.id and owners[s.id]:
+                    os.kill(owners[s.id], signal.SIGKILL)  # mid-storm
+            survivors = {k for k, pid in sent.items() if pid != owners[victim_stream.id]}
+
+            def stored_keys() -> set[str]:
+                raw = client.get(f"{prefix}_env-srv")
+                return {f["key"] for f in fs.decode(raw, 10**8).features}
+
+            wait_for(lambda expected=survivors: expected <= stored_keys(), 2 * REFRESH * 1.2 + 3,
+                     what=f"round {round_}: every surviving worker's update in the store")
+    finally:
+        client.close()
