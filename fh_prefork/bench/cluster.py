@@ -72,14 +72,15 @@ def _bin(name: str) -> str:
 class Cluster:
     """One master and its workers, serving the probe app on a loopback port."""
 
-    def __init__(self, kind: str, workers: int, env: Mapping[str, str], *,
+    def __init__(self, kind: str, workers: int, env: Mapping[str, str | None], *,
                  args: Sequence[str] = (), app: str = APP, port: int | None = None,
                  log_dir: str | None = None) -> None:
         if kind not in ("gunicorn", "uwsgi"):
             raise ValueError(f"unknown server {kind!r}")
         self.kind = kind
         self.workers = workers
-        self.env = {**os.environ, **env}
+        merged = {**os.environ, **env}  # None unsets a variable
+        self.env = {k: v for k, v in merged.items() if v is not None}
         self.args = list(args)
         self.app = app
         self.port = port or free_port()

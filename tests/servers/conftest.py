@@ -41,6 +41,12 @@ def server_env(edge: EdgeSimulator, memcached: Any, prefix: str) -> dict[str, st
     }
 
 
+#: Environment that leaves FH_PREFORK_STORE unset: the embedded default store, in a
+#: runtime folder of the test's own (XDG_RUNTIME_DIR), so nothing outlives the test.
+def default_store_env(tmp_path: Path) -> dict[str, str | None]:
+    return {"FH_PREFORK_STORE": None, "XDG_RUNTIME_DIR": str(tmp_path)}
+
+
 @pytest.fixture
 def start_cluster(server_env: dict[str, str], tmp_path: Path
                   ) -> Iterator[Callable[..., Cluster]]:
@@ -48,7 +54,7 @@ def start_cluster(server_env: dict[str, str], tmp_path: Path
     started: list[Cluster] = []
 
     def start(kind: str, workers: int = 4, args: tuple[str, ...] = (),
-              env: dict[str, str] | None = None) -> Cluster:
+              env: dict[str, str | None] | None = None) -> Cluster:
         cluster = Cluster(kind, workers, {**server_env, **(env or {})}, args=args,
                           log_dir=str(tmp_path))
         started.append(cluster)

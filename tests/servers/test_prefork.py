@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -12,7 +13,7 @@ import pytest
 
 from fh_prefork.bench.cluster import Cluster
 from fh_prefork.edge_simulator import EdgeSimulator, make_feature
-from tests.servers.conftest import REFRESH
+from tests.servers.conftest import REFRESH, default_store_env
 from tests.support.procs import wait_for
 from tests.support.servers import stream_owners, versions
 
@@ -34,15 +35,19 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
 PROPAGATION_BOUND = 2 * REFRESH * 1.2 + 1.5
 
 
-def start_variant(start_cluster: StartCluster, name: str, workers: int = 4) -> Cluster:
+def start_variant(start_cluster: StartCluster, name: str, workers: int = 4,
+                  store: dict[str, str | None] | None = None) -> Cluster:
     kind, args, env = VARIANTS[name]
-    return start_cluster(kind, workers, args, env)
+    return start_cluster(kind, workers, args, {**env, **(store or {})})
 
 
+@pytest.mark.parametrize("store", ["memcache", "default"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_worker_serves_and_an_update_to_one_stream_reaches_all(
-        start_cluster: StartCluster, edge: EdgeSimulator, variant: str) -> None:
-    cluster = start_variant(start_cluster, variant)
+        start_cluster: StartCluster, edge: EdgeSimulator, variant: str, store: str,
+        tmp_path: Path) -> None:
+    cluster = start_variant(start_cluster, variant,
+                            store=default_store_env(tmp_path) if store == "default" else None)
     workers = cluster.worker_pids()
     assert len(workers) == 4
     # a store that nobody wrote yet: the first flags come from each worker's Edge stream
@@ -62,13 +67,15 @@ def test_every_worker_serves_and_an_update_to_one_stream_reaches_all(
     wait_for(lambda: set(versions(cluster).values()) == {2}, PROPAGATION_BOUND,
              what="update to reach every worker")
     took = time.monotonic() - started
-    print(f"{variant}: one-stream update reached all 4 workers in {took:.2f} s")
+    print(f"{variant}/{store}: one-stream update reached all 4 workers in {took:.2f} s")
     assert all(f["FLAG"]["value"] is False for f in cluster.flags("FLAG").values())
 
     # The worker's own threads are alive: Edge connected, refresh ticking.
     statuses = cluster.statuses()
     for pid, status in statuses.items():
         assert status["role"] == "worker" and status["pid"] == pid
+        expected = "file://" + str(tmp_path) if store == "default" else "memcache://"
+        assert status["store"]["backend"].startswith(expected), status["store"]
         assert status["edge_state"] == "connected", status
         assert status["store"]["counters"]["refreshes"] >= 1, status
 
@@ -90,10 +97,13 @@ def test_master_that_read_flags_keeps_no_thread_or_connection(
         assert status["threads"] <= 3 + 4, status  # main (+ gthread pool) + edge + store
 
 
+@pytest.mark.parametrize("store", ["memcache", "default"])
 @pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
 def test_same_update_to_every_worker_is_written_once(
-        start_cluster: StartCluster, edge: EdgeSimulator, kind: str) -> None:
-    cluster = start_cluster(kind, 6)
+        start_cluster: StartCluster, edge: EdgeSimulator, kind: str, store: str,
+        tmp_path: Path) -> None:
+    cluster = start_cluster(kind, 6, env=default_store_env(tmp_path) if store == "default"
+                            else None)
     assert edge.wait_for_streams(6, timeout=10)
     before = {pid: s["counters"] for pid, s in cluster.statuses().items()}
     update = [make_feature(f"SAME{i}", True, 3) for i in range(5)]
@@ -110,7 +120,8 @@ def test_same_update_to_every_worker_is_written_once(
     writes = sum(after[p]["writes"] - before[p]["writes"] for p in after)
     deferred = sum(after[p]["deferred"] - before[p]["deferred"] for p in after)
     conflicts = sum(after[p]["cas_conflicts"] - before[p]["cas_conflicts"] for p in after)
-    print(f"{kind}: same update to 6 workers: {writes} data write(s), {conflicts} CAS conflicts")
+    print(f"{kind}/{store}: same update to 6 workers: {writes} data write(s), "
+          f"{conflicts} CAS conflicts")
     assert writes == 1
     assert deferred == 0
 

@@ -1,0 +1,178 @@
+"""One process's lifecycle: lazy start, hooks, forks seen and unseen, dormant master."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fh_prefork
+from fh_prefork import runtime
+from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.settings import SettingsError
+from tests.support.procs import wait_for
+
+API_KEY = "portfolio/env-rt/client*secret"
+
+
+@pytest.fixture
+def edge() -> Iterator[EdgeSimulator]:
+    sim = EdgeSimulator(keepalive_interval=0.5).start()
+    sim.set_features([make_feature("FLAG", True, 1)])
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime(edge: EdgeSimulator, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("FEATUREHUB_EDGE_URL", edge.url)
+    monkeypatch.setenv("FEATUREHUB_API_KEY", API_KEY)
+    monkeypatch.setenv("FH_PREFORK_STORE", f"file://{tmp_path}/store")
+    monkeypatch.setenv("FH_PREFORK_REFRESH_SECONDS", "0.2")
+    monkeypatch.setenv("FH_PREFORK_EDGE_BACKOFF_MAX", "1")
+    yield
+    runtime.stop_worker()
+    runtime._overrides.clear()
+    runtime._master_pid = None
+
+
+def flag_version() -> int:
+    return int(fh_prefork.context().feature("FLAG").get_version)
+
+
+def test_config_starts_lazily_and_is_the_same_object(edge: EdgeSimulator) -> None:
+    cfg = fh_prefork.config()
+    assert fh_prefork.config() is cfg
+    wait_for(lambda: flag_version() == 1, 5, what="flags from Edge")
+    status = fh_prefork.status()
+    assert status["pid"] == os.getpid() and status["role"] == "worker"
+    wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5, what="connected")
+    assert status["store"]["backend"].startswith("file://")
+    json.dumps(fh_prefork.status())
+
+
+def test_context_reads_cost_no_io(edge: EdgeSimulator) -> None:
+    wait_for(lambda: flag_version() == 1, 5, what="flags")
+    edge.go_down()  # nothing to talk to: reads must still answer from memory
+    for _ in range(1000):
+        assert fh_prefork.context().user_key("u").feature("FLAG").is_enabled
+
+
+def test_stop_worker_closes_edge_and_store(edge: EdgeSimulator) -> None:
+    fh_prefork.start_worker()
+    assert edge.wait_for_streams(1, 5)
+    worker = runtime.current_worker()
+    assert worker is not None and worker.store is not None
+    fh_prefork.stop_worker()
+    assert edge.wait_until(lambda: edge.open_streams == 0, 5)
+    assert not worker.store._thread.is_alive()
+    assert runtime.current_worker() is None
+    assert fh_prefork.config() is not worker.config  # starts again, fresh
+
+
+def test_store_none_keeps_the_lifecycle_without_shared_state(edge: EdgeSimulator) -> None:
+    fh_prefork.configure(store="none")
+    wait_for(lambda: flag_version() == 1, 5, what="flags from Edge only")
+    status = fh_prefork.status()
+    assert status["store"] is None and status["store_url"] == "none"
+
+
+def test_configure_validates_at_once_and_keeps_old_settings_on_error() -> None:
+    fh_prefork.configure(prefix="good")
+    with pytest.raises(SettingsError, match="FH_PREFORK_REFRESH_SECONDS|refresh_seconds"):
+        fh_prefork.configure(refresh_seconds=-1)
+    assert runtime.settings().prefix == "good"
+    assert runtime.settings().refresh_seconds == 0.2
+
+
+def _child(report_fd: int, body: Any) -> None:
+    """Run ``body`` in a forked child, report JSON through a pipe, never return."""
+    try:
+        result = body()
+    except BaseException as err:  # report everything: the child must not run pytest on
+        result = {"error": repr(err)}
+    os.write(report_fd, json.dumps(result).encode())
+    os._exit(0)
+
+
+def _fork_and_report(body: Any, raw: bool = False) -> dict[str, Any]:
+    read_fd, write_fd = os.pipe()
+    pid = ctypes.CDLL(None).fork() if raw else os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _child(write_fd, body)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        chunks.append(pipe.read())
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    return dict(json.loads(b"".join(chunks) or b"{}"))
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["os.fork", "fork-without-hooks"])
+def test_fork_no_hook_saw_starts_fresh_in_the_child_and_logs_once(
+        edge: EdgeSimulator, raw: bool) -> None:
+    parent_cfg = fh_prefork.config()
+    assert edge.wait_for_streams(1, 5)
+    wait_for(lambda: flag_version() == 1, 5, what="parent flags")
+
+    def in_child() -> dict[str, Any]:
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("fh_prefork").addHandler(handler)
+        cfg = fh_prefork.config()
+        again = fh_prefork.config()
+        version = wait_for(flag_version, 5, what="child flags")
+        edge_up = wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5,
+                           what="child edge")
+        fh_prefork.stop_worker()
+        return {"new": cfg is not parent_cfg, "same": cfg is again, "version": version,
+                "edge": edge_up, "logs": [m for m in records if "forked" in m],
+                "pid": os.getpid()}
+
+    child = _fork_and_report(in_child, raw=raw)
+    assert "error" not in child, child
+    assert child["new"] and child["same"] and child["version"] == 1 and child["edge"]
+    assert len(child["logs"]) == 1 and str(os.getpid()) in child["logs"][0], child["logs"]
+    # the parent's connection survived the child: still its one stream, still served
+    assert fh_prefork.config() is parent_cfg
+    assert fh_prefork.status()["edge_state"] == "connected"
+    edge.push_feature(make_feature("FLAG", False, 2))
+    wait_for(lambda: flag_version() == 2, 5, what="parent still receives updates")
+
+
+def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -> None:
+    fh_prefork.start_worker()  # someone already wrote the store
+    wait_for(lambda: flag_version() == 1, 5, what="flags")
+    assert fh_prefork.status()["store"]["pending"] == 0 or runtime.current_worker()
+    runtime.current_worker().store.flush(2)  # type: ignore[union-attr]
+    fh_prefork.stop_worker()
+    runtime.mark_master()
+    threads = threading.active_count()
+    streams = edge.total_stream_connections
+    assert flag_version() == 1, "the master reads the store once"
+    assert fh_prefork.status()["role"] == "master"
+    assert threading.active_count() == threads, "the master keeps no thread"
+    assert edge.total_stream_connections == streams, "the master never connects to Edge"
+
+    def in_child() -> dict[str, Any]:
+        fh_prefork.start_worker()
+        role = fh_prefork.status()["role"]
+        up = wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5, what="edge")
+        fh_prefork.stop_worker()
+        return {"role": role, "edge": up}
+
+    child = _fork_and_report(in_child)
+    assert child == {"role": "worker", "edge": True}, child
