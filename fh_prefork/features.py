@@ -45,12 +45,15 @@ def fingerprint(features: Iterable[Mapping[str, Any]]) -> str:
 
 @dataclass
 class Decoded:
-    """A store value turned into feature states, with what had to be dropped."""
+    """A store value turned into feature states (by id), with what had to be dropped."""
 
-    features: list[FeatureState]
+    by_id: dict[str, FeatureState] = field(default_factory=dict)
     dropped: int = 0
     problem: str | None = None  # why the value as a whole was unusable
-    by_id: dict[str, FeatureState] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[FeatureState]:
+        return list(self.by_id.values())
 
 
 def decode(raw: bytes | None, max_bytes: int) -> Decoded:
@@ -60,23 +63,23 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
     string holding the JSON array). Duplicate ids keep the highest version.
     """
     if raw is None:
-        return Decoded([])
+        return Decoded()
     if len(raw) > max_bytes:
-        return Decoded([], problem=f"value of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+        return Decoded(problem=f"value of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Decoded([], problem="value is not UTF-8 (not JSON; pickled data is never loaded)")
+        return Decoded(problem="value is not UTF-8 (not JSON; pickled data is never loaded)")
     try:
         value = json.loads(text)
         if isinstance(value, str):  # Ruby/Dalli JSON serializer wraps the array in a string
             value = json.loads(value)
     except RecursionError:
-        return Decoded([], problem="JSON nested too deeply")
+        return Decoded(problem="JSON nested too deeply")
     except ValueError:
-        return Decoded([], problem="value is not JSON")
+        return Decoded(problem="value is not JSON")
     if not isinstance(value, list):
-        return Decoded([], problem=f"expected a JSON array, found {type(value).__name__}")
+        return Decoded(problem=f"expected a JSON array, found {type(value).__name__}")
     by_id: dict[str, FeatureState] = {}
     dropped = 0
     for item in value:
@@ -90,7 +93,7 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
             if held["version"] >= feature["version"]:
                 continue
         by_id[feature["id"]] = feature
-    return Decoded(list(by_id.values()), dropped=dropped, by_id=by_id)
+    return Decoded(by_id, dropped=dropped)
 
 
 def decode_fingerprint(raw: bytes | None) -> str | None:

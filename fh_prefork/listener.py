@@ -93,9 +93,18 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                     log.exception("fh_prefork: listener %r failed on %s", listener, status)
 
     def feature_states(self) -> list[dict[str, Any]]:
-        """Snapshot of every feature state currently held (for seeding a store)."""
+        """Snapshot of every feature state currently held (for seeding a store).
+
+        Request threads add holders for unknown keys without any lock, so the
+        dict is copied in one C-level step before it is walked.
+        """
         with self._notify_lock:
-            return [dict(state) for state in self.extract_feature_state()]
+            holders = list(self.features.values())
+        return [dict(state) for state in (h.internal_feature_state for h in holders) if state]
+
+    def known_features(self) -> int:
+        """How many features hold a state (unknown keys asked for by requests do not count)."""
+        return sum(1 for holder in list(self.features.values()) if holder.exists)
 
     def close(self) -> None:
         with self._notify_lock:

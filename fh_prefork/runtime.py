@@ -11,6 +11,12 @@ the parent's objects without touching their sockets (shutting down a shared
 socket would cut the parent's connection) and starts fresh, either from the
 post-fork hook or, when no hook saw the fork, on first use.
 
+Leader mode (``FH_PREFORK_EDGE_MODE=leader``, see :mod:`fh_prefork.leader`):
+every worker opens the store, and the config's EdgeService is an
+:class:`~fh_prefork.leader.EdgeSwitch` that only the lease holder (or a
+worker that cannot reach the store) switches on. ``status()["role"]`` is then
+``leader``, ``follower`` or ``fallback``, and ``status()["lease"]`` names the holder.
+
 A process marked as a prefork *master* never connects to Edge and keeps no
 thread: if application code asks for flags while being imported there
 (gunicorn ``--preload``, uWSGI without ``lazy-apps``), it gets the store's
@@ -23,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from featurehub_sdk.client_context import ClientContext
@@ -32,9 +38,11 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from . import settings as settings_mod
 from .edge import SupervisedEdge, edge_provider
+from .leader import FALLBACK, FOLLOWER, EdgeSwitch, Election, supports_lease
 from .listener import ListeningRepository
 from .settings import Settings
 from .store import SessionStore, open_store
+from .store.backend import LeaseBackend
 
 log = logging.getLogger("fh_prefork")
 
@@ -60,11 +68,19 @@ class Worker:
         self.started_at = time.time()
         self.repository = ListeningRepository()
         provider: Any
+        make_edge = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval,
+                                  backoff_max=settings.edge_backoff_max)
+        self.switch: EdgeSwitch | None = None
+        self.election: Election | None = None
         if role == "master":
             provider = lambda repository, api_keys, edge_url: _NoEdge()  # noqa: E731
+        elif settings.edge_mode == "leader":
+            self.switch = EdgeSwitch(lambda: make_edge(self.repository, [settings.api_key],
+                                                       settings.edge_url))
+            switch = self.switch
+            provider = lambda repository, api_keys, edge_url: switch  # noqa: E731
         else:
-            provider = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval,
-                                     backoff_max=settings.edge_backoff_max)
+            provider = make_edge
         self.config = FeatureHubConfig(settings.edge_url, [settings.api_key],
                                        repository=self.repository, edge_provider=provider)
         self.store: SessionStore | None = None
@@ -79,16 +95,50 @@ class Worker:
         if role == "master":
             if self.store is not None:
                 self.store.close(flush_timeout=0)  # replayed once; no thread left behind
+        elif self.switch is not None:
+            self.config.get_or_create_edge_service()
+            self._elect(self.switch)
         else:
             edge = self.config.get_or_create_edge_service()
             if isinstance(edge, SupervisedEdge):
                 self.edge = edge
                 edge.start()
 
+    def _elect(self, switch: EdgeSwitch) -> None:
+        """Leader mode: run the lease as a store task; the role switches the Edge connection."""
+        backend = self.store.backend if self.store is not None else None
+        if self.store is None or not supports_lease(backend):
+            log.warning("fh_prefork: leader mode needs a shared store (%s); worker %d connects "
+                        "to Edge itself", self.store_error or f"store {self.settings.store}",
+                        self.pid)
+            switch.start()
+            return
+
+        def on_role(old: str, new: str) -> None:  # on the store thread
+            if new == FOLLOWER:
+                switch.stop()       # at once: a follower must not hear or write anything
+            else:
+                switch.start()      # leader or fallback; keeps a connection already open
+
+        self.election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
+                                 renew_seconds=self.settings.lease_renew_seconds,
+                                 follow_seconds=self.settings.refresh_seconds,
+                                 jitter=self.settings.refresh_jitter, on_role=on_role)
+        self.store.add_task(self.election.step, on_close=self.election.release, name="election")
+
+    @property
+    def edge_role(self) -> str | None:
+        """leader, follower or fallback in leader mode; None otherwise."""
+        if self.election is not None:
+            return self.election.role
+        return FALLBACK if self.switch is not None else None
+
     def close(self, timeout: float = 2.0) -> None:
-        """Edge first (no new updates), then the store (flushes, bounded)."""
+        """Edge first (no new updates), then the store (flushes, then releases the lease)."""
         if self.edge is not None:
             self.edge.close(timeout=timeout / 2)
+        if self.switch is not None:
+            self.switch.close(timeout=timeout / 2)
         if self.store is not None:
             self.store.close(flush_timeout=timeout / 2)
         self.repository.close()
@@ -97,10 +147,16 @@ class Worker:
         proc = psutil.Process(self.pid)
         store = self.store.status() if self.store is not None and self.role != "master" else None
         edge = self.edge.status() if self.edge is not None else {"state": "none"}
+        if self.switch is not None:
+            edge = self.switch.status()
+        election = self.election.status() if self.election is not None else None
         parent = proc.parent()
         return {
             "pid": self.pid,
-            "role": self.role,
+            "role": self.edge_role or self.role,
+            "process_role": self.role,
+            "lease": election["lease"] if election else None,
+            "election": election,
             "master_pid": parent.pid if parent is not None and self.role == "worker" else None,
             "started_at": self.started_at,
             "forked_from": _forked_from,
@@ -114,7 +170,7 @@ class Worker:
             "fingerprint": store["fingerprint"] if store else None,
             "last_refresh": store["last_refresh"] if store else None,
             "counters": store["counters"] if store else {},
-            "features": sum(1 for h in self.repository.features.values() if h.exists),
+            "features": self.repository.known_features(),
             "memory_rss": proc.memory_info().rss,
             "threads": threading.active_count(),
             "settings": self.settings.public(),
