@@ -1,0 +1,399 @@
+"""``fh-prefork``: look into a store, watch the demo, run the benchmark, list the settings.
+
+.. code-block:: text
+
+    fh-prefork demo                                  # see it work, no memcached needed
+    fh-prefork status --store memcache://cache:11211 --api-key 'p/env/key*secret'
+    fh-prefork bench --json bench-results.json
+    fh-prefork settings                              # the settings table, as Markdown
+
+``status`` exit codes, for health checks: 0 healthy (store reachable, data
+present, fingerprint consistent), 1 store unreachable or unreadable, 2 bad
+arguments or settings, 3 reachable but empty, inconsistent or holding junk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import features as fs
+from .settings import SETTINGS, Setting
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_USAGE = 2
+EXIT_UNHEALTHY = 3
+
+_SETTING = {s.name: s for s in SETTINGS}
+
+
+def _parse_setting(name: str, raw: str) -> Any:
+    setting: Setting = _SETTING[name]
+    try:
+        return setting.parse(raw)
+    except ValueError as err:
+        raise _Usage(f"{setting.env}: {err}") from None
+
+
+class _Usage(Exception):
+    """Bad arguments or settings: exit code 2."""
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def settings_table() -> str:
+    """The README's settings table, generated from ``fh_prefork.settings.SETTINGS``."""
+    lines = ["| Environment variable | `configure()` name | Default | Meaning |",
+             "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "*required*" if s.default is None else f"`{s.default}`"
+        meaning = s.help.replace("|", "\\|")
+        lines.append(f"| `{s.env}` | `{s.name}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    sys.stdout.write(settings_table())
+    return EXIT_OK
+
+
+# -- status -----------------------------------------------------------------------------------
+
+def _load_json(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {"unreadable": True}
+
+
+def _describe_lease(lease: Any, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    if not isinstance(lease, dict) or lease.get("unreadable"):
+        return {"unreadable": True}
+    shown = {k: lease.get(k) for k in ("holder", "host", "pid", "expires_at")}
+    expires = lease.get("expires_at")
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        shown["expires_in"] = round(float(expires) - now, 3)
+        shown["expired"] = expires < now
+    return shown
+
+
+def _read_memcache(url: str, key: str, timeout: float) -> dict[str, Any]:
+    from .store.memcache import make_client, parse_servers
+    from .store.options import MemcacheSessionStoreOptions
+
+    servers = parse_servers(url)
+    options = MemcacheSessionStoreOptions(connect_timeout=timeout, timeout=timeout)
+    client = make_client(servers, options)  # no serde: bytes only, never unpickled
+    try:
+        found = client.get_many([key, f"{key}_sha", f"{key}_leader"])
+    finally:
+        try:
+            client.close()
+        except Exception:
+            pass
+    return {"value": found.get(key), "sha": found.get(f"{key}_sha"),
+            "leader": found.get(f"{key}_leader"), "mtime": None,
+            "location": f"{url} key {key}"}
+
+
+def _read_file(url: str, key: str) -> dict[str, Any]:
+    from .store.file import parse_file_url
+
+    directory = parse_file_url(url)
+    path = directory / f"{key}.json"
+    result: dict[str, Any] = {"value": None, "sha": None, "leader": None, "mtime": None,
+                              "location": f"file://{path}"}
+    try:
+        st = os.stat(directory, follow_symlinks=False)
+    except FileNotFoundError:
+        result["missing_folder"] = True
+        return result
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"store folder {directory} is not a folder")
+    _check_private(directory, st, "folder")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    if fd >= 0:
+        try:
+            fst = os.fstat(fd)
+            _check_private(path, fst, "file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                result["value"] = f.read()
+            result["mtime"] = fst.st_mtime
+        finally:
+            os.close(fd)
+    lease = directory / f"{key}.leader"
+    try:
+        result["leader"] = lease.read_bytes()
+    except OSError:
+        pass
+    return result
+
+
+def _check_private(path: Path, st: os.stat_result, what: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise OSError(f"store {what} {path} is owned by uid {st.st_uid}, not by this user: "
+                      "the store refuses it")
+    if st.st_mode & 0o022:
+        raise OSError(f"store {what} {path} is writable by group or others "
+                      f"(mode {stat.S_IMODE(st.st_mode):o}): the store refuses it")
+
+
+def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
+                  timeout: float = 1.0) -> dict[str, Any]:
+    """What a store holds for one environment, read directly (JSON only, never unpickled)."""
+    from .apikey import environment_id
+
+    env = environment_id(api_key)
+    key = f"{prefix}_{env}"
+    report: dict[str, Any] = {"store": store, "environment_id": env, "key": key,
+                              "reachable": False, "present": False, "features": [],
+                              "feature_count": 0, "bytes": None, "fingerprint": None,
+                              "stored_fingerprint": None, "fingerprint_ok": None,
+                              "age_seconds": None, "leader": None, "problems": []}
+    now = time.time()
+    try:
+        raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
+               else _read_file(store, key))
+    except Exception as err:  # socket, timeout, permission, refusal: all mean "unreadable"
+        report["problems"].append(f"store unreachable or unreadable: {type(err).__name__}: "
+                                  f"{err}")
+        report["exit_code"] = EXIT_UNREACHABLE
+        report["healthy"] = False
+        return report
+    report["reachable"] = True
+    report["location"] = raw["location"]
+    report["leader"] = _describe_lease(_load_json(raw["leader"]), now)
+    value: bytes | None = raw["value"]
+    if raw.get("missing_folder"):
+        report["problems"].append("the store folder does not exist yet: nothing was stored")
+    if value is None:
+        if not raw.get("missing_folder"):
+            report["problems"].append(f"no data under {key}: empty store (wrong --api-key or "
+                                      "--prefix, or no worker has received features yet)")
+        report["exit_code"] = EXIT_UNHEALTHY
+        report["healthy"] = False
+        return report
+    report["present"] = True
+    report["bytes"] = len(value)
+    if raw["mtime"] is not None:
+        report["age_seconds"] = round(max(0.0, now - raw["mtime"]), 3)
+    decoded = fs.decode(value, 64 * 1024 * 1024)
+    if decoded.problem:
+        report["problems"].append(f"data is junk: {decoded.problem}")
+    if decoded.dropped:
+        report["problems"].append(f"{decoded.dropped} unusable or duplicate entr"
+                                  f"{'y' if decoded.dropped == 1 else 'ies'} in the data")
+    feats = sorted(decoded.features, key=lambda f: str(f["key"]))
+    report["features"] = [{"key": f["key"], "id": f["id"], "version": f["version"],
+                           "type": f.get("type"), "value": f.get("value")} for f in feats]
+    report["feature_count"] = len(feats)
+    if decoded.problem is None:
+        report["fingerprint"] = fs.fingerprint(decoded.features)
+    if store.startswith("memcache://"):
+        stored = fs.decode_fingerprint(raw["sha"])
+        report["stored_fingerprint"] = stored
+        if decoded.problem is None:
+            report["fingerprint_ok"] = stored == report["fingerprint"]
+            if not report["fingerprint_ok"]:
+                report["problems"].append(
+                    f"fingerprint key {key}_sha holds {stored or 'nothing'}, the data's is "
+                    f"{report['fingerprint']} (workers repair it on their next full read)")
+    elif decoded.problem is None:
+        report["fingerprint_ok"] = True  # the file store derives its change token from the file
+    report["healthy"] = not report["problems"]
+    report["exit_code"] = EXIT_OK if report["healthy"] else EXIT_UNHEALTHY
+    return report
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown (memcached keeps no write time)"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_status(report: dict[str, Any]) -> str:
+    out = [f"store:        {report.get('location', report['store'])}",
+           f"environment:  {report['environment_id']}"]
+    if not report["reachable"]:
+        out.append("state:        UNREACHABLE")
+    elif not report["present"]:
+        out.append("state:        EMPTY")
+    else:
+        out.append(f"state:        {'healthy' if report['healthy'] else 'UNHEALTHY'}")
+        out.append(f"size:         {report['bytes']} bytes, {report['feature_count']} features")
+        out.append(f"age:          {_age(report['age_seconds'])}")
+        fp = report["fingerprint"] or "-"
+        if report["stored_fingerprint"] is not None or report["store"].startswith("memcache"):
+            check = "matches the data" if report["fingerprint_ok"] else "DOES NOT MATCH"
+            out.append(f"fingerprint:  {fp} (key {report['key']}_sha {check})")
+        else:
+            out.append(f"fingerprint:  {fp}")
+    lease = report["leader"]
+    if lease is None:
+        out.append("leader lease: none")
+    elif lease.get("unreadable"):
+        out.append("leader lease: present but unreadable")
+    else:
+        when = ""
+        if "expires_in" in lease:
+            when = (f", expired {-lease['expires_in']:.1f} s ago" if lease["expired"]
+                    else f", expires in {lease['expires_in']:.1f} s")
+        out.append(f"leader lease: {lease.get('holder')} (host {lease.get('host')}, "
+                   f"pid {lease.get('pid')}{when})")
+    if report["features"]:
+        rows = [("KEY", "VERSION", "VALUE", "ID")]
+        rows += [(str(f["key"]), str(f["version"]), json.dumps(f["value"]), str(f["id"]))
+                 for f in report["features"]]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        out.append("")
+        for r in rows:
+            out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True))
+                       + "  " + r[3])
+    for problem in report["problems"]:
+        out.append(f"problem:      {problem}")
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        store = _parse_setting("store", args.store or os.environ.get("FH_PREFORK_STORE",
+                                                                     "default"))
+        if store == "none":
+            raise _Usage("FH_PREFORK_STORE is 'none': there is no store to look into")
+        api_key = args.api_key or os.environ.get("FEATUREHUB_API_KEY")
+        if not api_key:
+            raise _Usage("--api-key (or FEATUREHUB_API_KEY) is required: the store's keys "
+                         "are named after its environment id")
+        _parse_setting("api_key", api_key)
+        prefix = _parse_setting("prefix", args.prefix or os.environ.get("FH_PREFORK_PREFIX",
+                                                                        "featurehub"))
+    except _Usage as err:
+        print(f"fh-prefork status: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    report = inspect_store(store, api_key, prefix, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(report, default=str, sort_keys=True))
+    else:
+        sys.stdout.write(format_status(report))
+    return int(report["exit_code"])
+
+
+# -- demo and bench (heavier imports, loaded on demand) ----------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .bench.demo import run_demo
+
+    return run_demo(workers=args.workers, interval=args.interval, flips=args.flips,
+                    refresh=args.refresh, server=args.server)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.report import run_bench
+
+    return run_bench(quick=args.quick, json_path=args.json, only=args.only)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fh-prefork",
+        description="FeatureHub feature flags inside prefork servers (gunicorn, uWSGI): "
+                    "inspect a store, watch the demo, run the benchmark.",
+        epilog="Run 'fh-prefork COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "status", help="show what a store holds; exit code for health checks",
+        description="Read a store directly and show its features, versions, fingerprint, "
+                    "size, age and leader lease. Exit codes: 0 healthy, 1 store unreachable "
+                    "or unreadable, 2 bad arguments or settings, 3 reachable but empty, "
+                    "inconsistent or holding junk.")
+    p.add_argument("--store", metavar="URL",
+                   help="memcache://host:port[,host:port] or file:///folder "
+                        "(default: $FH_PREFORK_STORE, else the embedded default store)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="client-evaluated API key; names the environment "
+                        "(default: $FEATUREHUB_API_KEY)")
+    p.add_argument("--prefix", help="key prefix (default: $FH_PREFORK_PREFIX, else featurehub)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="memcached connect/read timeout (default: 1)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "demo", help="watch a flag change reach every worker of a real gunicorn",
+        description="Start a local Edge simulator and a gunicorn master with N workers on the "
+                    "embedded file store (no memcached needed), flip a flag on a timer through "
+                    "ONE worker's Edge stream, and show live each worker's value and version "
+                    "until they all agree. Ctrl-C stops everything.")
+    p.add_argument("--workers", type=_positive(int), default=4, help="gunicorn workers (4)")
+    p.add_argument("--interval", type=_positive(float), default=3.0, metavar="SECONDS",
+                   help="seconds between flips (3)")
+    p.add_argument("--flips", type=_positive(int), default=None, metavar="N",
+                   help="stop after N flips (default: run until Ctrl-C)")
+    p.add_argument("--refresh", type=_positive(float), default=0.5, metavar="SECONDS",
+                   help="store refresh period of the workers (0.5)")
+    p.add_argument("--server", choices=("gunicorn", "uwsgi"), default="gunicorn",
+                   help="prefork server to run (gunicorn)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench", help="run the benchmark: print tables, write JSON",
+        description="Measure the compare-and-set storm, same-update storm, propagation to "
+                    "real workers, cold start, memory and threads, flag read cost and Edge "
+                    "connections. Prints a table per section (progress on stderr) and writes "
+                    "JSON.")
+    p.add_argument("--quick", action="store_true",
+                   help="small runs of every section (about a minute)")
+    p.add_argument("--json", default="bench-results.json", metavar="PATH",
+                   help="where to write the results (default: bench-results.json)")
+    from .bench.report import SECTIONS
+
+    p.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                   help=f"run only these sections: {', '.join(SECTIONS)}")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("settings", help="print the settings table (Markdown)",
+                       description="Print every setting: environment variable, configure() "
+                                   "name, default and meaning, as a Markdown table.")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
