@@ -1,0 +1,7 @@
+# Run from examples/django:  gunicorn -c gunicorn.conf.py mysite.wsgi
+import os
+
+from fh_prefork.gunicorn import on_reload, on_starting, post_fork, worker_exit  # noqa: F401
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))

@@ -1,0 +1,8 @@
+# The gunicorn hooks run in UvicornWorker processes exactly as in sync workers.
+import os
+
+from fh_prefork.gunicorn import on_reload, on_starting, post_fork, worker_exit  # noqa: F401
+
+worker_class = "uvicorn.workers.UvicornWorker"
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
