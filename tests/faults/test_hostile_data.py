@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
@@ -50,22 +49,13 @@ def hostile_values(tmp_path: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture
-def big_memcached() -> Iterator[Memcached]:
-    server = Memcached(item_size="8m").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_hostile_values_are_skipped_logged_and_repaired(
-        start_cluster: StartCluster, big_memcached: Memcached, edge: EdgeSimulator,
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
         prefix: str, tmp_path: Path) -> None:
-    cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": big_memcached.url})
+    cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
     wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1")
     pids = set(cluster.worker_pids())
-    client = Client(("127.0.0.1", big_memcached.port), connect_timeout=1, timeout=2)
+    client = Client(("127.0.0.1", own_memcached.port), connect_timeout=1, timeout=2)
     version = 1
     junk_seen = 0
     try:
