@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 import urllib3.connection
@@ -58,7 +58,13 @@ class _StreamEmpty(Exception):
     """The stream closed before delivering any event: treated as a failure, so we back off."""
 
 
-class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
+if TYPE_CHECKING:
+    _ConnectionBase = urllib3.connection.HTTPConnection
+else:
+    _ConnectionBase = object
+
+
+class _Tracking(_ConnectionBase):
     """Reports its socket once connected so ``close()`` can shut it down from another thread."""
 
     def __init__(self, *args: Any, fh_tracker: _Tracker | None = None, **kwargs: Any) -> None:
@@ -71,17 +77,12 @@ class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
             self._fh_tracker(self)
 
 
-class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    """HTTPS flavour of :class:`_TrackedHTTPConnection`."""
+class _TrackedHTTPConnection(_Tracking, urllib3.connection.HTTPConnection):
+    pass
 
-    def __init__(self, *args: Any, fh_tracker: _Tracker | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._fh_tracker = fh_tracker
 
-    def connect(self) -> None:
-        super().connect()
-        if self._fh_tracker is not None:
-            self._fh_tracker(self)
+class _TrackedHTTPSConnection(_Tracking, urllib3.connection.HTTPSConnection):
+    pass
 
 
 def _shutdown(conn: Any) -> None:
