@@ -1,0 +1,308 @@
+"""Leader mode: one Edge connection per store instead of one per worker.
+
+With ``FH_PREFORK_EDGE_MODE=leader`` every worker opens the shared store, but
+only the holder of the store's *leader lease* connects to Edge and writes what
+it hears; every other worker follows the store through its refresh timer.
+
+* :class:`Election` runs the lease: followers try to take it every follow
+  period, the leader renews it every renew period, and a role change is
+  reported once through ``on_role`` (and logged once).
+* :class:`EdgeSwitch` is the config's EdgeService in leader mode. Its
+  ``poll()`` never connects, so application code calling
+  ``config.new_context().build()`` in a follower opens nothing; the election
+  starts a fresh :class:`~fh_prefork.edge.SupervisedEdge` behind it for each
+  leadership term (a closed one cannot restart) and closes it when the term ends.
+
+Nothing here knows about servers: the runtime wires the two together.
+
+Why the election runs as a store task, not on its own connection: a lease
+operation is one or two round trips every renew period, and the store
+already owns a thread whose client is not thread-safe. Running the lease on
+that thread (``SessionStore.add_task``) keeps one connection and one thread per
+worker, and orders lease and data I/O: the task runs before each flush, so a
+leader that finds it lost the lease stops its Edge before writing anything
+more. The cost is that a slow flush delays a renewal; flushes are bounded by
+the client timeouts, and the lease's local validity window assumes nothing
+about renewal punctuality: a leader that could not renew in time steps down.
+
+Failure model:
+
+* graceful exit: ``release()`` (the store's closing hook) deletes the lease if
+  it is still ours; a follower takes over at its next attempt (one follow period);
+* SIGKILL: the lease expires in memcached after its time to live (the file
+  lock dies with the process at once); a follower takes it at its next attempt;
+* lost lease (memcached restarted, a long pause): the renewal finds another
+  holder or none; the leader closes its Edge at once and follows. Until then
+  two leaders may overlap for at most one time to live, and their writes
+  still merge by version through the store's compare-and-set;
+* store unreachable: a follower falls back to its own Edge connection after
+  ``fallback_after`` failed attempts in a row (role ``fallback``); a leader
+  does so once its lease's validity window has passed. The next successful
+  lease operation makes it leader or follower again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from featurehub_sdk.edge_service import EdgeService
+
+from .edge import SupervisedEdge
+from .store.backend import Lease, LeaseAnswer, LeaseBackend, StoreUnavailable
+
+log = logging.getLogger("fh_prefork.leader")
+
+__all__ = ["FALLBACK", "FOLLOWER", "LEADER", "ROLES", "EdgeSwitch", "Election",
+           "supports_lease"]
+
+LEADER = "leader"
+FOLLOWER = "follower"
+FALLBACK = "fallback"
+ROLES = (LEADER, FOLLOWER, FALLBACK)
+
+
+def supports_lease(backend: object) -> bool:
+    """True when ``backend`` implements the lease operations of :class:`LeaseBackend`."""
+    return all(callable(getattr(backend, name, None))
+               for name in ("lease_read", "lease_acquire", "lease_renew", "lease_release"))
+
+
+class Election:
+    """The leader lease of one worker. ``step()`` and ``release()`` run on the store thread."""
+
+    def __init__(self, backend: LeaseBackend, *, ttl: float, renew_seconds: float | None = None,
+                 follow_seconds: float = 1.0, jitter: float = 0.2, fallback_after: int = 2,
+                 on_role: Callable[[str, str], None] | None = None,
+                 host: str | None = None, pid: int | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        if not ttl > 0 or not math.isfinite(ttl):
+            raise ValueError(f"lease ttl must be a number of seconds > 0, got {ttl!r}")
+        renew = ttl / 3 if renew_seconds is None else renew_seconds
+        if not 0 < renew < ttl:
+            raise ValueError(f"lease renewal period must be > 0 and < the ttl ({ttl} s), "
+                             f"got {renew!r}")
+        if not follow_seconds > 0:
+            raise ValueError(f"follow period must be > 0, got {follow_seconds!r}")
+        self._backend = backend
+        self.ttl = float(ttl)
+        self.renew_seconds = float(renew)
+        self.follow_seconds = float(follow_seconds)
+        self._jitter = jitter
+        self._fallback_after = max(1, fallback_after)
+        self._on_role = on_role
+        self._log = logger or log
+        self.host = host or socket.gethostname()
+        self.pid = os.getpid() if pid is None else pid
+        self.holder = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
+        self._lock = threading.Lock()     # guards what status() reads from other threads
+        self.role = FOLLOWER
+        self._announced = False
+        self._mine: Lease | None = None         # our lease while we lead
+        self._current: Lease | None = None      # the lease as last seen in the backend
+        self._valid_until = 0.0                 # monotonic: our lease surely ours until then
+        self._failures = 0
+        self._last_error: str | None = None
+        self._since = time.time()
+        self.terms = 0                          # leadership terms begun
+        self.changes = 0                        # role changes
+        self._released = False
+
+    # -- the store task -----------------------------------------------------------------------
+
+    def step(self) -> float:
+        """One election round; returns the seconds until the next one."""
+        if self._released:
+            return 3600.0
+        started = time.monotonic()
+        try:
+            if self.role == LEADER and self._mine is not None:
+                answer = self._backend.lease_renew(self._mine, self.ttl)
+            else:
+                answer = self._backend.lease_acquire(self._candidate(), self.ttl)
+        except StoreUnavailable as err:
+            return self._unreachable(err)
+        self._failures = 0
+        self._last_error = None
+        return self._apply(answer, started)
+
+    def _apply(self, answer: LeaseAnswer, started: float) -> float:
+        with self._lock:
+            self._current = answer.current
+        if answer.held:
+            with self._lock:
+                self._mine = answer.current
+                self._valid_until = started + answer.valid_for
+            if self.role != LEADER:
+                self.terms += 1
+                self._become(LEADER, "is now the leader (lease ttl %g s)", self.ttl)
+            elif not self._announced:
+                self._become(LEADER, "is now the leader (lease ttl %g s)", self.ttl)
+            return self._spread(self.renew_seconds)
+        with self._lock:
+            self._mine = None
+        leader = self._describe(answer.current)
+        if self.role == LEADER:
+            self._become(FOLLOWER, "lost the leader lease (the store now names %s); closed its "
+                         "Edge connection and follows the store", leader)
+        elif self.role == FALLBACK:
+            self._become(FOLLOWER, "is a follower again, the store is back; leader is %s",
+                         leader)
+        elif not self._announced:
+            self._become(FOLLOWER, "is now a follower, leader is %s", leader)
+        return self._spread(self.follow_seconds)
+
+    def _unreachable(self, err: StoreUnavailable) -> float:
+        self._failures += 1
+        self._last_error = str(err)
+        if self.role == LEADER:
+            if time.monotonic() < self._valid_until:
+                return self._spread(min(self.renew_seconds, self.follow_seconds) / 2)
+            with self._lock:
+                self._mine = None
+            self._become(FALLBACK, "cannot renew the leader lease (%s) and it has lapsed; "
+                         "keeps its own Edge connection until the store returns", err)
+        elif self.role == FOLLOWER and self._failures >= self._fallback_after:
+            self._become(FALLBACK, "falls back to its own Edge connection: the store is "
+                         "unreachable (%s)", err)
+        return self._spread(self.follow_seconds)
+
+    def release(self) -> bool:
+        """Give the lease up if we hold it and surely still own it (graceful exit)."""
+        self._released = True
+        with self._lock:
+            mine, valid_until = self._mine, self._valid_until
+            self._mine = None
+        if self.role != LEADER or mine is None:
+            return False
+        # memcached cannot delete-if-ours: release only well inside the validity window,
+        # so the lease cannot have passed to another process between the check and the delete
+        margin = min(1.0, self.renew_seconds)
+        if time.monotonic() >= valid_until - margin:
+            self._log.info("fh_prefork: worker %d leaves the leader lease to expire", self.pid)
+            return False
+        try:
+            released = self._backend.lease_release(mine)
+        except StoreUnavailable as err:
+            self._log.info("fh_prefork: worker %d could not release the leader lease (%s); "
+                           "it expires within %g s", self.pid, err, self.ttl)
+            return False
+        if released:
+            self._log.info("fh_prefork: worker %d released the leader lease", self.pid)
+        return released
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            lease = self._mine if self._mine is not None else self._current
+            valid_for = None
+            if self._mine is not None:
+                valid_for = max(0.0, self._valid_until - time.monotonic())
+                valid_for = None if math.isinf(valid_for) else round(valid_for, 3)
+            return {
+                "role": self.role,
+                "lease": lease.public() if lease is not None else None,
+                "holder": self.holder,
+                "lease_ttl": self.ttl,
+                "renew_seconds": self.renew_seconds,
+                "follow_seconds": self.follow_seconds,
+                "lease_valid_for": valid_for,
+                "since": self._since,
+                "terms": self.terms,
+                "role_changes": self.changes,
+                "failures": self._failures,
+                "last_error": self._last_error,
+            }
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _candidate(self) -> Lease:
+        return Lease(self.holder, self.host, self.pid, time.time() + self.ttl)
+
+    def _spread(self, period: float) -> float:
+        return period * random.uniform(1 - self._jitter, 1 + self._jitter)
+
+    @staticmethod
+    def _describe(lease: Lease | None) -> str:
+        return f"{lease.host}:{lease.pid}" if lease is not None else "nobody yet"
+
+    def _become(self, role: str, msg: str, *args: Any) -> None:
+        old = self.role
+        with self._lock:
+            self.role = role
+            self._since = time.time()
+        if old != role or not self._announced:
+            self.changes += 1
+            self._log.log(logging.WARNING if role == FALLBACK else logging.INFO,
+                          "fh_prefork: worker %d " + msg, self.pid, *args)
+        self._announced = True
+        if self._on_role is not None:
+            self._on_role(old, role)
+
+
+class EdgeSwitch(EdgeService):  # type: ignore[misc]  # the SDK is untyped
+    """The config's EdgeService in leader mode: a real Edge connection only while switched on.
+
+    ``poll()`` (called by ``config.init()`` and ``context.build()``) never
+    connects. ``start()`` opens a fresh SupervisedEdge per term; ``stop()``
+    closes it within ``close_timeout``; ``close()`` stops for good.
+    """
+
+    def __init__(self, factory: Callable[[], SupervisedEdge], close_timeout: float = 1.0) -> None:
+        self._factory = factory
+        self._close_timeout = close_timeout
+        self._lock = threading.Lock()
+        self._edge: SupervisedEdge | None = None
+        self._closed = False
+        self.starts = 0
+
+    async def poll(self) -> None:
+        """Never connects: whether this worker talks to Edge is the election's decision."""
+        return None
+
+    def client_evaluated(self) -> bool:
+        return True
+
+    async def context_change(self, header: str) -> None:
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self._edge is not None
+
+    def start(self) -> bool:
+        """Open an Edge connection unless one is open (non-blocking). True if one was opened."""
+        with self._lock:
+            if self._closed or self._edge is not None:
+                return False
+            self._edge = edge = self._factory()
+            self.starts += 1
+        edge.start()
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Close the Edge connection, if any (bounded)."""
+        with self._lock:
+            edge, self._edge = self._edge, None
+        if edge is not None:
+            edge.close(timeout=self._close_timeout if timeout is None else timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            self._closed = True
+        self.stop(timeout)
+
+    def status(self) -> dict[str, Any]:
+        edge = self._edge
+        status: dict[str, Any] = edge.status() if edge is not None else {"state": "standby"}
+        status["terms"] = self.starts
+        return status

@@ -1,0 +1,384 @@
+"""Leader lease semantics on real memcached and the file backend, and the election on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fh_prefork.leader import FALLBACK, FOLLOWER, LEADER, EdgeSwitch, Election
+from fh_prefork.store.backend import Lease, StoreUnavailable
+from fh_prefork.store.file import FileBackend
+from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
+from fh_prefork.store.options import MemcacheSessionStoreOptions
+from tests.conftest import make_config
+from tests.support.memcached import Memcached
+from tests.support.procs import kill_tree, wait_for
+
+TTL = 2.0
+
+
+def lease(name: str, ttl: float = TTL) -> Lease:
+    return Lease(f"host-{name}:{os.getpid()}:{name}", f"host-{name}", os.getpid(),
+                 time.time() + ttl)
+
+
+@pytest.fixture
+def backends(backend_kind: str, memcached: Memcached, prefix: str, tmp_path: Path
+             ) -> Iterator[Callable[[], Any]]:
+    """Independent backends (separate connections / file descriptors) on one store."""
+    built: list[Any] = []
+
+    def make() -> Any:
+        backend: Any
+        if backend_kind == "memcache":
+            client = make_client(parse_servers(memcached.url), MemcacheSessionStoreOptions())
+            backend = MemcacheBackend(client, f"{prefix}_env", "test")
+        else:
+            backend = FileBackend(tmp_path / "store", f"{prefix}_env")
+        built.append(backend)
+        return backend
+
+    yield make
+    for backend in built:
+        backend.close()
+
+
+def test_first_contender_wins_and_others_see_it(backends: Callable[[], Any]) -> None:
+    a, b = backends(), backends()
+    got = a.lease_acquire(lease("a"), TTL)
+    assert got.held and got.current is not None and got.current.holder == lease("a").holder
+    assert got.valid_for > 0
+    other = b.lease_acquire(lease("b"), TTL)
+    assert not other.held
+    assert other.current is not None and other.current.holder == lease("a").holder
+    assert b.lease_read() == a.lease_read() and b.lease_read() is not None
+    # renewing is the holder's privilege
+    assert a.lease_renew(lease("a"), TTL).held
+    assert not b.lease_renew(lease("b"), TTL).held
+    assert a.lease_read().holder == lease("a").holder  # type: ignore[union-attr]
+    # acquiring what we already hold is a renewal
+    assert a.lease_acquire(lease("a"), TTL).held
+
+
+def test_release_hands_over_at_once_and_only_the_holder_releases(
+        backends: Callable[[], Any]) -> None:
+    a, b = backends(), backends()
+    mine = a.lease_acquire(lease("a"), TTL).current
+    assert not b.lease_release(lease("b"))
+    assert b.lease_read() is not None, "a non-holder's release removed the lease"
+    assert a.lease_release(mine)
+    assert b.lease_read() is None
+    assert b.lease_acquire(lease("b"), TTL).held
+    assert not a.lease_renew(mine, TTL).held, "a released lease came back"
+
+
+def test_a_lease_nobody_renews_expires_within_its_ttl(backend_kind: str,
+                                                      backends: Callable[[], Any]) -> None:
+    if backend_kind == "file":
+        pytest.skip("the file lease is a lock: it ends with its holder, see the kill test")
+    a, b = backends(), backends()
+    assert a.lease_acquire(lease("a"), TTL).held
+    started = time.monotonic()
+    wait_for(lambda: b.lease_acquire(lease("b"), TTL).held, TTL + 2, interval=0.05,
+             what="the lease to expire")
+    took = time.monotonic() - started
+    assert took <= TTL + 1.0
+    # memcached's clock ticks once a second: the lease lived at least ttl - 1
+    assert took >= TTL - 1 - 0.2
+    assert not a.lease_renew(lease("a"), TTL).held
+
+
+def test_lost_lease_when_the_key_vanishes(backend_kind: str, backends: Callable[[], Any],
+                                          memcached: Memcached, prefix: str,
+                                          tmp_path: Path) -> None:
+    a, b = backends(), backends()
+    assert a.lease_acquire(lease("a"), TTL).held
+    if backend_kind == "memcache":
+        a._client.delete(f"{prefix}_env_leader")  # what a memcached restart looks like
+    else:
+        (tmp_path / "store" / f"{prefix}_env.leader").unlink()
+    assert b.lease_acquire(lease("b"), TTL).held
+    lost = a.lease_renew(lease("a"), TTL)
+    assert not lost.held
+    assert lost.current is not None and lost.current.holder == lease("b").holder
+
+
+def _contend(i: int, backend: Any, barrier: threading.Barrier, results: list[bool]) -> None:
+    barrier.wait(timeout=10)
+    results.append(backend.lease_acquire(lease(f"c{i}"), TTL).held)
+
+
+def test_two_contenders_racing_get_one_lease(backends: Callable[[], Any]) -> None:
+    for _round in range(5):
+        contenders = [backends() for _ in range(8)]
+        barrier = threading.Barrier(len(contenders))
+        results: list[bool] = []
+
+        threads = [threading.Thread(target=_contend, args=(i, b, barrier, results))
+                   for i, b in enumerate(contenders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert sum(results) == 1, results
+        holder = contenders[0].lease_read()
+        winner = next(b for i, b in enumerate(contenders)
+                      if holder is not None and holder.holder == lease(f"c{i}").holder)
+        assert winner.lease_release(holder)
+
+
+def test_lease_record_is_the_documented_json(backend_kind: str, backends: Callable[[], Any],
+                                             memcached: Memcached, prefix: str,
+                                             tmp_path: Path) -> None:
+    a = backends()
+    before = time.time()
+    assert a.lease_acquire(lease("a"), TTL).held
+    if backend_kind == "memcache":
+        raw = a._client.get(f"{prefix}_env_leader")
+    else:
+        path = tmp_path / "store" / f"{prefix}_env.leader"
+        assert (path.stat().st_mode & 0o777) == 0o600
+        raw = path.read_bytes()
+    data = json.loads(raw)
+    assert set(data) == {"holder", "host", "pid", "expires_at"}
+    assert data["holder"] == lease("a").holder and data["host"] == "host-a"
+    assert data["pid"] == os.getpid()
+    assert before + TTL - 1 <= data["expires_at"] <= time.time() + TTL + 1
+
+
+def test_junk_lease_is_taken_over_not_obeyed_forever(memcached: Memcached, prefix: str) -> None:
+    client = make_client(parse_servers(memcached.url), MemcacheSessionStoreOptions())
+    backend = MemcacheBackend(client, f"{prefix}_env", "test")
+    try:
+        client.set(f"{prefix}_env_leader", b"\x80\x04junk", expire=0)
+        assert backend.lease_read() is None
+        assert backend.lease_acquire(lease("a"), TTL).held
+    finally:
+        backend.close()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from fh_prefork.store.file import FileBackend
+from fh_prefork.store.backend import Lease
+b = FileBackend(Path(sys.argv[1]), sys.argv[2])
+assert b.lease_acquire(Lease("child:1:x", "child", 1, time.time() + 2), 2).held
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_file_lease_dies_with_a_killed_holder(prefix: str, tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir(mode=0o700)
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), f"{prefix}_env"],
+                             stdout=subprocess.PIPE, env={**os.environ,
+                                                          "PYTHONPATH": os.getcwd()})
+    backend = FileBackend(folder, f"{prefix}_env")
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"held"
+        assert not backend.lease_acquire(lease("a"), TTL).held
+        assert backend.lease_read() is not None
+        assert backend.lease_read().holder == "child:1:x"  # type: ignore[union-attr]
+        kill_tree(child.pid)
+        child.wait(timeout=5)
+        assert backend.lease_read() is None  # nobody holds the lock: the record is history
+        assert backend.lease_acquire(lease("a"), TTL).held
+    finally:
+        kill_tree(child.pid)
+        backend.close()
+
+
+def test_file_lease_refuses_a_foreign_writable_file(prefix: str, tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    backend = FileBackend(folder, f"{prefix}_env")
+    path = folder / f"{prefix}_env.leader"
+    path.write_bytes(b"")
+    path.chmod(0o666)
+    try:
+        with pytest.raises(StoreUnavailable):
+            backend.lease_acquire(lease("a"), TTL)
+    finally:
+        backend.close()
+
+
+# -- the election, on real backends ------------------------------------------------------------
+
+
+class Roles:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, old: str, new: str) -> None:
+        self.seen.append((old, new))
+
+
+def election(backend: Any, roles: Roles | None = None, **kw: Any) -> Election:
+    kw.setdefault("ttl", TTL)
+    kw.setdefault("follow_seconds", 0.3)
+    return Election(backend, on_role=roles, **kw)
+
+
+def test_election_roles_hand_over_and_log_once(backends: Callable[[], Any],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    ra, rb = Roles(), Roles()
+    a, b = election(backends(), ra, pid=101), election(backends(), rb, pid=102)
+    a.step()
+    b.step()
+    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    assert ra.seen == [(FOLLOWER, LEADER)] and rb.seen == [(FOLLOWER, FOLLOWER)]
+    assert b.status()["lease"]["pid"] == 101 and a.status()["lease"]["pid"] == 101
+    for _ in range(3):
+        a.step()
+        b.step()
+    assert ra.seen == [(FOLLOWER, LEADER)] and len(rb.seen) == 1, "role change reported twice"
+    messages = [r.getMessage() for r in caplog.records if "fh_prefork: worker 10" in
+                r.getMessage()]
+    assert sum("101 is now the leader (lease ttl 2 s)" in m for m in messages) == 1, messages
+    assert sum("102 is now a follower, leader is" in m for m in messages) == 1, messages
+    assert a.release()
+    b.step()
+    assert b.role == LEADER and b.status()["lease"]["pid"] == 102
+
+
+def test_election_leader_that_lost_the_lease_steps_down(
+        backend_kind: str, backends: Callable[[], Any], prefix: str, tmp_path: Path) -> None:
+    ra = Roles()
+    ba, bb = backends(), backends()
+    a, b = election(ba, ra), election(bb)
+    a.step()
+    assert a.role == LEADER
+    if backend_kind == "memcache":
+        ba._client.delete(f"{prefix}_env_leader")
+    else:
+        (tmp_path / "store" / f"{prefix}_env.leader").unlink()
+    b.step()
+    assert b.role == LEADER
+    a.step()
+    assert a.role == FOLLOWER and ra.seen[-1] == (LEADER, FOLLOWER)
+    assert a.status()["lease"]["holder"] == b.holder
+
+
+def test_election_falls_back_when_the_store_is_unreachable_and_returns(
+        prefix: str) -> None:
+    server = Memcached().start()
+    try:
+        options = MemcacheSessionStoreOptions(timeout=0.2, connect_timeout=0.2)
+
+        def backend() -> MemcacheBackend:
+            return MemcacheBackend(make_client(parse_servers(server.url), options),
+                                   f"{prefix}_env", "test")
+
+        ra, rb = Roles(), Roles()
+        a, b = election(backend(), ra), election(backend(), rb, fallback_after=2)
+        a.step()
+        b.step()
+        assert (a.role, b.role) == (LEADER, FOLLOWER)
+        server.stop()
+        b.step()
+        assert b.role == FOLLOWER, "one failed attempt is not an outage"
+        b.step()
+        assert b.role == FALLBACK and rb.seen[-1] == (FOLLOWER, FALLBACK)
+        a.step()
+        assert a.role == LEADER, "the leader keeps its lease inside its validity window"
+        wait_for(lambda: a.step() is not None and a.role == FALLBACK, TTL + 2, interval=0.1,
+                 what="the leader to fall back once its lease lapsed")
+        assert ra.seen[-1] == (LEADER, FALLBACK)
+        server.start()  # empty, on the same port
+        wait_for(lambda: b.step() is not None and b.role != FALLBACK, 5, interval=0.1,
+                 what="the follower to leave fallback")
+        a.step()
+        assert sorted([a.role, b.role]) == [FOLLOWER, LEADER]
+    finally:
+        server.stop()
+
+
+def test_release_near_expiry_leaves_the_lease_to_expire(backends: Callable[[], Any]) -> None:
+    a = election(backends(), ttl=TTL)
+    a.step()
+    a._valid_until = time.monotonic() + 0.1  # as if the renewal were overdue
+    assert not a.release()
+
+
+# -- the store task hook and the Edge switch ---------------------------------------------------
+
+
+def test_store_runs_tasks_on_its_thread_and_closing_hooks_after_it_stops(
+        make_store: Callable[..., Any]) -> None:
+    store = make_store()
+    threads: list[str] = []
+    closed: list[bool] = []
+
+    def task() -> float:
+        threads.append(threading.current_thread().name)
+        return 0.05
+
+    store.add_task(task, on_close=lambda: closed.append(store._thread.is_alive()),
+                   name="probe")
+    wait_for(lambda: len(threads) >= 5, 10, what="5 task runs")
+    assert set(threads) == {store._thread.name}
+    store.close(flush_timeout=0.5)
+    assert closed == [False]
+
+
+def test_edge_switch_never_connects_on_poll_and_starts_one_edge_per_term() -> None:
+    import asyncio
+
+    made: list[Any] = []
+
+    class FakeEdge:
+        def __init__(self) -> None:
+            self.started = self.closed = False
+
+        def start(self) -> None:
+            self.started = True
+
+        def close(self, timeout: float = 1.0) -> None:
+            self.closed = True
+
+        def status(self) -> dict[str, Any]:
+            return {"state": "connected"}
+
+    def factory() -> Any:
+        made.append(FakeEdge())
+        return made[-1]
+
+    switch = EdgeSwitch(factory)
+    config = make_config()
+    config.edge_service_provider(lambda repository, api_keys, edge_url: switch)
+    asyncio.run(config.new_context().build())
+    asyncio.run(config.init())
+    assert made == [] and switch.status()["state"] == "standby"
+    assert switch.start() and not switch.start()
+    assert made[0].started and switch.status()["state"] == "connected"
+    switch.stop()
+    assert made[0].closed and switch.status()["state"] == "standby"
+    assert switch.start() and len(made) == 2
+    switch.close()
+    assert made[1].closed and not switch.start()
+
+
+def test_lease_settings_defaults_and_validation() -> None:
+    from fh_prefork import settings as s
+
+    base = {"FEATUREHUB_EDGE_URL": "http://edge:8085", "FEATUREHUB_API_KEY": "a/b/c*d",
+            "FH_PREFORK_EDGE_MODE": "leader"}
+    loaded = s.load(base)
+    assert loaded.lease_seconds == 10 and loaded.lease_renew_seconds == pytest.approx(10 / 3)
+    assert loaded.refresh_seconds == 1.0
+    loaded = s.load({**base, "FH_PREFORK_LEASE_SECONDS": "3"})
+    assert loaded.lease_renew_seconds == 1.0
+    assert s.load({**base, "FH_PREFORK_LEASE_RENEW_SECONDS": "2"}).lease_renew_seconds == 2.0
+    with pytest.raises(s.SettingsError, match="FH_PREFORK_LEASE_RENEW_SECONDS"):
+        s.load({**base, "FH_PREFORK_LEASE_SECONDS": "3", "FH_PREFORK_LEASE_RENEW_SECONDS": "3"})
