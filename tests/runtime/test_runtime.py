@@ -6,7 +6,10 @@ import ctypes
 import json
 import logging
 import os
+import select
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,19 +108,53 @@ def _child(report_fd: int, body: Any) -> None:
     os._exit(0)
 
 
-def _fork_and_report(body: Any, raw: bool = False) -> dict[str, Any]:
+def _all_logging_locks() -> list[Any]:
+    handlers = {h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                if isinstance(lg, logging.Logger) for h in lg.handlers}
+    return [h.lock for h in handlers if h.lock is not None]
+
+
+def _fork_and_report(body: Any, raw: bool = False, timeout: float = 20.0) -> dict[str, Any]:
+    """Fork, run ``body`` in the child, return what it reported; the child is killed if late.
+
+    A raw libc fork (what uWSGI does without py-call-uwsgi-fork-hooks) skips Python's at-fork
+    handlers, including logging's: hold the logging handler locks across it, as logging's own
+    handler would, so the child cannot inherit one held by another thread mid-log.
+    """
     read_fd, write_fd = os.pipe()
-    pid = ctypes.CDLL(None).fork() if raw else os.fork()
+    locks = _all_logging_locks() if raw else []
+    for lock in locks:
+        lock.acquire()
+    try:
+        pid = ctypes.CDLL(None).fork() if raw else os.fork()
+    finally:
+        for lock in locks:
+            lock.release()
     if pid == 0:
         os.close(read_fd)
         _child(write_fd, body)
     os.close(write_fd)
-    chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
-        chunks.append(pipe.read())
-    _, status = os.waitpid(pid, 0)
+    data = b""
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            data += chunk
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    while not finished and time.monotonic() < deadline:
+        time.sleep(0.01)  # the child is between its report and os._exit
+        finished, status = os.waitpid(pid, os.WNOHANG)
+    if not finished:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"forked child did not finish within {timeout} s")
     assert os.WIFEXITED(status), status
-    return dict(json.loads(b"".join(chunks) or b"{}"))
+    return dict(json.loads(data or b"{}"))
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["os.fork", "fork-without-hooks"])
