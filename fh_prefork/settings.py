@@ -86,6 +86,15 @@ def _whole_seconds(text: str) -> float:
     return float(value)
 
 
+def _lease_seconds(text: str) -> float:
+    """memcached expires keys on a one-second clock: a shorter lease could vanish at once."""
+    value = _positive_float(text)
+    if value < 2:
+        raise ValueError(f"must be at least 2 seconds (memcached expiry has one-second "
+                         f"resolution), got {text!r}")
+    return value
+
+
 def _seconds_or_auto(text: str) -> float | None:
     return None if text.strip().lower() == "auto" else _positive_float(text)
 
@@ -140,7 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
             "longest wait, in seconds, between two Edge connection attempts while Edge is down"),
     Setting("edge_mode", "FH_PREFORK_EDGE_MODE", _choice("every", "leader"), "every",
             "every: each worker holds an Edge connection; leader: one per store"),
-    Setting("lease_seconds", "FH_PREFORK_LEASE_SECONDS", _positive_float, "10",
+    Setting("lease_seconds", "FH_PREFORK_LEASE_SECONDS", _lease_seconds, "10",
             "leader mode: time to live of the leader lease"),
     Setting("lease_renew_seconds", "FH_PREFORK_LEASE_RENEW_SECONDS", _seconds_or_auto, "auto",
             "leader mode: seconds between the leader's lease renewals; auto: a third of the "

@@ -46,6 +46,9 @@ def test_overrides_win_over_environment() -> None:
     ({"FH_PREFORK_EDGE": "websocket"}, "FH_PREFORK_EDGE"),
     ({"FEATUREHUB_POLL_INTERVAL": "0.5"}, "FEATUREHUB_POLL_INTERVAL"),
     ({"FH_PREFORK_EDGE_MODE": "all"}, "FH_PREFORK_EDGE_MODE"),
+    ({"FH_PREFORK_LEASE_SECONDS": "1.5"}, "FH_PREFORK_LEASE_SECONDS"),
+    ({"FH_PREFORK_LEASE_SECONDS": "6", "FH_PREFORK_LEASE_RENEW_SECONDS": "6"},
+     "FH_PREFORK_LEASE_RENEW_SECONDS"),
 ])
 def test_bad_values_name_the_variable_in_one_line(env: dict, variable: str) -> None:
     merged = {**BASE, **env}
