@@ -2,7 +2,7 @@
 
 Everything here is pure and shared by every store backend. The wire format is
 the one FeatureHub Edge sends and the other FeatureHub SDKs' stores write: a
-JSON array of feature-state objects, never pickle.
+JSON array of feature-state objects: plain JSON bytes, nothing executable.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ LEASE_RECORD_BYTES = 512
 
 @dataclass(frozen=True)
 class Lease:
-    """Who holds the leader lease, stored as JSON bytes (never pickle).
+    """Who holds the leader lease, stored as JSON bytes (plain JSON, never a serialized object).
 
     ``holder`` is ``host:pid:nonce`` (the nonce tells two terms of one pid
     apart); ``expires_at`` is unix time, for people and the CLI: decisions use

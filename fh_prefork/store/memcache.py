@@ -79,11 +79,12 @@ def make_client(servers: list[Server], options: MemcacheSessionStoreOptions) -> 
 
 
 def check_client(client: Any) -> None:
-    """Refuse a client whose serde would turn cached bytes into objects (pickle, for one).
+    """Refuse a client whose serde would turn cached bytes into Python objects.
 
     Ruby's Dalli marks its JSON values with flags 1, the same flag pymemcache's
-    pickle serde uses: a deserializing client would unpickle data written by
-    any process that can reach memcached. Bytes must come back untouched.
+    object serde reads as "serialized Python object": a deserializing client
+    would load and run data written by any process that can reach memcached.
+    Bytes must come back untouched.
     """
     serdes = [getattr(client, "serde", None)]
     if isinstance(client, HashClient):
