@@ -32,7 +32,7 @@ import time
 from typing import Any, cast
 
 import psutil
-from featurehub_sdk.client_context import ClientContext
+from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContext
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
@@ -92,17 +92,16 @@ class Worker:
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
                       settings.store, err)
         self.edge: SupervisedEdge | None = None
+        # the service every context of this worker talks to (keys are client-evaluated)
+        self.edge_service: EdgeService = self.config.get_or_create_edge_service()
         if role == "master":
             if self.store is not None:
                 self.store.close(flush_timeout=0)  # replayed once; no thread left behind
         elif self.switch is not None:
-            self.config.get_or_create_edge_service()
             self._elect(self.switch)
-        else:
-            edge = self.config.get_or_create_edge_service()
-            if isinstance(edge, SupervisedEdge):
-                self.edge = edge
-                edge.start()
+        elif isinstance(self.edge_service, SupervisedEdge):
+            self.edge = self.edge_service
+            self.edge.start()
 
     def _elect(self, switch: EdgeSwitch) -> None:
         """Leader mode: run the lease as a store task; the role switches the Edge connection."""
@@ -246,8 +245,15 @@ def config() -> FeatureHubConfig:
 
 
 def context() -> ClientContext:
-    """A new client-evaluated context, as ``config().new_context()``: memory only."""
-    return config().new_context()
+    """A new client-evaluated context, as ``config().new_context()`` builds: memory only.
+
+    Built directly from this worker's repository and Edge service, which the
+    config would look up on every call: that saving pays for the pid check.
+    """
+    current = _current
+    if current is None or current.pid != os.getpid():
+        current = _start_lazily()
+    return ClientEvalFeatureContext(current.repository, current.edge_service)
 
 
 def status() -> dict[str, Any]:

@@ -283,6 +283,7 @@ class SessionStore(RawUpdateFeatureListener):
     def status(self) -> dict[str, Any]:
         with self._cond:
             pending = len(self._pending.updates) + len(self._pending.deletes)
+            flushing = self._in_flight
         return {
             "backend": self._backend.description,
             "source": self.source,
@@ -290,6 +291,7 @@ class SessionStore(RawUpdateFeatureListener):
             "fingerprint": self._fingerprint,
             "features": len(self._stored_ids),
             "pending": pending,
+            "flushing": flushing,      # a batch is being written right now
             "last_refresh": self._last_refresh,
             "last_write": self._last_write,
             "last_error": self._last_error,
