@@ -19,11 +19,15 @@ _prefixes = itertools.count()
 
 @pytest.fixture(scope="session")
 def memcached() -> Iterator[Memcached]:
-    server = Memcached(item_size="8m").start()
-    try:
+    with Memcached(item_size="8m") as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture
+def own_memcached() -> Iterator[Memcached]:
+    """A memcached this test may stop, restart or starve without disturbing the others."""
+    with Memcached(item_size="8m") as server:
+        yield server
 
 
 def make_config(api_key: str = API_KEY, edge_url: str = "http://127.0.0.1:9/") -> Any:

@@ -13,6 +13,7 @@ import pytest
 import urllib3
 
 from fh_prefork.edge_simulator import EdgeSimulator, environment_id, make_feature
+from tests.support.procs import wait_for
 
 KEY = "portfolio/env-1/client*secret"
 TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
@@ -218,12 +219,10 @@ def test_http_control_api(sim: EdgeSimulator) -> None:
         assert reader.next_event()[1] == "bye"
     finally:
         reader.close()
-    deadline = time.monotonic() + 5
-    status = None
-    while time.monotonic() < deadline:
+    def answers() -> int | None:
         try:
-            status = get(f"{sim.url}features?apiKey={KEY}").status
-            break
+            return int(get(f"{sim.url}features?apiKey={KEY}").status)
         except urllib3.exceptions.HTTPError:
-            time.sleep(0.05)
-    assert status == 200
+            return None
+
+    assert wait_for(answers, 5, what="the simulator back after down?seconds") == 200

@@ -25,12 +25,9 @@ API_KEY = "portfolio/env-examples/client*secret"
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    sim = EdgeSimulator(keepalive_interval=1.0).start()
-    sim.set_features([make_feature("NEW_CHECKOUT", True, 7)])
-    try:
+    with EdgeSimulator(keepalive_interval=1.0) as sim:
+        sim.set_features([make_feature("NEW_CHECKOUT", True, 7)])
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture

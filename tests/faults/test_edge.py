@@ -18,6 +18,12 @@ WORKERS = 4
 BOUND = 2 * REFRESH * 1.2 + 1.5
 
 
+def cut_streams(edge: EdgeSimulator) -> None:
+    """Drop every open stream and listen again: workers reconnect under the new conditions."""
+    edge.go_down()
+    edge.come_up()
+
+
 def attempts_per_worker_second(edge: EdgeSimulator, since: int, started: float) -> float:
     return (edge.total_stream_requests - since) / WORKERS / (time.monotonic() - started)
 
@@ -50,8 +56,7 @@ def test_edge_answering_500_backs_off_then_recovers(
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.set_failure(500)
-    edge.go_down()
-    edge.come_up()  # streams cut; every reconnect now gets a 500
+    cut_streams(edge)  # every reconnect now gets a 500
     since, started = edge.total_stream_requests, time.monotonic()
     wait_for(lambda: all(s["edge"]["failures"] >= 2 for s in cluster.statuses().values()), 15,
              what="repeated failures")
@@ -70,8 +75,7 @@ def test_key_deleted_404_is_reported_in_status_and_log(
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.set_failure(404)
-    edge.go_down()
-    edge.come_up()
+    cut_streams(edge)
     statuses = wait_for(lambda: (st := cluster.statuses()) and all(
         s["edge_state"] == "key_not_found" for s in st.values()) and st, 15,
         what="key_not_found in every worker")
@@ -86,8 +90,7 @@ def test_edge_closing_streams_after_every_event(
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.close_after_each_event = True
-    edge.go_down()
-    edge.come_up()
+    cut_streams(edge)
     since, started = edge.total_stream_requests, time.monotonic()
     for version in range(2, 5):
         edge.push_feature(make_feature("FLAG", True, version))

@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +52,6 @@ def leader_cluster(start_cluster: StartCluster) -> StartCluster:  # noqa: F811
               env: dict[str, str] | None = None) -> Cluster:
         return start_cluster(kind, workers, args, {**LEADER_ENV, **(env or {})})
     return start
-
-
-@pytest.fixture
-def own_memcached() -> Iterator[Memcached]:
-    """A memcached this test may restart without disturbing the session's."""
-    server = Memcached().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:

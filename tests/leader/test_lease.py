@@ -173,7 +173,7 @@ from fh_prefork.store.backend import Lease
 b = FileBackend(Path(sys.argv[1]), sys.argv[2])
 assert b.lease_acquire(Lease("child:1:x", "child", 1, time.time() + 2), 2).held
 print("held", flush=True)
-time.sleep(60)
+sys.stdin.read()  # hold the lock until the test kills us
 """
 
 
@@ -181,8 +181,9 @@ def test_file_lease_dies_with_a_killed_holder(prefix: str, tmp_path: Path) -> No
     folder = tmp_path / "store"
     folder.mkdir(mode=0o700)
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), f"{prefix}_env"],
-                             stdout=subprocess.PIPE, env={**os.environ,
-                                                          "PYTHONPATH": os.getcwd()})
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env={**os.environ,
+                                  "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     backend = FileBackend(folder, f"{prefix}_env")
     try:
         assert child.stdout is not None

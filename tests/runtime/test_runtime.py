@@ -27,12 +27,9 @@ API_KEY = "portfolio/env-rt/client*secret"
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    sim = EdgeSimulator(keepalive_interval=0.5).start()
-    sim.set_features([make_feature("FLAG", True, 1)])
-    try:
+    with EdgeSimulator(keepalive_interval=0.5) as sim:
+        sim.set_features([make_feature("FLAG", True, 1)])
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -145,10 +142,12 @@ def _fork_and_report(body: Any, raw: bool = False, timeout: float = 20.0) -> dic
             if not chunk:
                 break
             data += chunk
+    exited = os.pidfd_open(pid)  # readable once the child has exited
+    try:
+        select.select([exited], [], [], max(0.0, deadline - time.monotonic()))
+    finally:
+        os.close(exited)
     finished, status = os.waitpid(pid, os.WNOHANG)
-    while not finished and time.monotonic() < deadline:
-        time.sleep(0.01)  # the child is between its report and os._exit
-        finished, status = os.waitpid(pid, os.WNOHANG)
     if not finished:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -19,12 +19,9 @@ REFRESH = 0.5
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    sim = EdgeSimulator(keepalive_interval=1.0).start()
-    sim.set_features([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)])
-    try:
+    with EdgeSimulator(keepalive_interval=1.0) as sim:
+        sim.set_features([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)])
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture
