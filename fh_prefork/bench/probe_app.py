@@ -1,6 +1,8 @@
 """A tiny WSGI app that reports which flags this worker serves: for the demo, bench and tests.
 
 ``GET /flags?key=A&key=B`` -> ``{"pid", "flags": {key: {"value", "version", "exists"}}}``
+``GET /state`` -> ``{"pid", "features": {key: {"id", "version", "value"}}}``: every
+feature this worker holds (deleted ones are absent), for whole-state checks.
 ``GET /status`` -> ``fh_prefork.status()``; ``GET /ping`` -> ``ok``.
 Set ``PROBE_CONFIG_AT_IMPORT=1`` to ask for flags while the module is imported
 (in a prefork master with ``--preload`` or uWSGI without ``lazy-apps``).
@@ -31,12 +33,24 @@ def flags(keys: Iterable[str]) -> dict[str, Any]:
     return {"pid": os.getpid(), "flags": out}
 
 
+def held_state() -> dict[str, Any]:
+    """Every feature state this worker's repository holds, by key."""
+    repo = fh_prefork.config().repository()
+    out = {}
+    for state in repo.feature_states():
+        out[state["key"]] = {"id": state.get("id"), "version": state.get("version"),
+                             "value": state.get("value")}
+    return {"pid": os.getpid(), "features": out}
+
+
 def application(environ: dict[str, Any],
                 start_response: Callable[[str, list[tuple[str, str]]], Any]) -> list[bytes]:
     path = environ.get("PATH_INFO", "/")
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/flags":
         body: Any = flags(query.get("key", []))
+    elif path == "/state":
+        body = held_state()
     elif path == "/status":
         body = fh_prefork.status()
     elif path == "/ping":
