@@ -1,17 +1,26 @@
-"""Feature-state values: validation, merge by version, fingerprint, JSON codec.
+"""Feature-state values: validation, fingerprints and the JSON codec of the shared array.
 
 Everything here is pure and shared by every store backend. The wire format is
 the one FeatureHub Edge sends and the other FeatureHub SDKs' stores write: a
-JSON array of feature-state objects: plain JSON bytes, nothing executable.
+JSON array of feature-state objects, nothing executable. It reaches us in three
+forms, and all three are read (:func:`decode`):
+
+* plain JSON bytes (fh_prefork, the JavaScript Redis store);
+* a JSON string holding the array (Ruby's Dalli with its JSON serializer);
+* zlib-compressed bytes of either (Dalli compresses values of 4 KiB and more),
+  inflated with a bound so a zip bomb is refused rather than expanded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .feature_shape import shape_problem
 
 FeatureState = dict[str, Any]
 
@@ -19,81 +28,157 @@ FeatureState = dict[str, Any]
 MAX_VERSION = 2**63 - 1
 
 
-def sanitize_feature(item: Any) -> FeatureState | None:
-    """Return ``item`` if it is a usable feature state, else ``None``.
-
-    Usable means: a JSON object with a non-empty string ``id`` and ``key`` and
-    an integer ``version`` in [0, 2**63). Booleans are not integers here.
-    """
+def identity_problem(item: Any) -> str | None:
+    """Why ``item`` cannot even be placed (no string id and key, no integer version), or None."""
     if not isinstance(item, dict):
-        return None
+        return f"expected an object, found {type(item).__name__}"
     fid, key, version = item.get("id"), item.get("key"), item.get("version")
-    if not isinstance(fid, str) or not fid or not isinstance(key, str) or not key:
-        return None
+    if not isinstance(fid, str) or not fid:
+        return "id: not a non-empty string"
+    if not isinstance(key, str) or not key:
+        return "key: not a non-empty string"
     if isinstance(version, bool) or not isinstance(version, int):
-        return None
+        return "version: not an integer"
     if version < 0 or version > MAX_VERSION:
-        return None
-    return item
+        return "version: out of range"
+    return None
+
+
+def feature_problem(item: Any) -> str | None:
+    """Why the SDK could not hold and evaluate ``item``, or None when it is usable."""
+    return identity_problem(item) or shape_problem(item)
+
+
+def sanitize_feature(item: Any) -> FeatureState | None:
+    """Return ``item`` if the SDK can hold and evaluate it, else ``None``."""
+    return item if feature_problem(item) is None else None
 
 
 def fingerprint(features: Iterable[Mapping[str, Any]]) -> str:
     """Cross-SDK fingerprint: hex SHA-256 of ``id:version`` sorted by id, joined by ``|``."""
     pairs = sorted((str(f["id"]), f["version"]) for f in features)
+    return fingerprint_in_order(pairs)
+
+
+def fingerprint_in_order(pairs: Iterable[tuple[str, int]]) -> str:
+    """The Ruby store's formula: the same hash over the array in its own order (no sort)."""
     return hashlib.sha256("|".join(f"{i}:{v}" for i, v in pairs).encode()).hexdigest()
 
 
 @dataclass
 class Decoded:
-    """A store value turned into feature states (by id), with what had to be dropped."""
+    """A store value turned into feature states, with what could not be used.
+
+    ``by_id``: entries the SDK can evaluate (highest version per id).
+    ``unusable``: entries with an id and a version but a shape the SDK would
+    raise on; never replayed, but kept verbatim when the value is rewritten,
+    unless superseded, so another SDK's entry is not deleted because we
+    cannot evaluate it.
+    ``order``: ``(id, version)`` of every placed entry in array order, for
+    the Ruby fingerprint. ``dropped``: entries with no usable id or version.
+    """
 
     by_id: dict[str, FeatureState] = field(default_factory=dict)
+    unusable: dict[str, FeatureState] = field(default_factory=dict)
+    order: list[tuple[str, int]] = field(default_factory=list)
     dropped: int = 0
-    problem: str | None = None  # why the value as a whole was unusable
+    problems: list[str] = field(default_factory=list)   # one per unusable or dropped entry
+    problem: str | None = None      # why the value as a whole was unreadable
+    too_large: bool = False         # unreadable because of our size bound, not junk
+    form: str = "absent"            # absent, plain, json-string, zlib
 
     @property
     def features(self) -> list[FeatureState]:
         return list(self.by_id.values())
 
+    @property
+    def placed(self) -> dict[str, FeatureState]:
+        """Every entry with an id and version, usable or not (what a rewrite keeps)."""
+        out = dict(self.unusable)
+        for fid, feature in self.by_id.items():
+            held = out.get(fid)
+            if held is None or feature["version"] >= held["version"]:
+                out[fid] = feature
+        return out
+
+    def consistent_fingerprints(self) -> set[str]:
+        """Fingerprints that agree with this array: sorted (ours, JS) or array order (Ruby)."""
+        return {fingerprint(self.placed.values()), fingerprint_in_order(self.order)}
+
+
+def inflate(raw: bytes, max_bytes: int) -> bytes:
+    """Decompress a zlib value, refusing one that would grow past ``max_bytes``."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(raw, max_bytes + 1)
+    except zlib.error as err:
+        raise ValueError(f"zlib value is corrupt: {err}") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise OverflowError(f"zlib value inflates past the {max_bytes}-byte limit")
+    if not inflater.eof:
+        raise ValueError("zlib value is truncated")
+    return out
+
+
+def is_zlib(raw: bytes) -> bool:
+    """A zlib header (RFC 1950): deflate method, valid check bits. JSON never starts so."""
+    return (len(raw) >= 2 and raw[0] & 0x0F == 8 and raw[0] >> 4 <= 7
+            and ((raw[0] << 8) | raw[1]) % 31 == 0)
+
 
 def decode(raw: bytes | None, max_bytes: int) -> Decoded:
-    """Parse a store value without trusting it.
-
-    Accepts the plain form (a JSON array) and the Ruby store's form (a JSON
-    string holding the JSON array). Duplicate ids keep the highest version.
-    """
+    """Parse a store value in any form a FeatureHub store writes, without trusting it."""
     if raw is None:
         return Decoded()
+    form = "plain"
     if len(raw) > max_bytes:
-        return Decoded(problem=f"value of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+        return Decoded(problem=f"value of {len(raw)} bytes exceeds the {max_bytes}-byte limit",
+                       too_large=True, form=form)
+    if is_zlib(raw):
+        form = "zlib"
+        try:
+            raw = inflate(raw, max_bytes)
+        except OverflowError as err:
+            return Decoded(problem=str(err), form=form)
+        except ValueError as err:
+            return Decoded(problem=str(err), form=form)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Decoded(problem="value is not UTF-8 (not JSON; pickled data is never loaded)")
+        return Decoded(problem="value is neither UTF-8 JSON nor zlib (a pickle is never loaded)",
+                       form=form)
     try:
         value = json.loads(text)
         if isinstance(value, str):  # Ruby/Dalli JSON serializer wraps the array in a string
+            form = "json-string" if form == "plain" else form
             value = json.loads(value)
     except RecursionError:
-        return Decoded(problem="JSON nested too deeply")
+        return Decoded(problem="JSON nested too deeply", form=form)
     except ValueError:
-        return Decoded(problem="value is not JSON")
+        return Decoded(problem="value is not JSON", form=form)
     if not isinstance(value, list):
-        return Decoded(problem=f"expected a JSON array, found {type(value).__name__}")
-    by_id: dict[str, FeatureState] = {}
-    dropped = 0
-    for item in value:
-        feature = sanitize_feature(item)
-        if feature is None:
-            dropped += 1
+        return Decoded(problem=f"expected a JSON array, found {type(value).__name__}", form=form)
+    decoded = Decoded(form=form)
+    for index, item in enumerate(value):
+        problem = identity_problem(item)
+        if problem is not None:
+            decoded.dropped += 1
+            decoded.problems.append(f"[{index}] {problem}")
             continue
-        held = by_id.get(feature["id"])
+        decoded.order.append((item["id"], item["version"]))
+        shape = shape_problem(item)
+        target = decoded.by_id if shape is None else decoded.unusable
+        if shape is not None:
+            decoded.problems.append(f"[{index}] {item['key']!r}: {shape}")
+        held = decoded.by_id.get(item["id"]) or decoded.unusable.get(item["id"])
         if held is not None:
-            dropped += 1
-            if held["version"] >= feature["version"]:
+            decoded.dropped += 1
+            if held["version"] >= item["version"]:
                 continue
-        by_id[feature["id"]] = feature
-    return Decoded(by_id, dropped=dropped)
+            decoded.by_id.pop(item["id"], None)
+            decoded.unusable.pop(item["id"], None)
+        target[item["id"]] = item
+    return decoded
 
 
 def decode_fingerprint(raw: bytes | None) -> str | None:
@@ -113,38 +198,3 @@ def encode(features: Iterable[FeatureState]) -> bytes:
     """Plain form: compact UTF-8 JSON array, sorted by id for stable bytes."""
     ordered = sorted(features, key=lambda f: str(f["id"]))
     return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-@dataclass
-class Merge:
-    """Result of merging local changes into what a store holds."""
-
-    features: list[FeatureState]
-    changed: bool
-
-
-def merge(
-    stored: Mapping[str, FeatureState],
-    updates: Mapping[str, FeatureState],
-    deletes: Mapping[str, int],
-) -> Merge:
-    """Merge updates (by id, higher version wins) and deletes into ``stored``.
-
-    A delete removes the stored feature unless the store already holds a
-    version newer than the one that was deleted: a re-created feature is not
-    lost to a late delete.
-    """
-    result = dict(stored)
-    changed = False
-    for fid, feature in updates.items():
-        held = result.get(fid)
-        if held is None or feature["version"] > held["version"]:
-            result[fid] = feature
-            changed = True
-    for fid, version in deletes.items():
-        held = result.get(fid)
-        if held is not None and held["version"] <= version:
-            del result[fid]
-            changed = True
-    return Merge(list(result.values()), changed)
-

@@ -38,7 +38,12 @@ Failure model:
 * store unreachable: a follower falls back to its own Edge connection after
   ``fallback_after`` failed attempts in a row (role ``fallback``); a leader
   does so once its lease's validity window has passed. The next successful
-  lease operation makes it leader or follower again.
+  lease operation makes it leader or follower again;
+* store reachable but without a usable state (``state_problem``: the data is
+  absent for longer than a refresh period, unreadable, or over the item
+  limit): a follower falls back too, since following would serve nothing, and
+  follows again once the store holds the state. ``status()["fallback_reason"]``
+  says why.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class Election:
     def __init__(self, backend: LeaseBackend, *, ttl: float, renew_seconds: float | None = None,
                  follow_seconds: float = 1.0, jitter: float = 0.2, fallback_after: int = 2,
                  on_role: Callable[[str, str], None] | None = None,
+                 state_problem: Callable[[], str | None] | None = None,
                  host: str | None = None, pid: int | None = None,
                  logger: logging.Logger | None = None) -> None:
         if not ttl > 0 or not math.isfinite(ttl):
@@ -99,6 +105,8 @@ class Election:
         self._jitter = jitter
         self._fallback_after = max(1, fallback_after)
         self._on_role = on_role
+        self._state_problem = state_problem or (lambda: None)
+        self.fallback_reason: str | None = None
         self._log = logger or log
         self.host = host or socket.gethostname()
         self.pid = os.getpid() if pid is None else pid
@@ -150,6 +158,13 @@ class Election:
         with self._lock:
             self._mine = None
         leader = self._describe(answer.current)
+        problem = self._state_problem()
+        if problem is not None:
+            if self.role != FALLBACK or self.fallback_reason != problem:
+                self.fallback_reason = problem
+                self._become(FALLBACK, "falls back to its own Edge connection: %s (leader is %s)",
+                             problem, leader)
+            return self._spread(self.follow_seconds)
         if self.role == LEADER:
             self._become(FOLLOWER, "lost the leader lease (the store now names %s); closed its "
                          "Edge connection and follows the store", leader)
@@ -163,6 +178,7 @@ class Election:
     def _unreachable(self, err: StoreUnavailable) -> float:
         self._failures += 1
         self._last_error = str(err)
+        self.fallback_reason = f"the store is unreachable: {err}"
         if self.role == LEADER:
             if time.monotonic() < self._valid_until:
                 return self._spread(min(self.renew_seconds, self.follow_seconds) / 2)
@@ -220,6 +236,7 @@ class Election:
                 "terms": self.terms,
                 "role_changes": self.changes,
                 "failures": self._failures,
+                "fallback_reason": self.fallback_reason if self.role == "fallback" else None,
                 "last_error": self._last_error,
             }
 

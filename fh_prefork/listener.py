@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
-from .features import sanitize_feature
+from . import tombstones as ts
+from .features import MAX_VERSION, feature_problem, identity_problem
+from .ratelog import RateLimitedLog
+from .tombstones import Tombstone
 
 log = logging.getLogger("fh_prefork")
 
@@ -47,17 +51,28 @@ class RawUpdateFeatureListener:
 
 
 class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
-    """A ``FeatureHubRepository`` that validates updates and tells listeners.
+    """A ``FeatureHubRepository`` that validates updates, remembers deletions and tells listeners.
 
-    Invalid feature states (no key or id, a version that is not a
-    non-negative integer) are dropped with a warning instead of raising inside
-    the SDK's comparison code, so junk from any source cannot corrupt flags.
+    * Feature states the SDK would raise on (see :mod:`fh_prefork.feature_shape`)
+      are dropped with a rate-limited warning, one entry at a time: one bad
+      entry never costs the others.
+    * Deletions are remembered as tombstones (:mod:`fh_prefork.tombstones`),
+      so a lagging stream or store re-sending the deleted version cannot bring
+      the feature back; a later version (a re-created feature) still can.
+    * A full ``features`` list from Edge is the whole environment: a feature
+      this process holds that it lacks was deleted while we were not
+      listening, and is deleted here too.
+    * A state whose id differs from the one held under its key replaces it
+      when it comes from Edge or when the held one was deleted: FeatureHub
+      gives a re-created feature a new id, whose version restarts.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._listeners: list[RawUpdateFeatureListener] = []
         self._notify_lock = threading.RLock()
+        self._tombstones: ts.Tombstones = {}
+        self._junk_log = RateLimitedLog(log)
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -74,26 +89,143 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         return list(self._listeners)
 
     def notify(self, status: str, data: Any, source: str = EDGE_SOURCE) -> None:
-        """Apply an update like the SDK does, then pass it to every listener."""
-        if status in ("features", "feature", "delete_feature"):
-            data = _validated(status, data, source)
-            if data is None:
+        """Apply an update like the SDK does, then pass what was applied to every listener."""
+        if status == "features":
+            if not isinstance(data, list):
+                self._junk_log.failure("fh_prefork: ignored features update from %s: not a list",
+                                       source)
                 return
+            with self._notify_lock:
+                applied = [f for f in (self._apply_one(item, source) for item in data) if f]
+                deleted = self._delete_unlisted(data) if source == EDGE_SOURCE else []
+                self._ready = True
+                self._tell("features", applied, source)
+                for gone in deleted:
+                    self._tell("delete_feature", gone, source)
+        elif status == "feature":
+            with self._notify_lock:
+                applied_one = self._apply_one(data, source)
+                if applied_one is not None:
+                    self._tell("feature", applied_one, source)
+        elif status == "delete_feature":
+            with self._notify_lock:
+                gone_one = self._delete(data, source)
+                if gone_one is not None:
+                    self._tell("delete_feature", gone_one, source)
+        else:
+            with self._notify_lock:
+                super().notify(status, data)
+
+    def apply_shared(self, features: list[dict[str, Any]], tombstones: ts.Tombstones, *,
+                     source: str, keep_seconds: float = ts.KEEP_SECONDS,
+                     max_tombstones: int = ts.MAX_TOMBSTONES) -> None:
+        """Adopt what a shared store knows: its tombstones first, then its newer states."""
         with self._notify_lock:
-            super().notify(status, data)
-            for listener in list(self._listeners):
-                try:
-                    if status == "features":
-                        listener.process_updates(data, source)
-                    elif status == "feature":
-                        listener.process_update(data, source)
-                    elif status == "delete_feature":
-                        listener.delete_feature(data, source)
-                except Exception:  # a listener must never break flag updates
-                    log.exception("fh_prefork: listener %r failed on %s", listener, status)
+            merged = ts.union(self._tombstones, tombstones)
+            self._tombstones = ts.prune(merged, time.time(), keep_seconds, max_tombstones)
+            for tomb in tombstones.values():
+                holder = self.features.get(tomb.key)
+                state = holder.internal_feature_state if holder is not None else None
+                if state and tomb.covers(state):
+                    self._guarded(super().notify, "delete_feature", {"id": tomb.id,
+                                                                     "key": tomb.key})
+                    self._tell("delete_feature", {"id": tomb.id, "key": tomb.key,
+                                                  "version": tomb.version}, source)
+            applied = [f for f in (self._apply_one(item, source) for item in features) if f]
+            if applied:
+                self._tell("features", applied, source)
+
+    def tombstones(self) -> ts.Tombstones:
+        """The deletions this process remembers (a copy)."""
+        with self._notify_lock:
+            return dict(self._tombstones)
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def _apply_one(self, item: Any, source: str) -> dict[str, Any] | None:
+        """Apply one state if it is usable and not deleted; return it when the SDK took it."""
+        problem = feature_problem(item)
+        if problem is not None:
+            key = item.get("key") if isinstance(item, dict) else None
+            self._junk_log.failure("fh_prefork: ignored unusable feature state %r from %s: %s",
+                                   key, source, problem)
+            return None
+        tomb = self._tombstones.get(item["id"])
+        if tomb is not None and tomb.covers(item):
+            return None
+        holder = self.features.get(item["key"])
+        held = holder.internal_feature_state if holder is not None else None
+        if held and held.get("id") != item["id"]:
+            held_tomb = self._tombstones.get(held.get("id"))
+            if source != EDGE_SOURCE and not (held_tomb and held_tomb.covers(held)):
+                return None     # two ids for one key and no sign which is current: keep ours
+            return item if self._guarded(holder.set_feature_state, item) else None
+        if not self._guarded(super().notify, "feature", item):
+            return None
+        after = self.features.get(item["key"])
+        # the SDK keeps the dict it accepts: anything else means it kept what it held
+        return item if after is not None and after.internal_feature_state is item else None
+
+    def _delete(self, data: Any, source: str) -> dict[str, Any] | None:
+        """Apply an Edge/store delete and remember it as a tombstone."""
+        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
+            self._junk_log.failure("fh_prefork: ignored malformed delete_feature from %s", source)
+            return None
+        key = data["key"]
+        holder = self.features.get(key)
+        held = holder.internal_feature_state if holder is not None else None
+        fid = data.get("id") if isinstance(data.get("id"), str) and data.get("id") else None
+        fid = fid or (held.get("id") if held else None)
+        version = data.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            version = held.get("version") if held and held.get("id") == fid else MAX_VERSION
+        if fid:
+            tomb = Tombstone(fid, key, min(int(version), MAX_VERSION), time.time())
+            self._tombstones[fid] = ts.newer(self._tombstones.get(fid), tomb)
+            tomb = self._tombstones[fid]
+            if held and not tomb.covers(held):
+                return None     # we hold a newer or another feature under this key
+        elif held:
+            return None         # no id anywhere: cannot tell what was deleted
+        self._guarded(super().notify, "delete_feature", data)
+        return {"id": fid, "key": key, "version": version}
+
+    def _delete_unlisted(self, listed: list[Any]) -> list[dict[str, Any]]:
+        """Edge's full list is the environment: what we hold and it lacks was deleted."""
+        ids = {item.get("id") for item in listed if isinstance(item, dict)}
+        gone = []
+        for holder in list(self.features.values()):
+            held = holder.internal_feature_state
+            if held and identity_problem(held) is None and held["id"] not in ids:
+                deleted = self._delete(dict(held), EDGE_SOURCE)
+                if deleted is not None:
+                    gone.append(deleted)
+        return gone
+
+    def _guarded(self, apply: Any, *args: Any) -> bool:
+        """Run one SDK call; a state it still raises on costs only itself."""
+        try:
+            apply(*args)
+            return True
+        except Exception as err:
+            self._junk_log.failure("fh_prefork: the FeatureHub SDK refused a feature state: %s",
+                                   err)
+            return False
+
+    def _tell(self, status: str, data: Any, source: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                if status == "features":
+                    listener.process_updates(data, source)
+                elif status == "feature":
+                    listener.process_update(data, source)
+                elif status == "delete_feature":
+                    listener.delete_feature(data, source)
+            except Exception:  # a listener must never break flag updates
+                log.exception("fh_prefork: listener %r failed on %s", listener, status)
 
     def feature_states(self) -> list[dict[str, Any]]:
-        """Snapshot of every feature state currently held (for seeding a store).
+        """Snapshot of every feature state currently held (for writing the store).
 
         Request threads add holders for unknown keys without any lock, so the
         dict is copied in one C-level step before it is walked.
@@ -114,27 +246,3 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                 listener.close()
             except Exception:
                 log.exception("fh_prefork: listener %r failed to close", listener)
-
-
-def _validated(status: str, data: Any, source: str) -> Any:
-    """Keep only well-formed feature states; warn once per bad batch."""
-    if status == "features":
-        if not isinstance(data, list):
-            log.warning("fh_prefork: ignored %s update from %s: not a list", status, source)
-            return None
-        good = [f for f in (sanitize_feature(item) for item in data) if f is not None]
-        if len(good) != len(data):
-            log.warning(
-                "fh_prefork: ignored %d malformed feature state(s) from %s",
-                len(data) - len(good), source,
-            )
-        return good
-    if status == "delete_feature":
-        if isinstance(data, dict) and isinstance(data.get("key"), str):
-            return data
-        log.warning("fh_prefork: ignored malformed delete_feature from %s", source)
-        return None
-    feature = sanitize_feature(data)
-    if feature is None:
-        log.warning("fh_prefork: ignored malformed feature state from %s", source)
-    return feature

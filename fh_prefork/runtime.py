@@ -119,10 +119,16 @@ class Worker:
             else:
                 switch.start()      # leader or fallback; keeps a connection already open
 
+        store = self.store
+        refresh = self.settings.refresh_seconds
+
+        def state_problem() -> str | None:  # a follower that cannot get the state falls back
+            return store.state_problem(min_age=refresh)
+
         self.election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
                                  renew_seconds=self.settings.lease_renew_seconds,
-                                 follow_seconds=self.settings.refresh_seconds,
-                                 jitter=self.settings.refresh_jitter, on_role=on_role)
+                                 follow_seconds=refresh, jitter=self.settings.refresh_jitter,
+                                 on_role=on_role, state_problem=state_problem)
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
 
     @property

@@ -74,6 +74,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def _whole_seconds(text: str) -> float:
     """The FeatureHub SDK itself does int(FEATUREHUB_POLL_INTERVAL) at import: keep to that."""
     try:
@@ -141,6 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between a worker's store refreshes; auto: 5, or 1 in leader mode"),
     Setting("refresh_jitter", "FH_PREFORK_REFRESH_JITTER", _fraction, "0.2",
             "spread of each refresh period, as a fraction (0.2 = +/-20%)"),
+    Setting("verify_every", "FH_PREFORK_VERIFY_EVERY", _count, "12",
+            "a full read every N refreshes even when the fingerprint says nothing changed: "
+            "bounds how long a stale or foreign-overwritten store goes unhealed"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
     Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _whole_seconds, "30",
@@ -169,6 +182,7 @@ class Settings:
     prefix: str
     refresh_seconds: float
     refresh_jitter: float
+    verify_every: int
     edge: str
     poll_interval: float
     edge_backoff_max: float
@@ -183,7 +197,8 @@ class Settings:
 
     def store_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"prefix": self.prefix, "refresh_timeout": self.refresh_seconds,
-                                "refresh_jitter": self.refresh_jitter}
+                                "refresh_jitter": self.refresh_jitter,
+                                "verify_every": self.verify_every}
         if self.store.startswith("memcache://"):
             opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
         return opts

@@ -1,9 +1,16 @@
 """The narrow interface every store backend implements.
 
-The store core (``core.py``) owns merging, fingerprints, retries, replay and
-the refresh timer. A backend only moves bytes: read the value with a change
-token, compare-and-set it, create it if absent. That is the whole contract,
-so a new backend is a small file and cannot get the concurrency wrong.
+The store core (``core.py``) owns merging, tombstones, fingerprints, retries,
+replay and the refresh timer. A backend only moves bytes: read the data and
+the tombstones with change tokens, compare-and-set them, create them if
+absent. That is the whole contract, so a new backend is a small file and
+cannot get the concurrency wrong.
+
+Ordering contract, which is what makes tombstones safe without a transaction
+across two keys: ``write`` stores the tombstones *before* the data, and
+``read`` reads the data *before* the tombstones. A reader that sees data
+without a deleted feature therefore also sees the tombstone that removed it,
+and never mistakes the deletion for a loss to be written back.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One read of the data key: the bytes (None when absent) and the backend's CAS token."""
+    """One read: the data and tombstone bytes (None when absent) and their CAS tokens."""
 
     value: bytes | None
     cas_token: Any = None
     change_token: str | None = None   # what change_token() returned for this state, if known
+    tombstones: bytes | None = None
+    tombstones_cas: Any = None
 
 
 class StoreBackend(Protocol):
@@ -37,15 +46,18 @@ class StoreBackend(Protocol):
         ...
 
     def read(self) -> Snapshot:
-        """Read the data with what compare-and-set needs."""
+        """Read the data, then the tombstones, with what compare-and-set needs."""
         ...
 
-    def write(self, value: bytes, fingerprint: str, previous: Snapshot) -> str | None:
-        """Store ``value`` only if the data is still ``previous``.
+    def write(self, value: bytes, fingerprint: str, previous: Snapshot,
+              tombstones: bytes | None = None) -> str | None:
+        """Store ``value`` (and ``tombstones`` first, unless None) only if both are unchanged
+        since ``previous``.
 
-        Creates the data when ``previous.value`` is None. Returns the new
-        change token when stored, None when another writer got there first.
-        Only the server's answer decides.
+        Creates what ``previous`` found absent. Returns the new change token
+        when stored, None when another writer got there first (a tombstone
+        write that landed before a lost data write is harmless: tombstones
+        only ever grow by merge). Only the server's answer decides.
         """
         ...
 

@@ -1,19 +1,27 @@
 """SessionStore: feature states shared by processes through a backend.
 
-One thread per store does all backend I/O: it flushes updates that arrived
-from Edge (merge by version, compare-and-set, re-read and re-merge on
-conflict) and runs the jittered refresh timer that replays what other
-processes wrote. The Edge thread only queues; the request path never touches
-the store at all.
+One thread per store does all backend I/O: it writes what arrived from Edge,
+heals what the store lost, and runs the jittered refresh timer that replays
+what other processes wrote. The Edge thread only marks the store dirty; the
+request path never touches the store at all.
+
+Every write and every full read is one *reconciliation* (``reconcile.py``):
+the store converges to the newest version of every live feature any process
+holds, and only tombstones delete. So an emptied store (restart, flush,
+eviction, a deleted file) is refilled by the next process that reads it, a
+stale value (a memcached node that comes back, a restored backup, a foreign
+writer that overwrote ours) is healed within one verify period, and a
+deletion is never resurrected by a process that missed it.
 
 Guarantees, each proven by a multi-process test:
 
 * an update this process received is never dropped: a failed or conflicted
-  write stays pending and is retried until a write holds it;
+  write stays wanted and is retried until a write holds it;
 * only the backend's compare-and-set answer decides who won;
-* the data key is the compare-and-set target, the change token is derived
-  from it, and a periodic full read repairs a token left stale by a writer
-  that died between the two.
+* the data key is the compare-and-set target; a fingerprint that matches the
+  data by either formula (sorted, or the Ruby store's array order) is never
+  rewritten, and one left stale by a writer that died between its two writes
+  is repaired at a full read.
 """
 
 from __future__ import annotations
@@ -24,20 +32,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
+from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from . import faults
 from .backend import Snapshot, StoreBackend, StoreUnavailable
 from .options import SessionStoreOptions
+from .reconcile import Plan, reconcile
 
 log = logging.getLogger("fh_prefork.store")
+
+#: Outcomes of one sync: done, retry soon, or blocked until the state changes (too large).
+_DONE, _RETRY, _BLOCKED = "done", "retry", "blocked"
 
 
 @dataclass
@@ -53,41 +66,15 @@ class StoreCounters:
     refreshes: int = 0         # refresh ticks run
     reads: int = 0             # full reads of the data
     replays: int = 0           # batches replayed into the repository
-    seeds: int = 0             # times an empty store was seeded from memory
+    seeds: int = 0             # writes into an absent data key, from what this process knew
+    heals: int = 0             # features written back that the store had lost or held older
+    buried: int = 0            # stored features removed because a tombstone covers them
+    settles: int = 0           # fingerprint keys rewritten because they matched no formula
     errors: int = 0            # backend failures
-    junk: int = 0              # unusable values or entries found in the store
+    junk: int = 0              # reads that found unusable values or entries in the store
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
-
-
-@dataclass
-class _Pending:
-    updates: dict[str, fs.FeatureState] = field(default_factory=dict)
-    deletes: dict[str, int] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.updates or self.deletes)
-
-    def add_update(self, feature: fs.FeatureState) -> None:
-        held = self.updates.get(feature["id"])
-        if held is None or feature["version"] > held["version"]:
-            self.updates[feature["id"]] = feature
-        deleted = self.deletes.get(feature["id"])
-        if deleted is not None and feature["version"] > deleted:
-            del self.deletes[feature["id"]]
-
-    def add_delete(self, fid: str, version: int) -> None:
-        self.deletes[fid] = max(version, self.deletes.get(fid, -1))
-        held = self.updates.get(fid)
-        if held is not None and held["version"] <= version:
-            del self.updates[fid]
-
-    def absorb(self, other: _Pending) -> None:
-        for feature in other.updates.values():
-            self.add_update(feature)
-        for fid, version in other.deletes.items():
-            self.add_delete(fid, version)
 
 
 @dataclass
@@ -109,7 +96,9 @@ def attach_repository(config: FeatureHubConfig) -> ListeningRepository:
         raise ValueError("create the session store before the config connects to Edge "
                          "(before config.init() or config.new_context())")
     listening = ListeningRepository()
-    listening.notify("features", repo.extract_feature_state(), source="existing-repository")
+    existing = repo.extract_feature_state()
+    if existing:
+        listening.notify("features", existing, source="existing-repository")
     for interceptor in getattr(repo, "_interceptors", []):
         listening.register_interceptor(interceptor)
     config.repository(listening)
@@ -131,27 +120,33 @@ class SessionStore(RawUpdateFeatureListener):
         self._repository = attach_repository(config)
         self.counters = StoreCounters()
         self._cond = threading.Condition()
-        self._pending = _Pending()
+        self._dirty = False                 # something arrived that the store may lack
+        self._dirty_ids: set[str] = set()   # ids Edge changed since the last write
+        self._blocked = False               # the state cannot be written until it changes
         self._in_flight = False
         self._closed = False
         self._refresh_requested = False
-        self._ids_by_key: dict[str, str] = {}
-        self._stored_ids: set[str] = set()
+        self._stored_count = 0
+        self._tombstone_count = 0
         self._change_token: str | None = None
         self._fingerprint: str | None = None
         self._last_refresh: float | None = None
         self._last_write: float | None = None
         self._last_error: str | None = None
+        self._problem: str | None = None       # why the store cannot give us the state
+        self._problem_since: float | None = None   # monotonic
         self._ticks_since_read = 0
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
+        self._heal_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
 
-        try:
-            self._read_and_replay()
+        try:  # read and replay only: a write here would block the post-fork hook
+            self._sync(write=False)
         except StoreUnavailable as err:
+            self._set_problem(f"the store is unreachable: {err}")
             self._note_failure("cannot read %s at start, serving from Edge until it returns: %s",
                                err)
         self._repository.register_raw_update_listener(self)
@@ -159,31 +154,24 @@ class SessionStore(RawUpdateFeatureListener):
                                         daemon=True)
         self._thread.start()
 
-    # -- RawUpdateFeatureListener: called on the notifying thread, must only queue ---------
+    # -- RawUpdateFeatureListener: called on the notifying thread, must only mark ------------
 
     def process_updates(self, features: list[fs.FeatureState], source: str) -> None:
-        if source == self.source or not features:
-            return
-        with self._cond:
-            for feature in features:
-                self._pending.add_update(feature)
-            self._cond.notify_all()
+        if source != self.source and features:
+            self._mark_dirty(f.get("id") for f in features)
 
     def process_update(self, feature: fs.FeatureState, source: str) -> None:
         self.process_updates([feature], source)
 
     def delete_feature(self, feature: fs.FeatureState, source: str) -> None:
-        if source == self.source:
-            return
-        fid = feature.get("id") if isinstance(feature.get("id"), str) else None
-        fid = fid or self._ids_by_key.get(str(feature.get("key")))
-        if not fid:
-            return
-        version = feature.get("version")
-        if isinstance(version, bool) or not isinstance(version, int):
-            version = fs.MAX_VERSION
+        if source != self.source:
+            self._mark_dirty([feature.get("id")])
+
+    def _mark_dirty(self, ids: Any) -> None:
         with self._cond:
-            self._pending.add_delete(fid, version)
+            self._dirty = True
+            self._blocked = False
+            self._dirty_ids.update(i for i in ids if isinstance(i, str))
             self._cond.notify_all()
 
     def close(self, flush_timeout: float = 1.0) -> None:
@@ -256,15 +244,28 @@ class SessionStore(RawUpdateFeatureListener):
     # -- public helpers ---------------------------------------------------------------------
 
     def flush(self, timeout: float = 2.0) -> bool:
-        """Wait until every queued update has been written (or found already stored)."""
+        """Wait until what arrived has been written (or found already stored)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._pending or self._in_flight) and not self._closed:
+            while (self._dirty or self._in_flight) and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            return not self._pending
+            return not (self._dirty or self._blocked)
+
+    def state_problem(self, min_age: float = 0.0) -> str | None:
+        """Why this process cannot get the state from the store, once it has lasted ``min_age`` s.
+
+        Absent data, a value no form of which can be read, a state over the
+        item limit, an unreachable store: a leader-mode follower in that state
+        needs its own Edge connection.
+        """
+        with self._cond:
+            problem, since = self._problem, self._problem_since
+        if problem is None or since is None or time.monotonic() - since < min_age:
+            return None
+        return problem
 
     def refresh(self, timeout: float = 2.0) -> bool:
         """Ask the store thread for a full read now; wait until it ran."""
@@ -282,14 +283,17 @@ class SessionStore(RawUpdateFeatureListener):
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            pending = len(self._pending.updates) + len(self._pending.deletes)
+            pending = len(self._dirty_ids) or int(self._dirty)
             flushing = self._in_flight
+            problem = self._problem
         return {
             "backend": self._backend.description,
             "source": self.source,
             "environment_id": self.environment_id,
             "fingerprint": self._fingerprint,
-            "features": len(self._stored_ids),
+            "features": self._stored_count,
+            "tombstones": self._tombstone_count,
+            "state_problem": problem,
             "pending": pending,
             "flushing": flushing,      # a batch is being written right now
             "last_refresh": self._last_refresh,
@@ -318,7 +322,7 @@ class SessionStore(RawUpdateFeatureListener):
                         due = min(due, task_due)
                     if self._refresh_requested or now >= next_tick:
                         break
-                    if self._pending and (retry_at is None or now >= retry_at):
+                    if self._dirty and (retry_at is None or now >= retry_at):
                         break
                     self._cond.wait(max(0.0, due - now))
                 if self._closed:
@@ -326,7 +330,7 @@ class SessionStore(RawUpdateFeatureListener):
             try:
                 self._run_due_tasks()  # first: a leader that lost its lease stops before writing
                 now = time.monotonic()
-                if self._has_pending() and (retry_at is None or now >= retry_at):
+                if self._is_dirty() and (retry_at is None or now >= retry_at):
                     retry_at = None if self._flush() else time.monotonic() + self._period() / 4
                 if self._refresh_requested or now >= next_tick:
                     full = self._refresh_requested
@@ -346,12 +350,12 @@ class SessionStore(RawUpdateFeatureListener):
         j = self.options.refresh_jitter
         return self.options.refresh_timeout * random.uniform(1 - j, 1 + j)
 
-    def _has_pending(self) -> bool:
+    def _is_dirty(self) -> bool:
         with self._cond:
-            return bool(self._pending)
+            return self._dirty
 
     def _tick(self, full: bool) -> None:
-        """One refresh: a cheap token read, and a full read only when something changed."""
+        """One refresh: a cheap token read, and a full sync only when something changed."""
         self.counters.refreshes += 1
         self._recent_ticks.append(time.monotonic())
         self._ticks_since_read += 1
@@ -362,103 +366,42 @@ class SessionStore(RawUpdateFeatureListener):
                     self._last_refresh = time.time()
                     self._note_success()
                     return
-            self._read_and_replay()
         except StoreUnavailable as err:
+            self._set_problem(f"the store is unreachable: {err}")
             self._note_failure("cannot refresh from %s: %s", err)
-
-    def _read_and_replay(self) -> None:
-        snapshot = self._backend.read()
-        self.counters.reads += 1
-        self._ticks_since_read = 0
-        decoded = self._decode(snapshot)
-        clean = snapshot.value is not None and decoded.problem is None and not decoded.dropped
-        if not clean:  # empty, unusable or partly junk: rewrite it from what this process knows
-            self._seed_from_memory(snapshot)
-        fingerprint = fs.fingerprint(decoded.features)
-        self._change_token = (self._backend.settle(snapshot, fingerprint) if clean
-                              else snapshot.change_token)
-        # Only a clean value says which features are gone; junk or emptiness says nothing.
-        self._replay(decoded.features, complete=clean)
-        self._fingerprint = fingerprint if clean else None
-        self._last_refresh = time.time()
-        self._note_success()
-
-    def _seed_from_memory(self, snapshot: Snapshot) -> None:
-        """The store lost its data (restart, eviction, junk): queue what this process knows."""
-        known = self._repository.feature_states()
-        if not known:
             return
-        with self._cond:
-            for feature in known:
-                if fs.sanitize_feature(feature) is not None:
-                    self._pending.add_update(feature)
-        self.counters.seeds += 1
-        self._log.info("fh_prefork: %s is %s; seeding it with %d feature(s) from memory",
-                       self._backend.description,
-                       "empty" if snapshot.value is None else "damaged", len(known))
-
-    def _decode(self, snapshot: Snapshot) -> fs.Decoded:
-        decoded = fs.decode(snapshot.value, self.options.max_item_bytes)
-        if decoded.problem or decoded.dropped:
-            self.counters.junk += 1
-            what = decoded.problem or f"{decoded.dropped} malformed or duplicate entr(ies) skipped"
-            self._junk_log.failure("fh_prefork: junk in %s: %s; it is repaired by the next write",
-                                   self._backend.description, what)
-        return decoded
-
-    def _replay(self, stored: list[fs.FeatureState], complete: bool = True) -> None:
-        """Tell the repository what other processes wrote: newer versions and deletions.
-
-        Deletions are inferred only from a ``complete`` (clean) value: a feature
-        missing from a junk or empty value was not deleted by anyone.
-        """
-        repo_features = self._repository.features
-        with self._cond:
-            pending_ids = set(self._pending.updates)
-            pending_deletes = dict(self._pending.deletes)
-        newer = []
-        for feature in stored:
-            if pending_deletes.get(feature["id"], -1) >= feature["version"]:
-                continue  # deleted here, not yet written: do not bring it back
-            holder = repo_features.get(feature["key"])
-            if holder is None or holder.get_version < feature["version"]:
-                newer.append(feature)
-        now_ids = {f["id"] for f in stored}
-        gone = self._stored_ids - now_ids if complete else set()
-        removed = [(fid, key) for key, fid in self._ids_by_key.items()
-                   if fid in gone and fid not in pending_ids]
-        self._stored_ids = now_ids if complete else self._stored_ids | now_ids
-        for feature in stored:
-            self._ids_by_key[feature["key"]] = feature["id"]
-        if newer:
-            self.counters.replays += 1
-            self._repository.notify("features", newer, source=self.source)
-        for fid, key in removed:
-            self.counters.replays += 1
-            self._repository.notify("delete_feature", {"id": fid, "key": key},
-                                    source=self.source)
+        self._flush()
 
     def _flush(self) -> bool:
-        """Write everything pending. True when done, False to retry later (nothing is lost)."""
+        """One sync that may write. True when done, False to retry soon (nothing is lost)."""
         with self._cond:
-            batch, self._pending = self._pending, _Pending()
+            dirty_ids, self._dirty_ids = self._dirty_ids, set()
+            self._dirty = False
             self._in_flight = True
-        done = False
+        outcome = _RETRY
         try:
-            done = self._write(batch)
+            outcome = self._sync(write=True, dirty_ids=dirty_ids)
         except StoreUnavailable as err:
-            self._note_failure("cannot write to %s, keeping %d update(s) for later: %s", err,
-                               extra=len(batch.updates) + len(batch.deletes))
+            self._set_problem(f"the store is unreachable: {err}")
+            self._note_failure("cannot reach %s; %d update(s) kept for later: %s", err,
+                               extra=len(dirty_ids))
         finally:
             with self._cond:
-                if not done:
-                    batch.absorb(self._pending)
-                    self._pending = batch
+                if outcome == _RETRY:
+                    self._dirty = True
+                    self._dirty_ids |= dirty_ids
+                self._blocked = outcome == _BLOCKED and not self._dirty
                 self._in_flight = False
                 self._cond.notify_all()
-        return done
+        return outcome != _RETRY
 
-    def _write(self, batch: _Pending) -> bool:
+    def _sync(self, write: bool, dirty_ids: set[str] | None = None) -> str:
+        """Read, reconcile with what this process knows, replay; write if the store must change.
+
+        ``write=False`` (at start) only replays and marks the store dirty when
+        it needs a write, which the store thread then makes.
+        """
+        dirty_ids = dirty_ids or set()
         for attempt in range(self.options.retry_update_count):
             if attempt:
                 self.counters.retries += 1
@@ -466,47 +409,151 @@ class SessionStore(RawUpdateFeatureListener):
                 time.sleep(random.uniform(0, base * (2 ** min(attempt - 1, 3))))
             snapshot = self._backend.read()
             self.counters.reads += 1
+            self._ticks_since_read = 0
             decoded = self._decode(snapshot)
-            merged = fs.merge(decoded.by_id, batch.updates, batch.deletes)
-            usable = snapshot.value is not None and decoded.problem is None
-            if not merged.changed and usable and not decoded.dropped:
-                self.counters.unchanged += 1
-                self._after_store(merged.features, self._backend.settle(
-                    snapshot, fs.fingerprint(merged.features)))
-                return True
-            payload = fs.encode(merged.features)
+            stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, self.options.max_item_bytes)
+            plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
+                             self._held(), self._repository.tombstones(), now=time.time(),
+                             keep_seconds=self.options.tombstone_seconds,
+                             max_tombstones=self.options.max_tombstones,
+                             knows_state=self._repository.is_ready())
+            self._apply(plan)
+            self._last_refresh = time.time()
+            if not plan.write and not bad_tombs:
+                self._settled(snapshot, decoded, plan)
+                if dirty_ids:
+                    self.counters.unchanged += 1
+                return _DONE
+            if not write:
+                self._mark_dirty(())
+                self._read_only(snapshot, decoded, plan)
+                return _DONE
+            payload = fs.encode(plan.live.values())
             if len(payload) > self.options.max_item_bytes:
-                self.counters.errors += 1
-                self._last_error = f"merged state of {len(payload)} bytes exceeds the item limit"
-                self._size_log.failure(
-                    "fh_prefork: merged feature state is %d bytes, over the %d-byte item limit "
-                    "of %s; serving from memory and keeping the update pending",
-                    len(payload), self.options.max_item_bytes, self._backend.description,
-                    level=logging.ERROR)
-                self.counters.deferred += 1
-                return False
-            fingerprint = fs.fingerprint(merged.features)
+                return self._too_large(len(payload), snapshot)
+            fingerprint = fs.fingerprint(plan.live.values())
+            tombs = (ts.encode(plan.tombstones.values())
+                     if plan.tombstones_changed or bad_tombs else None)
             faults.hit("before_write")
             self.counters.write_attempts += 1
-            token = self._backend.write(payload, fingerprint, snapshot)
+            token = self._backend.write(payload, fingerprint, snapshot, tombs)
             if token is not None:
-                self.counters.writes += 1
-                self._last_write = time.time()
-                self._after_store(merged.features, token)
-                self._fingerprint = fingerprint
-                return True
+                self._written(snapshot, plan, token, fingerprint, dirty_ids)
+                return _DONE
             self.counters.cas_conflicts += 1
         self.counters.deferred += 1
         self._log.warning("fh_prefork: %d compare-and-set conflicts in a row on %s; "
                           "retrying on the next tick", self.options.retry_update_count,
                           self._backend.description)
-        return False
+        return _RETRY
 
-    def _after_store(self, stored: list[fs.FeatureState], token: str | None) -> None:
-        self._change_token = token
-        self._fingerprint = fs.fingerprint(stored)
-        self._replay(stored)
+    def _held(self) -> list[fs.FeatureState]:
+        return [f for f in self._repository.feature_states() if fs.identity_problem(f) is None]
+
+    def _apply(self, plan: Plan) -> None:
+        """Tell the repository what the store knows: tombstones first, then newer states."""
+        self._repository.apply_shared(plan.replay, plan.tombstones, source=self.source,
+                                      keep_seconds=self.options.tombstone_seconds,
+                                      max_tombstones=self.options.max_tombstones)
+        if plan.replay or plan.deletes:
+            self.counters.replays += 1
+        self._tombstone_count = len(plan.tombstones)
+
+    def _settled(self, snapshot: Snapshot, decoded: fs.Decoded, plan: Plan) -> None:
+        """The store already holds the truth; make sure its fingerprint agrees with it."""
+        self._stored_count = len(plan.live)
+        if snapshot.value is None:
+            self._change_token = snapshot.change_token
+            self._fingerprint = None
+            self._set_problem("the store holds no state yet")
+            return
+        if decoded.too_large:
+            self._change_token = None
+            self._set_problem(f"the stored state is unreadable here: {decoded.problem}")
+            return
+        fingerprint = fs.fingerprint(plan.live.values())
+        self._fingerprint = fingerprint
+        self._change_token = snapshot.change_token
+        if snapshot.change_token not in decoded.consistent_fingerprints():
+            self._change_token = self._settle(snapshot, fingerprint)
+        self._set_problem(None)
         self._note_success()
+
+    def _settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
+        """Repair a fingerprint that matches the data by no formula, unless a writer is mid-write.
+
+        The Ruby store sets the fingerprint before the data: a fingerprint
+        that disagrees for a moment may be its write in progress. Only one
+        that still disagrees, unchanged, a moment later is stale.
+        """
+        time.sleep(0.05)
+        again = self._backend.read()
+        if again.value != snapshot.value or again.change_token != snapshot.change_token:
+            return None     # it moved: a writer is at work; the next tick reads it
+        self.counters.settles += 1
+        return self._backend.settle(snapshot, fingerprint)
+
+    def _read_only(self, snapshot: Snapshot, decoded: fs.Decoded, plan: Plan) -> None:
+        self._stored_count = len(decoded.placed)
+        self._change_token = None     # a write is wanted: the next tick syncs in full
+        if snapshot.value is None:
+            self._set_problem("the store holds no state yet")
+
+    def _written(self, snapshot: Snapshot, plan: Plan, token: str, fingerprint: str,
+                 dirty_ids: set[str]) -> None:
+        self.counters.writes += 1
+        self._last_write = time.time()
+        self._change_token = token
+        self._fingerprint = fingerprint
+        self._stored_count = len(plan.live)
+        self.counters.buried += len(plan.buried)
+        healed = [fid for fid in plan.restored if fid not in dirty_ids]
+        self.counters.heals += len(healed)
+        if snapshot.value is None:
+            self.counters.seeds += 1
+            self._log.info("fh_prefork: %s held no state; wrote the %d feature(s) this process "
+                           "holds", self._backend.description, len(plan.live))
+        elif healed:
+            self._heal_log.failure("fh_prefork: %s had lost or held older %d feature(s) this "
+                                   "process holds; wrote them back", self._backend.description,
+                                   len(healed), level=logging.INFO)
+        self._set_problem(None)
+        self._note_success()
+        self._size_log.recovered("fh_prefork: the state fits %s again",
+                                 self._backend.description)
+
+    def _too_large(self, size: int, snapshot: Snapshot) -> str:
+        self.counters.errors += 1
+        self.counters.deferred += 1
+        self._last_error = f"merged state of {size} bytes exceeds the item limit"
+        self._set_problem(f"the state ({size} bytes) is over the store's "
+                          f"{self.options.max_item_bytes}-byte item limit")
+        self._size_log.failure(
+            "fh_prefork: merged feature state is %d bytes, over the %d-byte item limit "
+            "of %s; serving from memory, retrying when the state changes",
+            size, self.options.max_item_bytes, self._backend.description, level=logging.ERROR)
+        return _BLOCKED
+
+    def _set_problem(self, problem: str | None) -> None:
+        with self._cond:
+            if problem is None:
+                self._problem = self._problem_since = None
+            elif self._problem is None:
+                self._problem, self._problem_since = problem, time.monotonic()
+            else:
+                self._problem = problem
+
+    def _decode(self, snapshot: Snapshot) -> fs.Decoded:
+        decoded = fs.decode(snapshot.value, self.options.max_item_bytes)
+        if decoded.problem or decoded.problems:
+            self.counters.junk += 1
+            what = decoded.problem or "; ".join(decoded.problems[:3])
+            more = len(decoded.problems) - 3
+            if more > 0:
+                what += f" (and {more} more)"
+            self._junk_log.failure("fh_prefork: unusable data in %s: %s; never replayed",
+                                   self._backend.description, what)
+        return decoded
 
     def _note_failure(self, msg: str, err: Exception, extra: int | None = None) -> None:
         self.counters.errors += 1
@@ -518,5 +565,3 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _note_success(self) -> None:
         self._backend_log.recovered("fh_prefork: %s is back", self._backend.description)
-        self._size_log.recovered("fh_prefork: merged state fits %s again",
-                                 self._backend.description)

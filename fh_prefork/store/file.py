@@ -10,6 +10,10 @@ The change token is the file's inode, size and mtime in nanoseconds: an idle
 refresh tick costs one ``stat()``. Each write sets the new file's mtime past
 the old one's, so two writes inside one clock tick still differ.
 
+Tombstones (deletions, see :mod:`fh_prefork.tombstones`) live in
+``{name}.deleted.json`` beside the data, replaced the same way under the same
+lock, before the data; readers read the data first.
+
 Leader mode: ``{name}.leader`` beside the data holds the leader lease, an
 exclusive ``flock`` the leader keeps for its whole term (the kernel drops it
 when the leader dies, however it dies). The leader writes its lease record
@@ -102,12 +106,13 @@ class FileBackend:
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = ensure_private_directory(directory)
         self.path = self.directory / f"{validate_key(name)}.json"
+        self.tombstones_path = self.directory / f"{name}.deleted.json"
         self.lock_path = self.directory / f"{name}.lock"
         self.leader_path = self.directory / f"{name}.leader"
         self.description = f"file://{self.path}"
         self._lock_fd = -1
         self._leader_fd = -1    # open and flocked while this backend's process leads
-        for existing in (self.path, self.lock_path, self.leader_path):
+        for existing in (self.path, self.tombstones_path, self.lock_path, self.leader_path):
             try:
                 _check_owned(existing, os.stat(existing, follow_symlinks=False), "file")
             except FileNotFoundError:
@@ -124,36 +129,45 @@ class FileBackend:
         return _token(st)
 
     def read(self) -> Snapshot:
+        value, st = self._read_file(self.path)
+        tombstones, _ = self._read_file(self.tombstones_path)  # after the data: see backend.py
+        token = _token(st) if st is not None else None
+        return Snapshot(value=value, cas_token=value, change_token=token,
+                        tombstones=tombstones, tombstones_cas=tombstones)
+
+    def _read_file(self, path: Path) -> tuple[bytes | None, os.stat_result | None]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            return Snapshot(value=None)
+            return None, None
         except OSError as err:
-            raise StoreUnavailable(f"cannot open {self.path}: {err}") from err
+            raise StoreUnavailable(f"cannot open {path}: {err}") from err
         try:
             st = os.fstat(fd)
             try:
-                _check_owned(self.path, st, "file")
+                _check_owned(path, st, "file")
             except ValueError as err:
                 raise StoreUnavailable(str(err)) from None
             with os.fdopen(fd, "rb", closefd=False) as f:
-                value = f.read()
+                return f.read(), st
         except OSError as err:
-            raise StoreUnavailable(f"cannot read {self.path}: {err}") from err
+            raise StoreUnavailable(f"cannot read {path}: {err}") from err
         finally:
             os.close(fd)
-        token = _token(st)
-        return Snapshot(value=value, cas_token=(token, value), change_token=token)
 
-    def write(self, value: bytes, fingerprint: str, previous: Snapshot) -> str | None:
+    def write(self, value: bytes, fingerprint: str, previous: Snapshot,
+              tombstones: bytes | None = None) -> str | None:
         with self._locked():
             current = self.read()
-            if current.value != previous.value:  # compare the bytes: exact, no token aliasing
+            # compare the bytes: exact, no token aliasing
+            if current.value != previous.value or current.tombstones != previous.tombstones:
                 return None
+            if tombstones is not None:
+                self._replace(self.tombstones_path, tombstones, 0)
             old_mtime = 0
             if current.change_token is not None:
                 old_mtime = int(current.change_token.rsplit(":", 1)[1])
-            return self._replace(value, old_mtime)
+            return self._replace(self.path, value, old_mtime)
 
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
         return snapshot.change_token
@@ -287,7 +301,7 @@ class FileBackend:
             except OSError:
                 pass
 
-    def _replace(self, value: bytes, old_mtime_ns: int) -> str:
+    def _replace(self, path: Path, value: bytes, old_mtime_ns: int) -> str:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)  # mode 0600
         try:
             with os.fdopen(fd, "wb") as f:
@@ -296,15 +310,16 @@ class FileBackend:
                 os.fsync(f.fileno())
             mtime = max(time.time_ns(), old_mtime_ns + 1)
             os.utime(tmp, ns=(mtime, mtime))
-            faults.hit("between_data_and_fingerprint")
-            os.rename(tmp, self.path)
+            if path == self.path:
+                faults.hit("between_data_and_fingerprint")
+            os.rename(tmp, path)
         except OSError as err:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise StoreUnavailable(f"cannot write {self.path}: {err}") from err
-        return _token(os.stat(self.path, follow_symlinks=False))
+            raise StoreUnavailable(f"cannot write {path}: {err}") from err
+        return _token(os.stat(path, follow_symlinks=False))
 
     def _locked(self) -> _FileLock:
         if self._lock_fd < 0:

@@ -4,13 +4,16 @@ Key layout, shared with the FeatureHub Ruby and JavaScript stores:
 
 * ``{prefix}_{environment_id}``      JSON array of feature states (the CAS target)
 * ``{prefix}_{environment_id}_sha``  hex SHA-256 fingerprint of the array (change detection)
+* ``{prefix}_{environment_id}_deleted`` tombstones (fh_prefork only): JSON array of
+  ``{"id", "key", "version", "deleted_at"}``, written before the data
 * ``{prefix}_{environment_id}_leader`` leader lease (leader mode only): JSON
   ``{"holder", "host", "pid", "expires_at"}``, created with ``add`` and an
   expiry, renewed by its holder with ``gets`` + ``cas``, deleted only by it
 
-Values are raw UTF-8 JSON bytes with memcached flags 0. The client is built
-without a serde, so nothing read from memcached is ever deserialized by
-pymemcache: bytes in, ``json.loads`` in our own code, nothing else.
+Values are written as raw UTF-8 JSON bytes with memcached flags 0. The client
+is built without a serde, so nothing read from memcached is ever deserialized
+by pymemcache: bytes in, ``json.loads`` (after a bounded inflate for Dalli's
+zlib values, recognised by their header) in our own code, nothing else.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class MemcacheBackend:
         self._client = client
         self.data_key = validate_key(data_key)
         self.sha_key = validate_key(f"{data_key}_sha")
+        self.tombstones_key = validate_key(f"{data_key}_deleted")
         self.lease_key = validate_key(f"{data_key}_leader")
         self.description = description
 
@@ -122,29 +126,36 @@ class MemcacheBackend:
         return fs.decode_fingerprint(raw)
 
     def read(self) -> Snapshot:
+        # data (with its fingerprint) first, tombstones second: see backend.py's ordering contract
         found = self._call(self._client.gets_many, [self.data_key, self.sha_key])
         value, cas = found.get(self.data_key, (None, None))
         sha_raw, _ = found.get(self.sha_key, (None, None))
+        tombstones, tombstones_cas = self._call(self._client.gets, self.tombstones_key)
         return Snapshot(value=value, cas_token=cas,
-                        change_token=fs.decode_fingerprint(sha_raw))
+                        change_token=fs.decode_fingerprint(sha_raw),
+                        tombstones=tombstones, tombstones_cas=tombstones_cas)
 
-    def write(self, value: bytes, fingerprint: str, previous: Snapshot) -> str | None:
-        if previous.value is None:
-            stored = self._call(self._client.add, self.data_key, value, noreply=False)
-        else:
-            # cas answers True (stored), False (exists: someone else wrote), None (not found)
-            stored = self._call(self._client.cas, self.data_key, value, previous.cas_token,
-                                noreply=False)
-        if stored is not True:
+    def write(self, value: bytes, fingerprint: str, previous: Snapshot,
+              tombstones: bytes | None = None) -> str | None:
+        if tombstones is not None and not self._store(self.tombstones_key, tombstones,
+                                                      previous.tombstones is None,
+                                                      previous.tombstones_cas):
+            return None
+        if not self._store(self.data_key, value, previous.value is None, previous.cas_token):
             return None
         faults.hit("between_data_and_fingerprint")
         self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
         return fingerprint
 
+    def _store(self, key: str, value: bytes, absent: bool, cas: Any) -> bool:
+        """add when it was absent, else compare-and-set: True only when the server stored it."""
+        if absent:
+            return self._call(self._client.add, key, value, noreply=False) is True
+        # cas answers True (stored), False (exists: someone else wrote), None (not found)
+        return self._call(self._client.cas, key, value, cas, noreply=False) is True
+
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
-        if snapshot.change_token != fingerprint:
-            self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"),
-                       noreply=False)
+        self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
         return fingerprint
 
     # -- leader lease -------------------------------------------------------------------------

@@ -34,7 +34,9 @@ class SessionStoreOptions:
     refresh_jitter: float = 0.2        # fraction: each period is uniform in [1-j, 1+j] x refresh
     logger: logging.Logger | None = None
     max_item_bytes: int = 1024 * 1024 - 1024   # memcached's default item limit, minus headroom
-    verify_every: int = 12             # full read every N ticks: repairs a stale fingerprint key
+    verify_every: int = 12             # full read every N ticks: heals a stale value or fingerprint
+    tombstone_seconds: float = 7 * 24 * 3600.0   # how long a deletion is remembered (tombstones.py)
+    max_tombstones: int = 1000         # deletions remembered at most, oldest dropped first
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not self.prefix:
@@ -45,6 +47,12 @@ class SessionStoreOptions:
         _positive_int("retry_update_count", self.retry_update_count)
         _positive_int("max_item_bytes", self.max_item_bytes)
         _positive_int("verify_every", self.verify_every)
+        _positive_int("max_tombstones", self.max_tombstones)
+        if not isinstance(self.tombstone_seconds, (int, float)) or isinstance(
+            self.tombstone_seconds, bool
+        ) or not self.tombstone_seconds > 0:
+            raise ValueError(f"tombstone_seconds must be a number of seconds > 0, "
+                             f"got {self.tombstone_seconds!r}")
         if not isinstance(self.refresh_timeout, (int, float)) or isinstance(
             self.refresh_timeout, bool
         ) or not self.refresh_timeout > 0:

@@ -1,9 +1,10 @@
-"""Merge, fingerprint and codec: the pure rules every backend relies on."""
+"""Fingerprints and the codec: the pure rules every backend relies on."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 
 import pytest
 
@@ -12,7 +13,8 @@ from fh_prefork import features as fs
 
 def feat(fid: str, version: int, key: str | None = None, value: object = True) -> dict:
     return {"id": fid, "key": key or f"K_{fid}", "l": False, "version": version,
-            "type": "BOOLEAN", "value": value, "strategies": []}
+            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
+            "strategies": []}
 
 
 def test_fingerprint_is_the_cross_sdk_form() -> None:
@@ -26,25 +28,16 @@ def test_fingerprint_of_nothing_is_sha_of_empty_string() -> None:
     assert fs.fingerprint([]) == hashlib.sha256(b"").hexdigest()
 
 
-def test_merge_keeps_the_higher_version_by_id() -> None:
-    stored = {"a": feat("a", 3), "b": feat("b", 5)}
-    result = fs.merge(stored, {"a": feat("a", 4), "b": feat("b", 2), "c": feat("c", 1)}, {})
-    by_id = {f["id"]: f["version"] for f in result.features}
-    assert by_id == {"a": 4, "b": 5, "c": 1}
-    assert result.changed
+def test_array_order_fingerprint_is_the_ruby_form() -> None:
+    pairs = [("b", 2), ("a", 10)]
+    assert fs.fingerprint_in_order(pairs) == hashlib.sha256(b"b:2|a:10").hexdigest()
 
 
-def test_merge_of_what_is_already_stored_changes_nothing() -> None:
-    stored = {"a": feat("a", 3)}
-    assert not fs.merge(stored, {"a": feat("a", 3)}, {}).changed
-    assert not fs.merge(stored, {"a": feat("a", 1)}, {}).changed
-
-
-def test_delete_removes_unless_the_store_holds_a_newer_version() -> None:
-    stored = {"a": feat("a", 3), "b": feat("b", 9)}
-    result = fs.merge(stored, {}, {"a": 3, "b": 4, "zz": 1})
-    assert [f["id"] for f in result.features] == ["b"]
-    assert result.changed
+def test_both_fingerprint_formulas_are_consistent_with_an_unsorted_array() -> None:
+    raw = json.dumps([feat("b", 2), feat("a", 10)]).encode()
+    consistent = fs.decode(raw, 10_000).consistent_fingerprints()
+    assert consistent == {hashlib.sha256(b"a:10|b:2").hexdigest(),
+                          hashlib.sha256(b"b:2|a:10").hexdigest()}
 
 
 @pytest.mark.parametrize("bad", [
@@ -56,18 +49,49 @@ def test_delete_removes_unless_the_store_holds_a_newer_version() -> None:
 ])
 def test_sanitize_rejects_unusable_states(bad: object) -> None:
     assert fs.sanitize_feature(bad) is None
+    assert fs.feature_problem(bad) is not None
 
 
-def test_decode_plain_and_ruby_forms() -> None:
+def test_decode_reads_every_form_a_featurehub_store_writes() -> None:
     plain = json.dumps([feat("a", 1)]).encode()
     ruby = json.dumps(json.dumps([feat("a", 1)])).encode()  # Dalli's JSON serializer wraps it
-    assert fs.decode(plain, 10_000).features == fs.decode(ruby, 10_000).features == [feat("a", 1)]
+    forms = {"plain": plain, "json-string": ruby, "zlib": zlib.compress(ruby),
+             "zlib-plain": zlib.compress(plain, 9)}
+    for name, raw in forms.items():
+        decoded = fs.decode(raw, 10_000)
+        assert decoded.features == [feat("a", 1)], name
+        assert decoded.problem is None and not decoded.problems, name
+    assert fs.decode(forms["zlib"], 10_000).form == "zlib"
+    assert fs.decode(ruby, 10_000).form == "json-string"
+
+
+def test_decode_refuses_a_zip_bomb_without_inflating_it() -> None:
+    bomb = zlib.compress(b"[" + b" " * 50_000_000 + b"]", 9)
+    assert len(bomb) < 100_000
+    decoded = fs.decode(bomb, 1_000_000)
+    assert decoded.problem is not None and "inflates past" in decoded.problem
+    assert not decoded.too_large, "a bomb is junk, not a value merely over our limit"
+
+
+def test_decode_reports_truncated_zlib() -> None:
+    raw = zlib.compress(json.dumps([feat("a", 1)] * 50).encode())
+    decoded = fs.decode(raw[: len(raw) // 2], 10_000)
+    assert decoded.problem is not None and "truncated" in decoded.problem
+
+
+def test_decode_keeps_entries_the_sdk_cannot_evaluate_apart() -> None:
+    bad = {**feat("b", 4), "strategies": 5}
+    decoded = fs.decode(json.dumps([feat("a", 1), bad]).encode(), 10_000)
+    assert decoded.features == [feat("a", 1)]
+    assert decoded.unusable == {"b": bad}
+    assert set(decoded.placed) == {"a", "b"}
+    assert decoded.problems and "strategies" in decoded.problems[0]
 
 
 @pytest.mark.parametrize("raw, problem", [
     (b"not json", "not JSON"),
     (b'{"a": 1}', "expected a JSON array"),
-    (b"\x80\x04\x95junk", "not UTF-8"),
+    (b"\x80\x04\x95junk", "neither UTF-8 JSON nor zlib"),
     (b"[" * 4_000 + b"]" * 4_000, "nested too deeply"),
     (b"[" + b"1," * 10_000 + b"1]", "exceeds"),
 ])

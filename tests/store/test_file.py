@@ -22,7 +22,8 @@ from tests.support.procs import wait_for
 
 def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
     return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": "BOOLEAN", "value": value, "strategies": []}
+            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
+            "strategies": []}
 
 
 def repo(config: Any) -> ListeningRepository:

@@ -23,7 +23,8 @@ from tests.support.procs import free_port, wait_for
 
 def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
     return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": "BOOLEAN", "value": value, "strategies": []}
+            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
+            "strategies": []}
 
 
 @pytest.fixture
@@ -207,7 +208,7 @@ def test_restarted_memcached_is_seeded_from_memory_within_a_refresh(
                 c.close()
             assert held == {"id-A": 3, "id-B": 1}
             assert store.counters.seeds >= 1
-            assert "seeding it" in caplog.text
+            assert "held no state; wrote the 2 feature(s)" in caplog.text
         finally:
             store.close(flush_timeout=0)
 

@@ -1,0 +1,214 @@
+"""The shared state tells the truth: nothing lost, resurrected or rolled back.
+
+Store-level proofs on both backends (memcached and the embedded file), each
+checking the whole state: every process and the store hold exactly the
+expected features, never only the one a test changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from fh_prefork import features as fs
+from fh_prefork import tombstones as ts
+from fh_prefork.listener import ListeningRepository
+from fh_prefork.store import SessionStore
+from fh_prefork.store.memcache import MemcacheBackend
+from tests.conftest import make_config
+from tests.support.procs import wait_for
+from tests.support.stores import peek
+
+StoreFactory = Callable[..., SessionStore]
+
+
+def feat(key: str, version: int, value: object = True, fid: str | None = None
+         ) -> dict[str, Any]:
+    kind = "BOOLEAN" if isinstance(value, bool) else "STRING"
+    return {"id": fid or f"id-{key}", "key": key, "l": False, "version": version,
+            "type": kind, "value": value, "strategies": []}
+
+
+def repo_of(config: Any) -> ListeningRepository:
+    repo = config.repository()
+    assert isinstance(repo, ListeningRepository)
+    return repo
+
+
+def held(config: Any) -> dict[str, int]:
+    return {f["key"]: f["version"] for f in repo_of(config).feature_states()}
+
+
+def stored(store: SessionStore) -> dict[str, int] | None:
+    snapshot = peek(store).read()
+    if snapshot.value is None:
+        return None
+    return {f["key"]: f["version"] for f in fs.decode(snapshot.value, 10**8).placed.values()}
+
+
+def stored_tombstones(store: SessionStore) -> set[str]:
+    return set(ts.decode(peek(store).read().tombstones, 10**8)[0])
+
+
+def empty_the_store(store: SessionStore) -> None:
+    """What a flush_all, a restart, an eviction or a deleted file leaves: nothing at all."""
+    backend = peek(store)
+    if isinstance(backend, MemcacheBackend):
+        backend._client.delete_many([backend.data_key, backend.sha_key, backend.tombstones_key])
+    else:
+        for path in (backend.path, backend.tombstones_path):
+            path.unlink(missing_ok=True)
+
+
+def force(store: SessionStore, raw: bytes, sha: bytes | None = None) -> None:
+    """Put raw bytes under the data key, as a foreign writer or a stale node would."""
+    backend = peek(store)
+    if isinstance(backend, MemcacheBackend):
+        backend._client.set(backend.data_key, raw)
+        if sha is not None:
+            backend._client.set(backend.sha_key, sha)
+    else:
+        backend._replace(backend.path, raw, 0)
+
+
+FIVE = {f"F{i}": 1 for i in range(5)}
+
+
+def five() -> list[dict[str, Any]]:
+    return [feat(k, v) for k, v in FIVE.items()]
+
+
+def test_empty_store_and_one_update_loses_nothing(make_store: StoreFactory) -> None:
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.1)
+    make_store(b_cfg, refresh_timeout=0.1)
+    repo_of(a_cfg).notify("features", five())
+    assert a.flush(2.0)
+    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    empty_the_store(a)
+    repo_of(a_cfg).notify("feature", feat("F0", 2))
+    assert a.flush(2.0)
+    expected = {**FIVE, "F0": 2}
+    assert stored(a) == expected, "one write into an empty store carries everything"
+    wait_for(lambda: held(b_cfg) == expected, 3, what="B to hold everything")
+    assert held(a_cfg) == expected
+
+
+def test_a_delete_pending_while_the_store_was_empty_deletes_only_itself(
+        make_store: StoreFactory) -> None:
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.1)
+    make_store(b_cfg, refresh_timeout=0.1)
+    repo_of(a_cfg).notify("features", five())
+    assert a.flush(2.0)
+    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    empty_the_store(a)
+    repo_of(a_cfg).notify("delete_feature", {"id": "id-F1", "key": "F1", "version": 1})
+    assert a.flush(2.0)
+    expected = {k: v for k, v in FIVE.items() if k != "F1"}
+    assert stored(a) == expected
+    assert stored_tombstones(a) == {"id-F1"}
+    wait_for(lambda: held(b_cfg) == expected, 3, what="B to drop only F1")
+
+
+def test_a_process_that_held_the_store_keeps_it_whole_after_an_empty_read(
+        make_store: StoreFactory) -> None:
+    cfg = make_config()
+    store = make_store(cfg, refresh_timeout=0.05)
+    repo_of(cfg).notify("features", five())
+    assert store.flush(2.0)
+    empty_the_store(store)
+    wait_for(lambda: stored(store) == FIVE, 3, what="the store refilled from memory")
+    assert held(cfg) == FIVE
+    assert store.counters.seeds >= 1
+
+
+def test_deleted_features_do_not_come_back(make_store: StoreFactory) -> None:
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.05)
+    make_store(b_cfg, refresh_timeout=0.05)
+    repo_of(a_cfg).notify("features", five())
+    assert a.flush(2.0)
+    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    repo_of(a_cfg).notify("delete_feature", {"id": "id-F2", "key": "F2", "version": 1})
+    assert a.flush(2.0)
+    expected = {k: v for k, v in FIVE.items() if k != "F2"}
+    wait_for(lambda: held(b_cfg) == expected, 3, what="B to drop F2")
+    # a lagging stream re-sends the deleted version to B
+    repo_of(b_cfg).notify("feature", feat("F2", 1))
+    # the data key is evicted, then an unrelated update is written
+    empty_the_store(a)
+    force(a, fs.encode(five()))     # worse: a stale copy holding F2 comes back
+    repo_of(a_cfg).notify("feature", feat("F3", 2))
+    expected["F3"] = 2
+    wait_for(lambda: stored(a) == expected and held(a_cfg) == expected
+             and held(b_cfg) == expected, 4, what="no resurrection anywhere")
+    c_cfg = make_config()
+    make_store(c_cfg)
+    assert held(c_cfg) == expected, "a new process starts without the deleted feature"
+    # a re-created feature (a new id, as FeatureHub gives it) lives
+    repo_of(a_cfg).notify("feature", feat("F2", 1, fid="id-F2-again"))
+    expected["F2"] = 1
+    wait_for(lambda: stored(a) == expected and held(b_cfg) == expected, 4,
+             what="the re-created feature everywhere")
+
+
+def test_a_stale_value_is_healed_and_never_served(make_store: StoreFactory) -> None:
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.05, verify_every=2)
+    make_store(b_cfg, refresh_timeout=0.05, verify_every=2)
+    newer = {**FIVE, "F0": 3, "NEW": 1}
+    repo_of(a_cfg).notify("features", [feat(k, v) for k, v in newer.items()])
+    assert a.flush(2.0)
+    wait_for(lambda: held(b_cfg) == newer, 3, what="B to follow")
+    versions_seen: list[int] = []
+    force(a, fs.encode(five()))  # a memcached node comes back with its old value
+    for _ in range(200):
+        versions_seen.append(held(b_cfg).get("F0", 0))
+        if stored(a) == newer:
+            break
+        time.sleep(0.02)
+    assert stored(a) == newer, "healed within a verify period"
+    assert min(versions_seen) == 3, "no process ever served the older version"
+    assert held(a_cfg) == held(b_cfg) == newer
+
+
+def test_ruby_forms_are_read_and_an_array_order_fingerprint_is_left_alone(
+        make_store: StoreFactory) -> None:
+    cfg = make_config()
+    store = make_store(cfg, refresh_timeout=0.05)
+    ruby_array = [feat(f"R{i:03}", 1, "x" * 40) for i in range(60, 0, -1)]  # unsorted
+    raw = json.dumps(json.dumps(ruby_array)).encode()
+    compressed = zlib.compress(raw)
+    assert len(raw) >= 4096
+    backend = peek(store)
+    sha = fs.fingerprint_in_order((f["id"], f["version"]) for f in ruby_array)
+    force(store, compressed, json.dumps(sha).encode())
+    assert store.refresh(2.0) and store.refresh(2.0)
+    assert len(held(cfg)) == 60
+    assert store.counters.junk == 0 and store.counters.writes == 0
+    if isinstance(backend, MemcacheBackend):
+        assert backend._client.get(backend.sha_key) == json.dumps(sha).encode(), \
+            "a consistent Ruby fingerprint is never rewritten"
+        assert backend._client.get(backend.data_key) == compressed
+
+
+def test_one_bad_stored_entry_costs_only_itself(make_store: StoreFactory) -> None:
+    writer_cfg = make_config()
+    writer = make_store(writer_cfg)
+    bad = {**feat("BAD", 1), "strategies": 5}
+    odd = {**feat("ODD", 1), "strategies": [{"id": "s", "value": False, "attributes": [
+        {"conditional": "NO_SUCH_CONDITIONAL", "fieldName": "country", "type": "STRING",
+         "values": ["nz"]}]}]}
+    force(writer, json.dumps([*five(), bad, odd]).encode())
+    cfg = make_config()
+    store = make_store(cfg)          # must not raise
+    assert held(cfg) == FIVE
+    repo_of(cfg).notify("feature", feat("F0", 2))
+    assert store.flush(2.0)
+    after = stored(store)
+    assert after is not None and after["F0"] == 2
+    assert after["BAD"] == 1 and after["ODD"] == 1, "foreign entries are kept, not deleted"

@@ -1,0 +1,20 @@
+"""Reach a store's backend from a test without touching the store thread's own client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymemcache.client.base import Client
+
+from fh_prefork.store import SessionStore
+from fh_prefork.store.file import FileBackend
+from fh_prefork.store.memcache import MemcacheBackend
+
+
+def peek(store: SessionStore) -> Any:
+    """A second backend on the same place: the store's own client belongs to its thread."""
+    backend: Any = store._backend
+    if isinstance(backend, MemcacheBackend):
+        return MemcacheBackend(Client(backend._client.server, connect_timeout=1, timeout=1),
+                               backend.data_key, "peek")
+    return FileBackend(backend.directory, backend.path.name.removesuffix(".json"))
