@@ -362,7 +362,9 @@ class SessionStore(RawUpdateFeatureListener):
         try:
             if not full and self._ticks_since_read < self.options.verify_every:
                 token = self._backend.change_token()
-                if token is not None and token == self._change_token:
+                # an absent store is re-read every tick, unless our own state is what cannot
+                # be written there (too large): that waits for a change or the verify tick
+                if token == self._change_token and (token is not None or self._blocked):
                     self._last_refresh = time.time()
                     self._note_success()
                     return

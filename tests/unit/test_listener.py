@@ -81,3 +81,64 @@ def test_snapshots_survive_requests_adding_unknown_keys() -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_deleted_version_never_comes_back_but_a_later_one_does() -> None:
+    repo = ListeningRepository()
+    repo.notify("features", [feat("A", 3), feat("B")])
+    repo.notify("delete_feature", {"id": "id-A", "key": "A", "version": 3})
+    repo.notify("feature", feat("A", 3))            # a lagging stream re-sends it
+    repo.notify("feature", feat("A", 2), source="memcache-store")
+    assert not repo.feature("A").exists
+    assert repo.tombstones()["id-A"].version == 3
+    repo.notify("feature", feat("A", 4))
+    assert repo.feature("A").get_version == 4
+
+
+def test_a_delete_without_a_version_takes_the_held_one() -> None:
+    repo = ListeningRepository()
+    repo.notify("feature", feat("A", 5))
+    repo.notify("delete_feature", {"key": "A"})
+    assert repo.tombstones()["id-A"].version == 5 and not repo.feature("A").exists
+
+
+def test_a_stale_delete_does_not_remove_a_newer_state() -> None:
+    repo = ListeningRepository()
+    repo.notify("feature", feat("A", 5))
+    repo.notify("delete_feature", {"id": "id-A", "key": "A", "version": 4})
+    assert repo.feature("A").get_version == 5
+
+
+def test_an_edge_full_list_deletes_what_it_lacks() -> None:
+    repo, rec = ListeningRepository(), Recorder()
+    repo.notify("features", [feat("A"), feat("B"), feat("C")])
+    repo.register_raw_update_listener(rec)
+    repo.notify("features", [feat("A"), feat("C", 2)])
+    assert not repo.feature("B").exists and repo.feature("C").get_version == 2
+    assert ("delete", "B", EDGE_SOURCE) in rec.calls
+    assert "id-B" in repo.tombstones()
+    # a store's list is not the environment: it never deletes by absence
+    repo.notify("features", [feat("A")], source="memcache-store")
+    assert repo.feature("C").exists
+
+
+def test_a_recreated_feature_with_a_new_id_replaces_the_old_one() -> None:
+    repo = ListeningRepository()
+    repo.notify("feature", feat("A", 7))
+    new = {**feat("A", 1), "id": "id-A-2"}
+    repo.notify("feature", new, source="memcache-store")  # no sign yet the old one is gone
+    assert repo.feature("A").get_version == 7
+    repo.notify("feature", new)                            # Edge says so
+    assert repo.feature("A").get_version == 1
+    assert repo.feature_states()[0]["id"] == "id-A-2"
+
+
+def test_one_state_the_sdk_rejects_costs_only_itself() -> None:
+    repo = ListeningRepository()
+    bad = {**feat("BAD"), "strategies": 5}
+    odd = {**feat("ODD"), "strategies": [{"id": "s", "value": False, "attributes": [
+        {"conditional": "NOPE", "fieldName": "x", "type": "STRING", "values": ["a"]}]}]}
+    repo.notify("features", [feat("A"), bad, odd, feat("B")])
+    assert repo.known_features() == 2
+    assert repo.feature("A").exists and repo.feature("B").exists
+    assert not repo.feature("BAD").exists and not repo.feature("ODD").exists
