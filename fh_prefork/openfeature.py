@@ -1,0 +1,582 @@
+"""An OpenFeature provider backed by this worker's FeatureHub repository.
+
+::
+
+    from openfeature import api
+    from fh_prefork.openfeature import FeatureHubProvider
+
+    api.set_provider(FeatureHubProvider())
+    client = api.get_client()
+    if client.get_boolean_value("NEW_CHECKOUT", False, EvaluationContext("user-1")): ...
+
+Install with ``pip install 'fh-prefork[openfeature]'``. The server hooks are the
+ones fh_prefork already needs (:mod:`fh_prefork.gunicorn`, :mod:`fh_prefork.uwsgi`);
+outside a prefork server the worker starts lazily, as ``fh_prefork.context()`` does.
+
+Resolution reads the worker's repository in memory, like ``fh_prefork.context()``,
+and evaluates rollout strategies with the FeatureHub SDK's own matcher, so a value
+is the one the SDK would give for the same context. The evaluation context becomes
+FeatureHub client context attributes: the targeting key is the user key, every
+other attribute (``country``, ``device``, ``platform``, ``version``, ``session``
+or any custom name) is passed through under its own name.
+
+Lifecycle: ``initialize`` waits (bounded by ``ready_timeout``) until the worker has
+a state, from the store or from Edge. A watcher thread per process then turns what
+the worker sees into provider events: ``PROVIDER_READY`` once it has a state (again
+after a fork, per worker), ``PROVIDER_STALE`` while both the store and Edge are
+unreachable, ``PROVIDER_ERROR`` while Edge answers 404 (the API key was deleted),
+and ``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed`` whenever features
+change, whichever way the change arrived (this worker's Edge stream or another
+worker's, through the store).
+
+Fork safety: a provider created before a fork (``--preload``, uWSGI without
+``lazy-apps``) attaches to each worker's own repository after the fork and
+starts its watcher there; nothing of the parent's is used. The OpenFeature SDK's
+event-handler thread pool does not survive a fork (work submitted in the child
+waits forever for threads that exist only in the parent), so a child whose parent
+had started that pool gets a fresh one.
+
+This is the only module of fh_prefork that imports ``openfeature``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+from enum import Enum
+from typing import Any, TypeVar
+
+from featurehub_sdk.client_context import ClientContext
+from featurehub_sdk.interceptors import InterceptorValue
+from openfeature import _event_support
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEventDetails
+from openfeature.exception import ErrorCode, GeneralError, ProviderNotReadyError
+from openfeature.flag_evaluation import FlagMetadata, FlagResolutionDetails, FlagValueType, Reason
+from openfeature.hook import Hook
+from openfeature.provider import AbstractProvider, Metadata
+
+from . import runtime
+from .listener import RawUpdateFeatureListener
+from .ratelog import RateLimitedLog
+
+__all__ = ["NOT_READY", "READY", "STALE", "ERROR", "FeatureHubProvider", "fh_context"]
+
+log = logging.getLogger("fh_prefork.openfeature")
+
+#: What the watcher sees in a worker (``FeatureHubProvider.state()``).
+NOT_READY, READY, STALE, ERROR = "not_ready", "ready", "stale", "error"
+
+#: The FeatureHub feature type each OpenFeature resolution reads.
+_TYPE_OF = {"boolean": "BOOLEAN", "string": "STRING", "integer": "NUMBER", "float": "NUMBER",
+            "object": "JSON"}
+
+#: Edge connection states in which this worker hears nothing from Edge.
+_EDGE_DOWN = frozenset({"backoff", "standby", "none", "closed", "stale"})
+
+T = TypeVar("T")
+ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
+
+_providers: weakref.WeakSet[FeatureHubProvider] = weakref.WeakSet()
+_executor_pid = os.getpid()
+
+
+class _Changes(RawUpdateFeatureListener):
+    """Tells the provider which keys a worker's repository applied (on the notifying thread)."""
+
+    def __init__(self, provider: FeatureHubProvider) -> None:
+        self._provider = weakref.ref(provider)
+
+    def _tell(self, keys: list[str]) -> None:
+        provider = self._provider()
+        if provider is not None and keys:
+            provider._changed(keys)
+
+    def process_updates(self, features: list[dict[str, Any]], source: str) -> None:
+        self._tell([f["key"] for f in features if isinstance(f.get("key"), str)])
+
+    def process_update(self, feature: dict[str, Any], source: str) -> None:
+        self._tell([feature["key"]] if isinstance(feature.get("key"), str) else [])
+
+    def delete_feature(self, feature: dict[str, Any], source: str) -> None:
+        self._tell([feature["key"]] if isinstance(feature.get("key"), str) else [])
+
+
+class FeatureHubProvider(AbstractProvider):
+    """OpenFeature provider reading this worker's fh_prefork repository.
+
+    ``ready_timeout``: seconds ``initialize`` waits for a first state before it
+    fails with ``PROVIDER_NOT_READY`` (the provider still turns ready later, with a
+    ``PROVIDER_READY`` event). ``watch_interval``: seconds between two looks at the
+    store's and Edge's health; flag changes are announced as soon as they arrive.
+    """
+
+    def __init__(self, *, ready_timeout: float = 5.0, watch_interval: float = 0.5,
+                 name: str = "fh-prefork FeatureHub") -> None:
+        super().__init__()
+        if ready_timeout < 0 or watch_interval <= 0:
+            raise ValueError("ready_timeout must be >= 0 and watch_interval > 0")
+        self.ready_timeout = float(ready_timeout)
+        self.watch_interval = float(watch_interval)
+        self._metadata = Metadata(name=name)
+        self._listener = _Changes(self)
+        self._errors = RateLimitedLog(log)
+        self._active = False          # between initialize() and shutdown()
+        self._initialized = False     # initialize() settled the first status
+        self._init_runtime()
+        _providers.add(self)
+
+    def _init_runtime(self) -> None:
+        """Per-process machinery: rebuilt in a forked child, since threads do not survive."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._worker: runtime.Worker | None = None   # the worker the listener is attached to
+        self._pending: dict[str, None] = {}          # changed keys not announced yet (ordered)
+        self._emitted: str | None = None             # the status last announced in this process
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- OpenFeature provider interface ---------------------------------------------------------
+
+    def get_metadata(self) -> Metadata:
+        return self._metadata
+
+    def get_provider_hooks(self) -> list[Hook]:
+        return []
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Attach to this process's worker and wait (bounded) until it knows a state.
+
+        In a prefork master (flags read while the app is imported with
+        ``--preload``) nothing waits and no thread starts: each worker turns
+        ready on its own after the fork.
+        """
+        worker = _worker()
+        self._active = True
+        self._attach(worker)
+        state, message = self._wait_for_state(worker)
+        with self._cond:
+            self._emitted = state
+            self._initialized = True
+        if state == ERROR:
+            raise GeneralError(message)
+        if state == NOT_READY:
+            raise ProviderNotReadyError(message)
+
+    def shutdown(self) -> None:
+        """Stop the watcher and detach from the worker; the worker itself stays (server hooks)."""
+        self._active = False
+        self._initialized = False
+        self._check_fork()
+        with self._cond:
+            thread, self._thread = self._thread, None
+            worker, self._worker = self._worker, None
+            self._stop.set()
+            self._cond.notify_all()
+        if worker is not None:
+            worker.repository.remove_raw_update_listener(self._listener)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+
+    def resolve_boolean_details(self, flag_key: str, default_value: bool,
+                                evaluation_context: EvaluationContext | None = None,
+                                ) -> FlagResolutionDetails[bool]:
+        return self._resolve("boolean", flag_key, default_value, evaluation_context)
+
+    def resolve_string_details(self, flag_key: str, default_value: str,
+                               evaluation_context: EvaluationContext | None = None,
+                               ) -> FlagResolutionDetails[str]:
+        return self._resolve("string", flag_key, default_value, evaluation_context)
+
+    def resolve_integer_details(self, flag_key: str, default_value: int,
+                                evaluation_context: EvaluationContext | None = None,
+                                ) -> FlagResolutionDetails[int]:
+        return self._resolve("integer", flag_key, default_value, evaluation_context)
+
+    def resolve_float_details(self, flag_key: str, default_value: float,
+                              evaluation_context: EvaluationContext | None = None,
+                              ) -> FlagResolutionDetails[float]:
+        return self._resolve("float", flag_key, default_value, evaluation_context)
+
+    def resolve_object_details(self, flag_key: str, default_value: ObjectValue,
+                               evaluation_context: EvaluationContext | None = None,
+                               ) -> FlagResolutionDetails[ObjectValue]:
+        return self._resolve("object", flag_key, default_value, evaluation_context)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def state(self) -> str:
+        """What this process's worker is now: ``ready``, ``stale``, ``error`` or ``not_ready``."""
+        worker = runtime.current_worker()
+        return NOT_READY if worker is None else _observe(worker)[0]
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def _resolve(self, kind: str, key: str, default: Any,
+                 context: EvaluationContext | None) -> FlagResolutionDetails[Any]:
+        worker = runtime.current_worker() or _worker()
+        if worker is not self._worker:
+            self._attach(worker)
+        repository = worker.repository
+        holder = repository.features.get(key)
+        state = holder.internal_feature_state if holder is not None else None
+        if state is None:
+            if not repository.is_ready():
+                return _error(default, ErrorCode.PROVIDER_NOT_READY,
+                              "no feature state yet in this worker: the store holds none and "
+                              "Edge has not answered")
+            return _error(default, ErrorCode.FLAG_NOT_FOUND, f"no feature {key!r}")
+        try:
+            return _evaluate(kind, key, default, context, repository, holder, state)
+        except Exception as err:  # a matcher raising on a context value, an SDK bug...
+            self._errors.failure("fh_prefork: OpenFeature resolution of %r failed: %s: %s",
+                                 key, type(err).__name__, err)
+            return _error(default, ErrorCode.GENERAL, f"{type(err).__name__}: {err}",
+                          _metadata(key, state))
+
+    # -- worker, listener, watcher --------------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        """In a child no at-fork hook told (uWSGI without fork hooks): start over here."""
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        _fresh_event_executor()
+        self._init_runtime()
+        if self._active:
+            self._start_watcher()
+
+    def _attach(self, worker: runtime.Worker) -> None:
+        """Listen to ``worker``'s repository (a new worker after a fork or a restart)."""
+        self._check_fork()
+        with self._cond:
+            if worker is self._worker:
+                return
+            old, self._worker = self._worker, worker
+            self._pending.clear()
+        if old is not None and old.pid == os.getpid():
+            old.repository.remove_raw_update_listener(self._listener)
+        worker.repository.register_raw_update_listener(self._listener)
+        if self._active and worker.role != "master":
+            self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        with self._cond:
+            if self._thread is not None or not self._active:
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._watch, args=(self._stop,),
+                                            name="fh-prefork-openfeature", daemon=True)
+            self._thread.start()
+
+    def _changed(self, keys: list[str]) -> None:
+        """On the notifying thread (Edge or store): note the keys, wake the watcher."""
+        with self._cond:
+            for key in keys:
+                self._pending[key] = None
+            self._cond.notify_all()
+
+    def _wait_for_state(self, worker: runtime.Worker) -> tuple[str, str | None]:
+        """Bounded wait until the worker has a state, or Edge said the key does not exist.
+
+        ``_observe`` takes the store's lock, so it is never called under ours (the
+        store thread holds its lock while it tells our listener about replays).
+        """
+        timeout = 0.0 if worker.role == "master" else self.ready_timeout
+        deadline = time.monotonic() + timeout
+        state, message = _observe(worker)
+        while state == NOT_READY:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._cond:
+                self._cond.wait(min(remaining, 0.05))
+            state, message = _observe(worker)
+        if state == NOT_READY:
+            message = (f"{message}; waited {timeout:.1f} s"
+                       + (" (prefork master: each worker turns ready after the fork)"
+                          if worker.role == "master" else ""))
+        return state, message
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(self.watch_interval)
+                changed = list(self._pending)
+                self._pending.clear()
+            if stop.is_set():
+                return
+            try:
+                worker = runtime.current_worker()
+                if worker is None:
+                    continue              # the post-fork hook has not started it yet
+                if worker is not self._worker:
+                    self._attach(worker)
+                    changed = []
+                self._step(worker, changed)
+            except Exception:  # the watcher must outlive any bug
+                log.exception("fh_prefork: OpenFeature watcher error")
+
+    def _step(self, worker: runtime.Worker, changed: list[str]) -> None:
+        state, message = _observe(worker)
+        with self._cond:
+            if not self._initialized:
+                return                    # initialize() announces the first status
+            previous, self._emitted = self._emitted, state
+        details = ProviderEventDetails(message=message, metadata={"pid": os.getpid()})
+        if state != previous:
+            if state == READY:
+                self.emit_provider_ready(details)
+            elif state == STALE:
+                self.emit_provider_stale(details)
+            elif state == ERROR:
+                details.error_code = ErrorCode.GENERAL
+                self.emit_provider_error(details)
+            log.info("fh_prefork: OpenFeature provider in worker %d: %s -> %s%s", os.getpid(),
+                     previous, state, f" ({message})" if message else "")
+        if changed and state != NOT_READY and previous not in (None, NOT_READY):
+            self.emit_provider_configuration_changed(ProviderEventDetails(
+                flags_changed=sorted(set(changed)), metadata={"pid": os.getpid()}))
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | None,
+              repository: Any, holder: Any, state: dict[str, Any]) -> FlagResolutionDetails[Any]:
+    """Resolve one existing feature the way FeatureHubSDK's ``FeatureStateHolder`` does."""
+    feature_type = state.get("type") or _infer_type(state.get("value"))
+    metadata = _metadata(key, state)
+    wanted = _TYPE_OF[kind]
+    if feature_type != wanted:
+        return _error(default, ErrorCode.TYPE_MISMATCH,
+                      f"{key!r} is a {feature_type} feature; {kind} asks for {wanted}", metadata)
+    raw: Any = state.get("value")
+    reason: str = Reason.STATIC
+    variant: str | None = None
+    intercepted = None if state.get("l") else repository.find_interceptor(key)
+    if intercepted is not None:
+        raw = intercepted.cast(feature_type)
+        metadata["intercepted"] = True
+    else:
+        strategies = holder._encoded_strategies
+        if strategies:
+            fh = fh_context(repository, context)
+            applied = repository.apply(strategies, key, state["id"], fh)
+            if applied.matched:
+                raw = InterceptorValue(applied.value).cast(feature_type)
+                strategy = _matched_strategy(repository, strategies, key, state["id"], fh,
+                                             applied.value)
+                reason = Reason.SPLIT
+                if strategy is not None:
+                    if strategy.has_attributes:
+                        reason = Reason.TARGETING_MATCH
+                    variant = strategy.name or strategy.id
+                    if strategy.id:
+                        metadata["strategy_id"] = str(strategy.id)
+    if raw is None or (raw == "" and feature_type == "JSON"):  # no value: the caller's default
+        return FlagResolutionDetails(value=default, reason=Reason.DEFAULT, variant=variant,
+                                     flag_metadata=metadata)
+    value, problem, code = _convert(kind, raw)
+    if problem is not None:
+        return _error(default, code, f"{key!r}: {problem}", metadata)
+    return FlagResolutionDetails(value=value, reason=reason, variant=variant,
+                                 flag_metadata=metadata)
+
+
+def _convert(kind: str, raw: Any) -> tuple[Any, str | None, ErrorCode]:
+    """The OpenFeature value of a FeatureHub value, or why there is none (and its error code)."""
+    mismatch = ErrorCode.TYPE_MISMATCH
+    if kind == "boolean":
+        if isinstance(raw, bool):
+            return raw, None, mismatch
+        return None, f"value {raw!r} is not a boolean", mismatch
+    if kind == "string":
+        if isinstance(raw, str):
+            return raw, None, mismatch
+        return None, f"value {raw!r} is not a string", mismatch
+    if kind in ("integer", "float"):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            return None, f"value {raw!r} is not a number", mismatch
+        if kind == "float":
+            return float(raw), None, mismatch
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                return None, f"value {raw!r} is not an integer", mismatch
+            return int(raw), None, mismatch
+        return raw, None, mismatch
+    if not isinstance(raw, str):
+        return None, f"value {raw!r} is not JSON text", ErrorCode.PARSE_ERROR
+    try:
+        parsed = json.loads(raw)
+    except ValueError as err:
+        return None, f"value is not valid JSON: {err}", ErrorCode.PARSE_ERROR
+    if not isinstance(parsed, (dict, list)):
+        return None, f"JSON value {raw[:50]!r} is not an object or an array", mismatch
+    return parsed, None, mismatch
+
+
+def _matched_strategy(repository: Any, strategies: list[Any], key: str, feature_id: str,
+                      context: ClientContext, value: Any) -> Any:
+    """Which strategy the SDK's matcher applied (it says only that one did, and its value).
+
+    The matcher stops at the first strategy that matches, and whether strategy
+    ``i`` matches depends only on the strategies before it, so the applied one
+    is the first ``i`` for which strategies ``[0..i]`` alone match.
+    """
+    same = [s for s in strategies if s.value is value]
+    if len(same) == 1:
+        return same[0]
+    for index, strategy in enumerate(strategies):
+        if strategy.value == value and \
+                repository.apply(strategies[: index + 1], key, feature_id, context).matched:
+            return strategy
+    return None
+
+
+def fh_context(repository: Any, context: EvaluationContext | None) -> ClientContext:
+    """The FeatureHub client context for an OpenFeature evaluation context.
+
+    The targeting key is the user key (``userkey``); every attribute is passed
+    through under its own name (``country``, ``device``, ``platform``,
+    ``version``, ``session``, anything else). Values become the strings the
+    SDK's matchers compare: booleans ``true``/``false``, numbers ``str()``,
+    dates ISO 8601, enums their value, lists one string per item. Nested
+    mappings cannot be FeatureHub attributes and are left out.
+    """
+    fh = ClientContext(repository)
+    if context is None:
+        return fh
+    for name, value in context.attributes.items():
+        values = _attribute_values(value)
+        if values:
+            fh.attribute_values(name, values)
+    if context.targeting_key:
+        fh.user_key(context.targeting_key)
+    return fh
+
+
+def _attribute_values(value: Any) -> list[str] | None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, Mapping)):
+        one = _scalar(value)
+        return None if one is None else [one]
+    if isinstance(value, Mapping):
+        return None
+    values = [_scalar(item) for item in value]
+    return [v for v in values if v is not None]
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return None
+
+
+def _infer_type(value: Any) -> str | None:
+    """A feature without a ``type`` (which the SDK tolerates): judge by its value."""
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, str):
+        return "STRING"
+    if isinstance(value, (int, float)):
+        return "NUMBER"
+    return None
+
+
+def _metadata(key: str, state: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    meta: dict[str, bool | int | float | str] = {"key": key}
+    for name in ("version", "id", "type"):
+        value = state.get(name)
+        if isinstance(value, (bool, int, float, str)):
+            meta[name] = value
+    return meta
+
+
+def _error(default: T, code: ErrorCode, message: str,
+           metadata: FlagMetadata | None = None) -> FlagResolutionDetails[T]:
+    return FlagResolutionDetails(value=default, reason=Reason.ERROR, error_code=code,
+                                 error_message=message, flag_metadata=metadata or {})
+
+
+# -- the worker's health ----------------------------------------------------------------------
+
+
+def _worker() -> runtime.Worker:
+    """This process's worker, started lazily as ``fh_prefork.context()`` would."""
+    runtime.config()
+    worker = runtime.current_worker()
+    assert worker is not None  # config() just started it in this process
+    return worker
+
+
+def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
+    """ready / stale / error / not_ready, and why, from the worker's Edge, store and repository."""
+    edge = _edge_status(worker)
+    edge_state = edge.get("state")
+    if edge_state == "key_not_found":
+        return ERROR, "Edge answered 404: the API key does not exist or was deleted"
+    if not worker.repository.is_ready():
+        return NOT_READY, "no feature state yet: the store holds none and Edge has not answered"
+    store = worker.store  # None: configured "none", or unusable (a store_error)
+    store_down = store is None or not store.status()["healthy"]
+    if store_down and edge_state in _EDGE_DOWN:
+        error = edge.get("last_error") or edge_state
+        return STALE, f"the store and Edge are both unreachable (Edge: {error})"
+    return READY, None
+
+
+def _edge_status(worker: runtime.Worker) -> dict[str, Any]:
+    if worker.switch is not None:
+        return worker.switch.status()
+    if worker.edge is not None:
+        return worker.edge.status()
+    return {"state": "none"}
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+def _fresh_event_executor() -> None:
+    """Give a forked child a working OpenFeature event pool (once per process).
+
+    ``openfeature._event_support`` submits every event handler to one module-level
+    ``ThreadPoolExecutor``. After a fork the child's copy believes the parent's
+    idle threads exist, starts none, and every handler submitted waits forever.
+    """
+    global _executor_pid
+    if _executor_pid == os.getpid():
+        return
+    _executor_pid = os.getpid()
+    executor = getattr(_event_support, "_event_executor", None)
+    if isinstance(executor, ThreadPoolExecutor) and getattr(executor, "_threads", None):
+        _event_support._event_executor = ThreadPoolExecutor(
+            thread_name_prefix="openfeature-event-handler")
+
+
+def _after_fork_in_child() -> None:
+    _fresh_event_executor()
+    for provider in list(_providers):
+        try:
+            provider._after_fork()
+        except Exception:  # never break the fork for an event watcher
+            log.exception("fh_prefork: OpenFeature provider failed to start after fork")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
