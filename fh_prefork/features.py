@@ -197,4 +197,8 @@ def decode_fingerprint(raw: bytes | None) -> str | None:
 def encode(features: Iterable[FeatureState]) -> bytes:
     """Plain form: compact UTF-8 JSON array, sorted by id for stable bytes."""
     ordered = sorted(features, key=lambda f: str(f["id"]))
-    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in some writer's JSON): escape it
+        return json.dumps(ordered, separators=(",", ":")).encode("ascii")

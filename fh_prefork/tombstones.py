@@ -91,8 +91,8 @@ def identity(tombs: Mapping[str, Tombstone]) -> set[tuple[str, int]]:
 
 def encode(tombs: Iterable[Tombstone]) -> bytes:
     ordered = sorted(tombs, key=lambda t: t.id)
-    return json.dumps([t.as_json() for t in ordered], separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    # ASCII escapes: any id a writer sent, even one holding a lone surrogate, encodes
+    return json.dumps([t.as_json() for t in ordered], separators=(",", ":")).encode("ascii")
 
 
 def decode(raw: bytes | None, max_bytes: int) -> tuple[Tombstones, int]:

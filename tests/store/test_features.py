@@ -119,3 +119,9 @@ def test_encode_is_compact_sorted_json() -> None:
     raw = fs.encode([feat("b", 1), feat("a", 2)])
     assert [f["id"] for f in json.loads(raw)] == ["a", "b"]
     assert b" " not in raw
+
+
+def test_encode_survives_a_lone_surrogate_another_writer_sent() -> None:
+    odd = {**feat("a", 1), "extra": json.loads('"\\ud800"')}
+    raw = fs.encode([odd])
+    assert fs.decode(raw, 10_000).features == [odd]
