@@ -1,4 +1,8 @@
-"""Edge down, flapping, failing, deleted or dropping streams: bounded retries, right flags after."""
+"""Edge down, flapping, failing, deleted or dropping streams: bounded retries, right flags after.
+
+"Right flags" is the whole state: after each fault every worker serves every
+one of Edge's features, and the store holds them (``wait_converged``).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,20 @@ from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines, versions
 
+from .whole_state import StoreReader, many_features, memcached_reader, wait_converged
+
 StartCluster = Callable[..., Cluster]
 WORKERS = 4
 BOUND = 2 * REFRESH * 1.2 + 1.5
+#: time for the whole state to settle once the fault cleared (a reconnect, a refresh or two)
+SETTLE = BOUND + 5
+
+
+@pytest.fixture
+def store(edge: EdgeSimulator, memcached: object, prefix: str) -> StoreReader:
+    """Eight features on Edge before the workers start; the store the workers share."""
+    edge.set_features(many_features(8))
+    return memcached_reader(memcached.address, prefix)  # type: ignore[attr-defined]
 
 
 def cut_streams(edge: EdgeSimulator) -> None:
@@ -30,7 +45,8 @@ def attempts_per_worker_second(edge: EdgeSimulator, since: int, started: float) 
 
 @pytest.mark.parametrize("transport", ["sse", "poll"])
 def test_edge_flapping_ends_with_correct_flags_and_bounded_retries(
-        start_cluster: StartCluster, edge: EdgeSimulator, transport: str) -> None:
+        start_cluster: StartCluster, edge: EdgeSimulator, store: StoreReader,
+        transport: str) -> None:
     cluster = start_cluster("gunicorn", WORKERS, env={
         "FH_PREFORK_EDGE": transport, "FEATUREHUB_POLL_INTERVAL": "1"})
     wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1")
@@ -49,10 +65,11 @@ def test_edge_flapping_ends_with_correct_flags_and_bounded_retries(
     rate = requests / WORKERS / elapsed
     print(f"{transport}: 4 flaps in {elapsed:.1f} s, {rate:.2f} Edge requests/worker/s")
     assert rate <= 2.0  # about one attempt per second per worker (polls every 1 s)
+    wait_converged(edge, cluster, store, SETTLE, f"{transport}: every feature after the flaps")
 
 
 def test_edge_answering_500_backs_off_then_recovers(
-        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+        start_cluster: StartCluster, edge: EdgeSimulator, store: StoreReader) -> None:
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.set_failure(500)
@@ -68,10 +85,11 @@ def test_edge_answering_500_backs_off_then_recovers(
     wait_for(lambda: set(versions(cluster).values()) == {3}, 10, what="recovery")
     lines = [line for line in fh_log_lines(cluster) if "500" in line]
     assert len(lines) <= 2 * WORKERS, lines
+    wait_converged(edge, cluster, store, SETTLE, "every feature after the 500s")
 
 
 def test_key_deleted_404_is_reported_in_status_and_log(
-        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+        start_cluster: StartCluster, edge: EdgeSimulator, store: StoreReader) -> None:
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.set_failure(404)
@@ -80,13 +98,14 @@ def test_key_deleted_404_is_reported_in_status_and_log(
         s["edge_state"] == "key_not_found" for s in st.values()) and st, 15,
         what="key_not_found in every worker")
     assert all("404" in (s["edge"]["last_error"] or "") for s in statuses.values()), statuses
-    assert set(versions(cluster).values()) == {1}, "last known flags still served"
+    # the last known state, all of it, is still served and still stored
+    wait_converged(edge, cluster, store, SETTLE, "every feature while Edge answers 404")
     not_found = [line for line in fh_log_lines(cluster) if "404" in line]
     assert 1 <= len(not_found) <= WORKERS, not_found
 
 
 def test_edge_closing_streams_after_every_event(
-        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+        start_cluster: StartCluster, edge: EdgeSimulator, store: StoreReader) -> None:
     cluster = start_cluster("gunicorn", WORKERS)
     assert edge.wait_for_streams(WORKERS, 10)
     edge.close_after_each_event = True
@@ -100,3 +119,6 @@ def test_edge_closing_streams_after_every_event(
     rate = attempts_per_worker_second(edge, since, started)
     print(f"stream closed after every event: {rate:.2f} connections/worker/s")
     assert rate <= 1.5
+    edge.close_after_each_event = False
+    cut_streams(edge)
+    wait_converged(edge, cluster, store, SETTLE, "every feature once streams stay open again")

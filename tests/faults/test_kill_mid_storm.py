@@ -1,4 +1,8 @@
-"""SIGKILL a worker in the middle of a compare-and-set storm between real workers."""
+"""SIGKILL a worker in the middle of a compare-and-set storm between real workers.
+
+After each round the whole state is checked: every worker (the killed one's
+replacement too) serves every one of Edge's features and the store holds them.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,19 @@ from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
 from tests.support.servers import pid_of_local_port
 
+from .whole_state import many_features, memcached_reader, wait_converged
+
 StartCluster = Callable[..., Cluster]
 
 
 def test_updates_of_surviving_workers_all_reach_the_store(
         start_cluster: StartCluster, edge: EdgeSimulator, memcached: object,
         prefix: str) -> None:
-    start_cluster("gunicorn", 6)
+    edge.set_features(many_features(8))
+    cluster = start_cluster("gunicorn", 6)
     assert edge.wait_for_streams(6, 10)
     port = memcached.port  # type: ignore[attr-defined]
+    store = memcached_reader(f"127.0.0.1:{port}", prefix)
     client = Client(("127.0.0.1", port), connect_timeout=1, timeout=1)
     try:
         for round_ in range(3):
@@ -48,5 +56,8 @@ def test_updates_of_surviving_workers_all_reach_the_store(
 
             wait_for(lambda expected=survivors: expected <= stored_keys(), 2 * REFRESH * 1.2 + 3,
                      what=f"round {round_}: every surviving worker's update in the store")
+            # and nothing else lost: the replacement worker reads Edge and the store
+            wait_converged(edge, cluster, store, 2 * REFRESH * 1.2 + 15,
+                           f"round {round_}: every feature, every worker, the store")
     finally:
         client.close()

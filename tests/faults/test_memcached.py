@@ -1,4 +1,8 @@
-"""memcached restarted, stopped, hung, slow or absent: workers keep serving, nothing is lost."""
+"""memcached restarted, stopped, hung, slow or absent: workers keep serving, nothing is lost.
+
+"Nothing lost" is the whole state: once the fault clears, every worker serves
+every one of Edge's features and the store holds them (``wait_converged``).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,13 @@ from tests.support.procs import free_port, wait_for
 from tests.support.proxy import FaultyProxy
 from tests.support.servers import fh_log_lines, versions
 
+from .whole_state import many_features, memcached_reader, wait_converged
+
 StartCluster = Callable[..., Cluster]
 DATA_KEY_ENV = "env-srv"
 BOUND = 2 * REFRESH * 1.2 + 1.5
+#: a whole-state wait after a fault: two refresh periods, a reconnect, a loaded 2-core box
+SETTLE = BOUND + 5
 
 
 def stored(port: int, prefix: str) -> dict[str, int] | None:
@@ -48,23 +56,28 @@ def request_latencies(cluster: Cluster, n: int) -> list[float]:
 
 
 def test_restarted_empty_memcached_is_seeded_again_within_a_refresh(
-        start_cluster: StartCluster, own_memcached: Memcached, prefix: str) -> None:
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
-    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="v1 everywhere")
-    wait_for(lambda: stored(own_memcached.port, prefix), 5, what="store written")
+    before = wait_converged(edge, cluster, store, 10, "initial state")
     own_memcached.restart()
     started = time.monotonic()
-    held = wait_for(lambda: stored(own_memcached.port, prefix), BOUND, what="store seeded")
+    wait_for(lambda: stored(own_memcached.port, prefix), BOUND, what="store seeded")
     print(f"store seeded again {time.monotonic() - started:.2f} s after memcached restarted")
-    assert held == {"FLAG": 1, "OTHER": 1}
-    assert set(versions(cluster).values()) == {1}, "no flag went back"
+    wait_converged(edge, cluster, store, BOUND, "every feature back in the store, none lost",
+                   never_lose={pid: set(state) for pid, state in before.items()})
 
 
 def test_updates_during_memcached_outage_reach_the_store_when_it_returns(
         start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
         prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
     assert edge.wait_for_streams(4, 10)
+    before = wait_converged(edge, cluster, store, 10, "initial state")
     outage_start = time.monotonic()
     own_memcached.stop()
     edge.push_feature(make_feature("FLAG", False, 2))                   # every worker gets it
@@ -83,6 +96,8 @@ def test_updates_during_memcached_outage_reach_the_store_when_it_returns(
     assert held["FLAG"] == 2
     wait_for(lambda: all(f["ONLY_ONE"]["version"] == 1 for f in cluster.flags("ONLY_ONE").values()),
              BOUND, what="one-stream update to reach everyone through the store")
+    wait_converged(edge, cluster, store, SETTLE, "every feature after the outage",
+                   never_lose={pid: set(state) for pid, state in before.items()})
     errors = [line for line in fh_log_lines(cluster) if "cannot" in line]
     print(f"{outage:.1f} s outage: {len(errors)} log line(s) from 4 workers")
     assert len(errors) <= 4 * 2, errors
@@ -91,6 +106,8 @@ def test_updates_during_memcached_outage_reach_the_store_when_it_returns(
 def test_memcached_that_never_answers_does_not_touch_the_request_path(
         start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
         prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     with FaultyProxy(own_memcached.port) as proxy:
         cluster = start_cluster("gunicorn", 4, env={
             "FH_PREFORK_STORE": f"memcache://{proxy.address}",
@@ -112,11 +129,14 @@ def test_memcached_that_never_answers_does_not_touch_the_request_path(
         held = wait_for(lambda: (h := stored(own_memcached.port, prefix)) and
                         h.get("FLAG") == 2 and h, 10, what="store to catch up")
         assert held["FLAG"] == 2
+        wait_converged(edge, cluster, store, SETTLE, "every feature once memcached answers")
 
 
 def test_slow_memcached_still_works_and_requests_do_not_wait(
         start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
         prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     with FaultyProxy(own_memcached.port, delay=0.1) as proxy:
         cluster = start_cluster("gunicorn", 4, env={
             "FH_PREFORK_STORE": f"memcache://{proxy.address}"})
@@ -127,14 +147,18 @@ def test_slow_memcached_still_works_and_requests_do_not_wait(
         latencies = request_latencies(cluster, 40)
         assert max(latencies) < 0.3
         assert all(s["store"]["healthy"] for s in cluster.statuses().values())
+        wait_converged(edge, cluster, store, SETTLE, "every feature through a slow store")
 
 
 @pytest.mark.parametrize("how", ["refused", "never-answers"])
 def test_memcached_unreachable_at_start_worker_serves_from_edge(
-        start_cluster: StartCluster, own_memcached: Memcached, how: str) -> None:
+        start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
+        prefix: str, how: str) -> None:
+    edge.set_features(many_features(8))
     with FaultyProxy(own_memcached.port) as proxy:
         proxy.blackhole = True
-        address = f"127.0.0.1:{free_port()}" if how == "refused" else proxy.address
+        refused_port = free_port()
+        address = f"127.0.0.1:{refused_port}" if how == "refused" else proxy.address
         started = time.monotonic()
         cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"memcache://{address}"})
         took = time.monotonic() - started
@@ -145,3 +169,17 @@ def test_memcached_unreachable_at_start_worker_serves_from_edge(
         assert all(s["store"]["healthy"] is False for s in statuses.values())
         assert all(s["edge_state"] == "connected" for s in statuses.values())
         json.dumps(statuses)
+        # the fault clears: memcached appears on the refused port, or the proxy answers
+        late = Memcached(port=refused_port, item_size="8m") if how == "refused" else None
+        try:
+            if late is not None:
+                late.start()
+            else:
+                proxy.blackhole = False
+            store = memcached_reader(late.address if late is not None
+                                     else own_memcached.address, prefix)
+            wait_converged(edge, cluster, store, SETTLE,
+                           f"every feature in the store once memcached is {how} no more")
+        finally:
+            if late is not None:
+                late.stop()

@@ -4,6 +4,10 @@ Lease 3 s (a renewal every second, so a loaded 2-core machine does not lose
 it) and refresh 0.4 s keep the suite short; bounds are the issue's
 (fail-over within ttl + one refresh, propagation within two refresh periods)
 plus slack for a 2-core machine shared with other test runs.
+
+After a fault (a SIGKILLed leader, memcached restarted or down) the whole
+state is checked: every worker serves every one of Edge's features and the
+store holds them (``wait_converged``), not only the flag a test pushed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from fh_prefork.bench.failover import (
 )
 from fh_prefork.edge_simulator import EdgeSimulator, environment_id, make_feature
 from fh_prefork.store.backend import Lease
+from tests.faults.whole_state import (
+    file_reader,
+    many_features,
+    memcached_reader,
+    wait_converged,
+)
 from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
@@ -40,6 +50,8 @@ SLACK = 2.5
 PROPAGATION_BOUND = 2 * REFRESH * 1.2 + SLACK
 #: The lease's time to live (memcached rounds up to whole seconds), one refresh, slack.
 FAILOVER_BOUND = math.ceil(TTL) + REFRESH * 1.2 + SLACK
+#: Whole state settled after a fault: a fail-over, then two refresh periods.
+SETTLE = FAILOVER_BOUND + PROPAGATION_BOUND
 LEADER_ENV = {"FH_PREFORK_EDGE_MODE": "leader", "FH_PREFORK_LEASE_SECONDS": str(TTL),
               "FH_PREFORK_REFRESH_SECONDS": str(REFRESH)}
 
@@ -133,7 +145,9 @@ def push_and_time(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
 
 
 def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
-        leader_cluster: StartCluster, edge: EdgeSimulator) -> None:  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
+        memcached: Memcached, prefix: str) -> None:
+    edge.set_features(many_features(8))
     cluster = leader_cluster("gunicorn", 6)
     leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
                       what="one leader stream")
@@ -155,6 +169,8 @@ def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
     wait_for(lambda: len(cluster.worker_pids()) == 6, 20, what="the killed worker's replacement")
     check_roles([cluster], new_leader)
     push_and_time([cluster], edge, 3)
+    wait_converged(edge, cluster, memcached_reader(memcached.address, prefix), SETTLE,
+                   "every feature after the leader was killed")
     assert edge.open_streams == 1
     # followers never opened a stream: two terms, plus one if a loaded machine made the
     # leader miss a renewal (five followers connecting would show up as many more)
@@ -202,27 +218,35 @@ def test_two_masters_sharing_memcached_hold_one_stream(
 def test_memcached_restart_gives_one_leader_again(
         leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
         own_memcached: Memcached, prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
     wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
              what="one leader stream")
     push_and_time([cluster], edge, 2)
+    before = wait_converged(edge, cluster, store, SETTLE, "initial state")
     own_memcached.restart()  # empty: the lease and the data are gone
     restarted_at = time.monotonic()
     leader = settled_leader([cluster], edge, FAILOVER_BOUND + 5,
                             lambda: stored_holder(own_memcached, prefix))
     print(f"memcached restart: one leader again after {time.monotonic() - restarted_at:.2f} s")
     check_roles([cluster], leader)
-    # the store was re-seeded; a new update reaches every worker
+    # the store was re-seeded; a new update reaches every worker, nothing else was lost
     push_and_time([cluster], edge, 3)
+    wait_converged(edge, cluster, store, SETTLE, "every feature after memcached restarted",
+                   never_lose={pid: set(state) for pid, state in before.items()})
     assert edge.open_streams == 1
 
 
 def test_memcached_down_followers_fall_back_and_return(
         leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
         own_memcached: Memcached, prefix: str) -> None:
+    edge.set_features(many_features(8))
+    store = memcached_reader(own_memcached.address, prefix)
     cluster = leader_cluster("gunicorn", 3, env={"FH_PREFORK_STORE": own_memcached.url})
     wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
              what="one leader stream")
+    before = wait_converged(edge, cluster, store, SETTLE, "initial state")
     own_memcached.stop()
     # every worker serves from its own Edge connection while the store is gone
     wait_for(lambda: edge.open_streams == 3, FAILOVER_BOUND + 3, interval=0.05,
@@ -237,6 +261,8 @@ def test_memcached_down_followers_fall_back_and_return(
                             lambda: stored_holder(own_memcached, prefix))
     check_roles([cluster], leader)
     push_and_time([cluster], edge, 3)
+    wait_converged(edge, cluster, store, SETTLE, "every feature after memcached came back",
+                   never_lose={pid: set(state) for pid, state in before.items()})
 
 
 def test_uwsgi_leader_mode(leader_cluster: StartCluster,
@@ -260,8 +286,9 @@ def test_uwsgi_leader_mode(leader_cluster: StartCluster,
 
 def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
                                          edge: EdgeSimulator,  # noqa: F811
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, prefix: str) -> None:
     store = tmp_path / "store"
+    edge.set_features(many_features(8))
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"file://{store}"})
     leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
                       what="one leader stream")
@@ -276,6 +303,8 @@ def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
     print(f"file store: new leader {time.monotonic() - killed_at:.2f} s after SIGKILL")
     check_roles([cluster], new)
     push_and_time([cluster], edge, 3)
+    wait_converged(edge, cluster, file_reader(store, prefix), SETTLE,
+                   "every feature after the leader was killed")
 
 
 def test_failover_benchmark_small(leader_cluster: StartCluster,
