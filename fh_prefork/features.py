@@ -27,6 +27,11 @@ FeatureState = dict[str, Any]
 #: Largest version accepted: anything above is junk, not a real counter.
 MAX_VERSION = 2**63 - 1
 
+#: Largest value read (and largest a zlib value may inflate to). Reading is bounded apart
+#: from writing (``max_item_bytes``): a value another writer stored past our write limit
+#: is still read and, if junk, repaired; only one past this bound is left alone.
+MAX_READ_BYTES = 32 * 1024 * 1024
+
 
 def identity_problem(item: Any) -> str | None:
     """Why ``item`` cannot even be placed (no string id and key, no integer version), or None."""
@@ -173,6 +178,7 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
         held = decoded.by_id.get(item["id"]) or decoded.unusable.get(item["id"])
         if held is not None:
             decoded.dropped += 1
+            decoded.problems.append(f"[{index}] {item['key']!r}: duplicate id {item['id']!r}")
             if held["version"] >= item["version"]:
                 continue
             decoded.by_id.pop(item["id"], None)

@@ -413,7 +413,7 @@ class SessionStore(RawUpdateFeatureListener):
             self.counters.reads += 1
             self._ticks_since_read = 0
             decoded = self._decode(snapshot)
-            stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, self.options.max_item_bytes)
+            stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, fs.MAX_READ_BYTES)
             plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
                              self._held(), self._repository.tombstones(), now=time.time(),
                              keep_seconds=self.options.tombstone_seconds,
@@ -546,7 +546,7 @@ class SessionStore(RawUpdateFeatureListener):
                 self._problem = problem
 
     def _decode(self, snapshot: Snapshot) -> fs.Decoded:
-        decoded = fs.decode(snapshot.value, self.options.max_item_bytes)
+        decoded = fs.decode(snapshot.value, max(self.options.max_item_bytes, fs.MAX_READ_BYTES))
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             what = decoded.problem or "; ".join(decoded.problems[:3])
