@@ -1,0 +1,447 @@
+"""Randomized histories: does the shared state tell the truth after any mix of faults?
+
+Real gunicorn workers (3 at start, 2-5 as the schedule adds and removes them)
+run the probe app against the local Edge simulator and a store (a memcached of
+the test's own, or the embedded file store in ``tmp_path``), each worker on its
+own Edge stream (``every``) or one leader's (``leader``). A seeded schedule
+(``tests/history/schedule.py``) drives Edge creates, updates and deletes (to
+every stream or to one), memcached flush_all / restart / SIGSTOP..SIGCONT, the
+file store's data file deleted, worker SIGKILLs and gunicorn TTIN/TTOU, with
+short sleeps between. At quiescence (memcached running, nothing paused) every
+worker and the store must hold exactly Edge's features within ``QUIESCE_BOUND``:
+nothing missing, nothing extra, nothing older (``tests/support/state.py``).
+A one-stream event reaches the other workers only through the store, and in
+leader mode followers have no Edge connection at all.
+
+Seeds:
+
+* CI (default): ``CI_SEEDS`` for each backend x Edge mode, plus fault-free
+  controls per combination (updates to every stream; creates, deletes and
+  updates, some to one stream) that prove the harness: they pass on any store
+  that works without faults. A passing run takes ~3-10 s, a failing one ~35-45 s
+  (the quiescence bound); the default set takes ~1.5 min when it passes.
+* long mode: ``FH_PREFORK_HISTORY_SEEDS=<count>`` runs seeds
+  ``range(start, start + count)``, ``start`` from ``FH_PREFORK_HISTORY_SEED_START``
+  (default 0), e.g.::
+
+      FH_PREFORK_HISTORY_SEEDS=300 .venv/bin/pytest tests/history -q -x
+
+* replay one seed: ``FH_PREFORK_HISTORY_SEED=<n>``, narrowed to one combination by
+  node id (a failure prints the exact command)::
+
+      FH_PREFORK_HISTORY_SEED=10 .venv/bin/pytest -s \\
+          'tests/history/test_history.py::test_history[memcache-leader-seed10]'
+
+  ``-k "memcache and leader"`` narrows too. Add ``-s`` to see each run's timings.
+
+A failure names the seed, prints the schedule (one step per line), what each
+step actually did (stream and pid it reached, waits that timed out), and
+``describe()`` of every worker and the store that differ from Edge.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pymemcache.client.base import Client
+
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator
+from tests.history.schedule import (
+    ALL_KINDS,
+    BACKEND_KINDS,
+    BACKENDS,
+    EDGE_KINDS,
+    EDGE_ONLY,
+    UPDATES_ONLY,
+    Schedule,
+    Step,
+    edge_after,
+    generate,
+)
+from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
+from tests.support.memcached import Memcached
+from tests.support.servers import fh_log_lines, pid_of_local_port
+from tests.support.state import (
+    State,
+    converged,
+    describe,
+    edge_state,
+    file_state,
+    memcached_state,
+    worker_states,
+)
+
+StartCluster = Callable[..., Cluster]
+
+ENVIRONMENT = "env-srv"    # environment id in API_KEY: the store's data key is {prefix}_env-srv
+assert f"/{ENVIRONMENT}/" in API_KEY
+REFRESH = 0.3
+LEASE = 3                  # leader mode: a SIGKILLed leader's lease lapses after 3 s
+MODES = ("every", "leader")
+#: Bounded waits, in seconds. Quiescence: a leader's lease lapsing, a worker booting, a few
+#: verify periods, and slack for a loaded 2-core machine.
+BASELINE_BOUND = 20.0
+SETTLE_BOUND = 8.0
+TTOU_BOUND = 15.0          # gunicorn's graceful timeout is 10 s
+QUIESCE_BOUND = 30.0
+POLL = 0.2
+
+#: Seeds CI runs for every backend x mode (together they use every step kind of both
+#: backends: test_ci_seeds_cover_every_step_kind).
+CI_SEEDS = (2, 10)
+CONTROL_SEED = 1
+
+
+def seeds() -> list[int]:
+    one = os.environ.get("FH_PREFORK_HISTORY_SEED", "").strip()
+    if one:
+        return [int(one)]
+    count = os.environ.get("FH_PREFORK_HISTORY_SEEDS", "").strip()
+    if count:
+        start = int(os.environ.get("FH_PREFORK_HISTORY_SEED_START", "0") or 0)
+        return list(range(start, start + int(count)))
+    return list(CI_SEEDS)
+
+
+class StoreUnderTest:
+    """The store the workers share, seen and hurt from outside."""
+
+    def __init__(self, backend: str, prefix: str, tmp_path: Path,
+                 memcached: Memcached | None) -> None:
+        self.backend = backend
+        self.data_key = f"{prefix}_{ENVIRONMENT}"
+        self.memcached = memcached
+        self.folder = tmp_path / "store"
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        if self.memcached is not None:
+            return self.memcached.url
+        return f"file://{self.folder}"
+
+    def state(self) -> State | None:
+        if self.memcached is not None:
+            return memcached_state(self.memcached.address, self.data_key)
+        return file_state(self.folder, self.data_key)
+
+    def _pid(self) -> int:
+        assert self.memcached is not None and self.memcached.proc is not None
+        return self.memcached.proc.pid
+
+    def flush_all(self) -> str:
+        assert self.memcached is not None
+        client = Client(("127.0.0.1", self.memcached.port), connect_timeout=1, timeout=1)
+        try:
+            client.flush_all()
+        except Exception as err:  # reported in the step log, the history goes on
+            return f" [flush_all failed: {err!r}]"
+        finally:
+            client.close()
+        return ""
+
+    def restart(self) -> str:
+        assert self.memcached is not None
+        self.memcached.restart()  # a paused memcached is SIGKILLed like a running one
+        self.paused = False
+        return f" [pid {self._pid()}]"
+
+    def pause(self) -> str:
+        os.kill(self._pid(), signal.SIGSTOP)
+        self.paused = True
+        return ""
+
+    def resume(self) -> str:
+        if self.memcached is None or not self.paused:
+            return ""
+        self.paused = False
+        try:
+            os.kill(self._pid(), signal.SIGCONT)
+        except (ProcessLookupError, AssertionError):
+            return " [memcached not running]"
+        return ""
+
+    def ensure_running(self) -> None:
+        if self.memcached is not None and (self.memcached.proc is None
+                                           or self.memcached.proc.poll() is not None):
+            self.memcached.stop()
+            self.memcached.start()
+
+    def delete_file(self) -> str:
+        path = self.folder / f"{self.data_key}.json"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return " [no data file]"
+        return ""
+
+
+class History:
+    """Runs one schedule against a cluster and reports what each step did."""
+
+    def __init__(self, schedule: Schedule, mode: str, cluster: Cluster, edge: EdgeSimulator,  # noqa: F811
+                 store: StoreUnderTest) -> None:
+        self.schedule = schedule
+        self.mode = mode
+        self.cluster = cluster
+        self.edge = edge
+        self.store = store
+        self.workers = schedule.workers     # what gunicorn is asked to run
+        self.log: list[str] = []
+        self.started = time.monotonic()
+        self.last: tuple[State, dict[int, State], State | None] = ({}, {}, None)
+        self.last_error = ""
+
+    def note(self, text: str) -> None:
+        self.log.append(f"[{time.monotonic() - self.started:6.2f}] {text}")
+
+    # -- observing ------------------------------------------------------------------------
+
+    def observe(self) -> bool:
+        """One look at Edge, every worker and the store; True when they all agree."""
+        expected = edge_state(self.edge)
+        try:
+            workers = worker_states(self.cluster, timeout=5)
+        except (TimeoutError, OSError, ValueError, KeyError) as err:
+            self.last = (expected, {}, self.store.state())
+            self.last_error = repr(err)
+            return False
+        store = self.store.state()
+        self.last = (expected, workers, store)
+        self.last_error = ""
+        return len(workers) == self.workers and converged(expected, workers, store)
+
+    def wait_converged(self, bound: float) -> float | None:
+        """Seconds until everything agreed, or None after ``bound``."""
+        started = time.monotonic()
+        deadline = started + bound
+        while True:
+            if self.observe():
+                return time.monotonic() - started
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL)  # polling interval of a bounded wait
+
+    def summary(self) -> str:
+        expected, workers, store = self.last
+        lines = [f"edge: {sorted(expected.items())}",
+                 f"gunicorn asked for {self.workers} worker(s); answered: {sorted(workers)}"]
+        if self.last_error:
+            lines.append(f"last observation failed: {self.last_error}")
+        lines.append(describe(expected, workers, store))
+        try:
+            for pid, status in sorted(self.cluster.statuses(timeout=5).items()):
+                st = status.get("store") or {}
+                lines.append(f"worker {pid}: role={status.get('role')} "
+                             f"edge={status.get('edge_state')} store_healthy={st.get('healthy')} "
+                             f"pending={st.get('pending')} last_error={st.get('last_error')!r}")
+        except (TimeoutError, OSError, ValueError):
+            lines.append("(statuses unavailable)")
+        return "\n".join(lines)
+
+    # -- acting ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for i, step in enumerate(self.schedule.steps):
+            self.note(f"{i:3d} {step}{self.do(step)}")
+
+    def do(self, step: Step) -> str:
+        if step.kind in EDGE_KINDS:
+            return self.edge_event(step)
+        if step.kind == "sleep":
+            time.sleep(step.seconds)
+            return ""
+        if step.kind == "mc_flush":
+            return self.store.flush_all()
+        if step.kind == "mc_restart":
+            return self.store.restart()
+        if step.kind == "mc_stop":
+            return self.store.pause()
+        if step.kind == "mc_cont":
+            return self.store.resume()
+        if step.kind == "file_delete":
+            return self.store.delete_file()
+        if step.kind == "kill_worker":
+            pids = self.cluster.worker_pids()
+            if not pids:
+                return " [no worker to kill]"
+            victim = pids[step.pick % len(pids)]
+            try:
+                self.cluster.kill_worker(victim)
+            except ProcessLookupError:
+                return f" [worker {victim} already gone]"
+            return f" [pid {victim}]"
+        if step.kind == "ttin":
+            self.cluster.send(signal.SIGTTIN)
+            self.workers += 1
+            return f" [-> {self.workers} workers]"
+        if step.kind == "ttou":
+            return self.ttou()
+        if step.kind == "settle":
+            took = self.wait_converged(SETTLE_BOUND)
+            if took is None:
+                return f" [NOT converged within {SETTLE_BOUND:g} s: {self.brief_diff()}]"
+            return f" [converged in {took:.2f} s]"
+        raise AssertionError(f"unknown step {step}")
+
+    def brief_diff(self) -> str:
+        return describe(*self.last).replace("\n", "; ")
+
+    def ttou(self) -> str:
+        before = set(self.cluster.worker_pids())
+        self.cluster.send(signal.SIGTTOU)
+        self.workers -= 1
+        deadline = time.monotonic() + TTOU_BOUND
+        while True:
+            now = set(self.cluster.worker_pids())
+            if before - now and len(now) == self.workers:
+                return f" [-> {self.workers} workers; gone: {sorted(before - now)}]"
+            if time.monotonic() >= deadline:
+                return f" [worker count still {len(now)} after {TTOU_BOUND:g} s]"
+            time.sleep(0.05)  # polling interval of a bounded wait
+
+    def edge_event(self, step: Step) -> str:
+        feature = step.feature()
+        send = self.edge.delete_feature if step.kind == "delete" else self.edge.push_feature
+        if not step.one_stream:
+            send(feature)
+            return f" [{self.edge.open_streams} stream(s)]"
+        # only streams of live workers: an event queued on a dead worker's stream would reach
+        # nobody, not even the full list its replacement may already have received
+        live = set(self.cluster.worker_pids())
+        owned = [(s.id, pid) for s in self.edge.streams()
+                 if (pid := pid_of_local_port(s.peer[1])) in live]
+        if not owned:
+            send(feature)
+            return " [no stream of a live worker open: sent to all]"
+        stream_id, pid = owned[step.pick % len(owned)]
+        try:
+            send(feature, stream_id)
+        except KeyError:  # closed in between: Edge's state already changed, tell everyone
+            send(feature)
+            return f" [stream {stream_id} closed: sent to all]"
+        return f" [stream {stream_id} of pid {pid}, 1 of {len(owned)}]"
+
+
+def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
+                 edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                 prefix: str, tmp_path: Path) -> None:
+    backend = schedule.backend
+    memcached: Memcached | None = (request.getfixturevalue("own_memcached")
+                                   if backend == "memcache" else None)
+    store = StoreUnderTest(backend, prefix, tmp_path, memcached)
+    edge.set_features(schedule.initial_features())
+    env = {"FH_PREFORK_STORE": store.url, "FH_PREFORK_EDGE_MODE": mode,
+           # a full read (verify) every 12 refreshes: every 3.6 s, well inside QUIESCE_BOUND
+           "FH_PREFORK_REFRESH_SECONDS": str(REFRESH)}
+    if mode == "leader":
+        env["FH_PREFORK_LEASE_SECONDS"] = str(LEASE)
+    cluster = start_cluster("gunicorn", schedule.workers, env=env)
+    history = History(schedule, mode, cluster, edge, store)
+    label = f"seed {schedule.seed} ({backend}, {mode})"
+
+    def failure(what: str) -> str:
+        replay = (f"FH_PREFORK_HISTORY_SEED={schedule.seed} .venv/bin/pytest -s "
+                  f"'{request.node.nodeid}'")
+        return "\n".join([
+            f"history {label}: {what}", f"replay: {replay}", "", "schedule:", str(schedule), "",
+            "executed:", *history.log, "", "state at the end (describe):", history.summary(),
+            "", "fh_prefork log lines (last 25):", *fh_log_lines(cluster)[-25:]])
+
+    took = history.wait_converged(BASELINE_BOUND)
+    if took is None:
+        pytest.fail(failure(f"the initial features never converged within "
+                            f"{BASELINE_BOUND:g} s (before any step)"), pytrace=False)
+    history.note(f"baseline converged in {took:.2f} s")
+    history.started = time.monotonic()
+    try:
+        history.run()
+        ran = time.monotonic() - history.started
+        history.note("quiescence: " + ("SIGCONT memcached" if store.paused else "nothing paused")
+                     + store.resume())
+        store.ensure_running()
+        took = history.wait_converged(QUIESCE_BOUND)
+    finally:
+        store.resume()
+    assert edge_state(edge) == edge_after(schedule), "the Edge simulator lost track of the schedule"
+    if took is None:
+        pytest.fail(failure(f"did not converge within {QUIESCE_BOUND:g} s of quiescence"),
+                    pytrace=False)
+    print(f"history {label}: {len(schedule.steps)} steps in {ran:.1f} s, "
+          f"converged {took:.2f} s after quiescence, {history.workers} workers")
+
+
+@pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed{s}")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_history(backend: str, mode: str, seed: int, request: pytest.FixtureRequest,
+                 edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                 prefix: str, tmp_path: Path) -> None:
+    run_schedule(generate(seed, backend), mode, request, edge, start_cluster, prefix, tmp_path)
+
+
+#: name -> (weights, share of one-stream events): fault-free schedules.
+CONTROLS: dict[str, tuple[dict[str, float], float]] = {
+    "updates-to-all-streams": (UPDATES_ONLY, 0.0),
+    "edge-events-some-to-one-stream": (EDGE_ONLY, 0.4),
+}
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_control_without_faults(
+        backend: str, mode: str, control: str, request: pytest.FixtureRequest,
+        edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+        prefix: str, tmp_path: Path) -> None:
+    """The harness itself: without faults, Edge's events must converge on any working store
+    (creates, deletes, fresh ids on re-creation, events that reach one stream only)."""
+    weights, one_stream = CONTROLS[control]
+    schedule = generate(CONTROL_SEED, backend, weights=weights, one_stream=one_stream)
+    run_schedule(schedule, mode, request, edge, start_cluster, prefix, tmp_path)
+
+
+def test_schedules_are_seeded_and_fair() -> None:
+    for backend in BACKENDS:
+        for seed in range(200):
+            schedule = generate(seed, backend)
+            assert schedule == generate(seed, backend), "same seed, same schedule"
+            assert 25 <= len(schedule.steps) <= 42
+            kinds = {s.kind for s in schedule.steps}
+            for other, only in BACKEND_KINDS.items():
+                if other != backend:
+                    assert not kinds & set(only)
+            workers, paused, unsettled = schedule.workers, False, False
+            seen_ids: set[str] = {s.id for s in schedule.initial}
+            for step in schedule.steps:
+                if step.kind == "create":
+                    assert step.id not in seen_ids, f"seed {seed}: id {step.id} reused"
+                    seen_ids.add(step.id)
+                unsettled |= step.kind in EDGE_KINDS and step.one_stream
+                if step.kind == "settle":
+                    unsettled = False
+                if step.kind == "ttou":
+                    assert not paused and not unsettled, f"seed {seed}: unfair ttou"
+                paused = (step.kind == "mc_stop") or (paused and step.kind not in
+                                                      ("mc_cont", "mc_restart"))
+                workers += {"ttin": 1, "ttou": -1}.get(step.kind, 0)
+                assert 2 <= workers <= 5
+            assert workers == schedule.final_workers
+
+
+def test_ci_seeds_cover_every_step_kind() -> None:
+    for backend in BACKENDS:
+        kinds = {s.kind for seed in CI_SEEDS for s in generate(seed, backend).steps}
+        one_stream = {s.kind for seed in CI_SEEDS for s in generate(seed, backend).steps
+                      if s.one_stream}
+        wanted = {k for k in ALL_KINDS
+                  if not any(k in only for other, only in BACKEND_KINDS.items()
+                             if other != backend)}
+        assert kinds == wanted, (backend, sorted(wanted - kinds))
+        assert one_stream == set(EDGE_KINDS), (backend, one_stream)
