@@ -140,6 +140,8 @@ class FeatureHubProvider(AbstractProvider):
         self._worker: runtime.Worker | None = None   # the worker the listener is attached to
         self._pending: dict[str, None] = {}          # changed keys not announced yet (ordered)
         self._emitted: str | None = None             # the status last announced in this process
+        self._known: dict[str, tuple[Any, ...]] = {}  # key -> (id, version, value) announced
+        self._known_for: runtime.Worker | None = None  # the worker _known describes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -162,8 +164,10 @@ class FeatureHubProvider(AbstractProvider):
         self._active = True
         self._attach(worker)
         state, message = self._wait_for_state(worker)
+        known = _versions(worker)     # waits for an update being applied (the repository's lock)
         with self._cond:
             self._emitted = state
+            self._known, self._known_for = known, worker  # the state changes are measured from
             self._initialized = True
         if state == ERROR:
             raise GeneralError(message)
@@ -265,6 +269,10 @@ class FeatureHubProvider(AbstractProvider):
         if old is not None and old.pid == os.getpid():
             old.repository.remove_raw_update_listener(self._listener)
         worker.repository.register_raw_update_listener(self._listener)
+        known = _versions(worker)  # after registering: a later change is heard and compared
+        with self._cond:
+            if self._worker is worker:
+                self._known, self._known_for = known, worker
         if self._active and worker.role != "master":
             self._start_watcher()
 
@@ -327,6 +335,7 @@ class FeatureHubProvider(AbstractProvider):
                 log.exception("fh_prefork: OpenFeature watcher error")
 
     def _step(self, worker: runtime.Worker, changed: list[str]) -> None:
+        """Announce a new status, and the keys whose state differs from what was announced."""
         state, message = _observe(worker)
         with self._cond:
             if not self._initialized:
@@ -343,9 +352,19 @@ class FeatureHubProvider(AbstractProvider):
                 self.emit_provider_error(details)
             log.info("fh_prefork: OpenFeature provider in worker %d: %s -> %s%s", os.getpid(),
                      previous, state, f" ({message})" if message else "")
-        if changed and state != NOT_READY and previous not in (None, NOT_READY):
-            self.emit_provider_configuration_changed(ProviderEventDetails(
-                flags_changed=sorted(set(changed)), metadata={"pid": os.getpid()}))
+        if state == NOT_READY:
+            return
+        if self._known_for is not worker or previous in (None, NOT_READY):
+            # a first state (a fresh worker, after a fork): READY says it, no change does
+            self._known, self._known_for = _versions(worker), worker
+            return
+        if changed:
+            current = _versions(worker)
+            flags = sorted(k for k in set(changed) if current.get(k) != self._known.get(k))
+            self._known = current
+            if flags:
+                self.emit_provider_configuration_changed(ProviderEventDetails(
+                    flags_changed=flags, metadata={"pid": os.getpid()}))
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -540,6 +559,17 @@ def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
         error = edge.get("last_error") or edge_state
         return STALE, f"the store and Edge are both unreachable (Edge: {error})"
     return READY, None
+
+
+def _versions(worker: runtime.Worker) -> dict[str, tuple[Any, ...]]:
+    """Key -> (id, version, value) of every feature the worker holds, as one snapshot.
+
+    The listener hears an update after the repository applied it, and a
+    resend of what is held is not applied at all; comparing snapshots keeps the
+    update that made a worker ready out of ``flags_changed``.
+    """
+    return {s["key"]: (s.get("id"), s.get("version"), repr(s.get("value")))
+            for s in worker.repository.feature_states()}
 
 
 def _edge_status(worker: runtime.Worker) -> dict[str, Any]:
