@@ -47,7 +47,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from enum import Enum
@@ -57,11 +57,11 @@ from featurehub_sdk.client_context import ClientContext
 from featurehub_sdk.interceptors import InterceptorValue
 from openfeature import _event_support
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.event import ProviderEventDetails
+from openfeature.event import ProviderEvent, ProviderEventDetails
 from openfeature.exception import ErrorCode, GeneralError, ProviderNotReadyError
 from openfeature.flag_evaluation import FlagMetadata, FlagResolutionDetails, FlagValueType, Reason
 from openfeature.hook import Hook
-from openfeature.provider import AbstractProvider, Metadata
+from openfeature.provider import AbstractProvider, FeatureProvider, Metadata, _registry
 
 from . import runtime
 from .listener import RawUpdateFeatureListener
@@ -128,7 +128,7 @@ class FeatureHubProvider(AbstractProvider):
         self._metadata = Metadata(name=name)
         self._listener = _Changes(self)
         self._errors = RateLimitedLog(log)
-        self._active = False          # between initialize() and shutdown()
+        self._active = False          # set on an OpenFeature API (attach/initialize) until shutdown
         self._initialized = False     # initialize() settled the first status
         self._init_runtime()
         _providers.add(self)
@@ -153,6 +153,16 @@ class FeatureHubProvider(AbstractProvider):
     def get_provider_hooks(self) -> list[Hook]:
         return []
 
+    def attach(self, on_emit: Callable[[FeatureProvider, ProviderEvent, ProviderEventDetails],
+                                       None]) -> None:
+        """The API registered us; ``initialize`` follows on a thread of its own."""
+        super().attach(on_emit)
+        self._active = True
+
+    def detach(self) -> None:
+        super().detach()
+        self._active = False
+
     def initialize(self, evaluation_context: EvaluationContext) -> None:
         """Attach to this process's worker and wait (bounded) until it knows a state.
 
@@ -160,8 +170,21 @@ class FeatureHubProvider(AbstractProvider):
         ``--preload``) nothing waits and no thread starts: each worker turns
         ready on its own after the fork.
         """
-        worker = _worker()
         self._active = True
+        if runtime._master_pid == os.getpid():
+            # a prefork master, where set_provider() runs us on a thread that the server's
+            # fork can cut anywhere: no I/O, no import, no wait; each worker announces itself
+            master = runtime.current_worker()
+            state, message = _observe(master) if master is not None else (
+                NOT_READY, "no feature state in the prefork master")
+            if state == NOT_READY:
+                message = f"{message}: each worker turns ready after the fork"
+            with self._cond:
+                self._emitted, self._initialized = state, True
+            if state == NOT_READY:
+                raise ProviderNotReadyError(message)
+            return
+        worker = _worker()
         self._attach(worker)
         state, message = self._wait_for_state(worker)
         known = _versions(worker)     # waits for an update being applied (the repository's lock)
@@ -253,9 +276,18 @@ class FeatureHubProvider(AbstractProvider):
             self._after_fork()
 
     def _after_fork(self) -> None:
-        _fresh_event_executor()
+        """A child of the process the provider was set in.
+
+        Whatever initialize() does or did in the parent (``set_provider`` runs it on
+        a thread, which a fork can cut short), its outcome never reaches the
+        child's copy of the API, whose status stays what it was at the fork, often
+        NOT_READY. So each child announces its own status: READY once its worker
+        has a state.
+        """
+        _fresh_openfeature(locks=False)
         self._init_runtime()
         if self._active:
+            self._initialized = True
             self._start_watcher()
 
     def _attach(self, worker: runtime.Worker) -> None:
@@ -583,12 +615,17 @@ def _edge_status(worker: runtime.Worker) -> dict[str, Any]:
 # -- fork -------------------------------------------------------------------------------------
 
 
-def _fresh_event_executor() -> None:
-    """Give a forked child a working OpenFeature event pool (once per process).
+def _fresh_openfeature(locks: bool) -> None:
+    """Give a forked child a working OpenFeature SDK (once per process).
 
-    ``openfeature._event_support`` submits every event handler to one module-level
-    ``ThreadPoolExecutor``. After a fork the child's copy believes the parent's
-    idle threads exist, starts none, and every handler submitted waits forever.
+    * ``openfeature._event_support`` runs every event handler on one module-level
+      ``ThreadPoolExecutor``. A child's copy believes the parent's idle threads
+      exist, starts none, and every handler submitted waits forever: a child whose
+      parent had started the pool gets a fresh one.
+    * The API's locks (the provider registry's, the handler lists') may have been
+      held by a parent thread at the fork (``set_provider`` initialises on a
+      thread), and would then never be released in the child. They are replaced
+      only from the at-fork hook (``locks=True``), while the child has one thread.
     """
     global _executor_pid
     if _executor_pid == os.getpid():
@@ -598,10 +635,16 @@ def _fresh_event_executor() -> None:
     if isinstance(executor, ThreadPoolExecutor) and getattr(executor, "_threads", None):
         _event_support._event_executor = ThreadPoolExecutor(
             thread_name_prefix="openfeature-event-handler")
+    if locks:
+        _event_support._global_lock = threading.RLock()
+        _event_support._client_lock = threading.RLock()
+        registry = getattr(_registry, "provider_registry", None)
+        if registry is not None and hasattr(registry, "_lock"):
+            registry._lock = threading.RLock()
 
 
 def _after_fork_in_child() -> None:
-    _fresh_event_executor()
+    _fresh_openfeature(locks=True)
     for provider in list(_providers):
         try:
             provider._after_fork()
