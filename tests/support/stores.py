@@ -15,6 +15,7 @@ def peek(store: SessionStore) -> Any:
     """A second backend on the same place: the store's own client belongs to its thread."""
     backend: Any = store._backend
     if isinstance(backend, MemcacheBackend):
-        return MemcacheBackend(Client(backend._client.server, connect_timeout=1, timeout=1),
+        return MemcacheBackend(Client(backend._client.server, connect_timeout=1, timeout=1,
+                                      default_noreply=False),
                                backend.data_key, "peek")
     return FileBackend(backend.directory, backend.path.name.removesuffix(".json"))
