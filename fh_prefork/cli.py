@@ -370,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="run the benchmark: print tables, write JSON",
         description="Measure the compare-and-set storm, same-update storm, propagation to "
-                    "real workers, cold start, memory and threads, flag read cost and Edge "
-                    "connections. Prints a table per section (progress on stderr) and writes "
-                    "JSON.")
+                    "real workers, cold start, memory and threads, flag read cost, Edge "
+                    "connections and OpenFeature resolution cost. Prints a table per section "
+                    "(progress on stderr) and writes JSON.")
     p.add_argument("--quick", action="store_true",
                    help="small runs of every section (about a minute)")
     p.add_argument("--json", default="bench-results.json", metavar="PATH",

@@ -15,13 +15,15 @@ Sections (``--only`` picks some):
 * ``read``: the cost of a flag read through ``fh_prefork.context()`` vs the plain
   SDK's ``config.new_context()``, in the same process and run.
 * ``edge``: Edge connections with ``FH_PREFORK_EDGE_MODE=every`` vs ``leader``.
+* ``openfeature``: an OpenFeature resolution through ``fh_prefork.openfeature``
+  (the SDK client, and the provider alone) vs a direct ``fh_prefork.context()`` read.
 
 Every process started here is stopped by pid; every wait is bounded.
 """
 
 from __future__ import annotations
 
-SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge")
+SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge", "openfeature")
 
 import asyncio  # noqa: E402  # SECTIONS stays importable first, for the CLI's parser
 import json  # noqa: E402
@@ -490,6 +492,112 @@ def section_edge(b: Bench) -> None:
             print(f"  leader: {row['note']}\n", flush=True)
 
 
+# -- OpenFeature resolution cost ----------------------------------------------------------------
+
+def section_openfeature(b: Bench) -> None:
+    """OpenFeature client and provider vs a direct read, same process, interleaved.
+
+    openfeature-sdk is an optional extra: without it the section says so and passes.
+    """
+    try:
+        from openfeature import api
+        from openfeature.evaluation_context import EvaluationContext
+
+        from ..openfeature import FeatureHubProvider
+    except ImportError:
+        note = "n/a: openfeature-sdk is not installed (pip install 'fh-prefork[openfeature]')"
+        b.results["openfeature"] = {"rows": [], "note": note}
+        b.emit(f"OpenFeature resolution cost\n---------------------------\n{note}\n")
+        return
+    import fh_prefork
+
+    from ..edge_simulator import EdgeSimulator, make_feature
+    from .cluster import wait_until
+
+    number, repeat = (2000, 3) if b.quick else (50000, 7)
+    _progress(f"OpenFeature resolution cost: {repeat} x {number} resolutions each, interleaved")
+    targeted = make_feature("T", "plain", 1, "STRING")
+    targeted["strategies"] = [{"id": "s1", "name": "kiwis", "value": "kiwi", "attributes": [
+        {"conditional": "EQUALS", "fieldName": "country", "type": "STRING",
+         "values": ["new_zealand"]}]}]
+    with EdgeSimulator(keepalive_interval=1.0) as edge:
+        edge.set_features([make_feature("X", True, 1), targeted] +
+                          [make_feature(f"F{i:02}", i % 2 == 0, 1) for i in range(48)])
+        fh_prefork.configure(edge_url=edge.url, api_key=API_KEY,
+                             store=f"file://{b.tmp}/openfeature-store", refresh_seconds=60)
+        fh_prefork.start_worker()
+        try:
+            wait_until(lambda: fh_prefork.context().feature("T").exists, 30,
+                       "fh_prefork to receive the features")
+            provider = FeatureHubProvider()
+            api.set_provider_and_wait(provider)
+            client = api.get_client()
+            nz = EvaluationContext("user-1", {"country": "new_zealand"})
+
+            def direct_flag() -> object:
+                return fh_prefork.context().feature("X").is_enabled
+
+            def provider_flag() -> object:
+                return provider.resolve_boolean_details("X", False).value
+
+            def client_flag() -> object:
+                return client.get_boolean_value("X", False)
+
+            def direct_targeted() -> object:
+                return fh_prefork.context().user_key("user-1").attribute_values(
+                    "country", ["new_zealand"]).feature("T").get_string
+
+            def provider_targeted() -> object:
+                return provider.resolve_string_details("T", "d", nz).value
+
+            def client_targeted() -> object:
+                return client.get_string_value("T", "d", nz)
+
+            fns: dict[str, Callable[[], object]] = {
+                "direct_flag": direct_flag, "provider_flag": provider_flag,
+                "client_flag": client_flag, "direct_targeted": direct_targeted,
+                "provider_targeted": provider_targeted, "client_targeted": client_targeted}
+            for name, fn in fns.items():
+                want = "kiwi" if name.endswith("targeted") else True
+                assert fn() == want, f"{name} gave {fn()!r}"
+            best = dict.fromkeys(fns, math.inf)
+            for _ in range(repeat):
+                for name, fn in fns.items():
+                    best[name] = min(best[name], timeit.timeit(fn, number=number) / number)
+        finally:
+            api.shutdown()
+            fh_prefork.stop_worker()
+    reads = {
+        "flag": ("fh_prefork.context().feature('X').is_enabled",
+                 "provider.resolve_boolean_details('X', False)",
+                 "client.get_boolean_value('X', False)"),
+        "targeted": ("fh_prefork.context().user_key(..).attribute_values(..).feature('T')",
+                     "provider.resolve_string_details('T', 'd', ctx)",
+                     "client.get_string_value('T', 'd', ctx)"),
+    }
+    rows = []
+    for what, (direct, via_provider, via_client) in reads.items():
+        base = best[f"direct_{what}"]
+        for label, key in ((direct, "direct"), (via_provider, "provider"),
+                           (via_client, "client")):
+            ns = best[f"{key}_{what}"]
+            rows.append({"case": what, "read": label, "ns": round(ns * 1e9),
+                         "ratio": round(ns / base, 2)})
+    client_ratio = best["client_flag"] / best["direct_flag"]
+    provider_ratio = best["provider_flag"] / best["direct_flag"]
+    b.results["openfeature"] = {
+        "rows": rows, "client_ratio": round(client_ratio, 2),
+        "provider_ratio": round(provider_ratio, 2),
+        # what a flag read costs on top of a direct read: the provider's part, the SDK's part
+        "provider_overhead_ns": round((best["provider_flag"] - best["direct_flag"]) * 1e9),
+        "sdk_overhead_ns": round((best["client_flag"] - best["provider_flag"]) * 1e9),
+        "number": number, "repeat": repeat}
+    b.emit(table(f"OpenFeature resolution cost (best of {repeat} x {number}, same process): "
+                 f"client {client_ratio:.1f}x direct, provider alone {provider_ratio:.2f}x",
+                 [("case", "case"), ("read", "read"), ("ns per read", "ns"),
+                  ("x direct", "ratio")], rows))
+
+
 # -- driver -------------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Bench], None]] = {
@@ -500,6 +608,7 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
     "memory": section_memory,
     "read": section_read,
     "edge": section_edge,
+    "openfeature": section_openfeature,
 }
 
 
