@@ -81,6 +81,10 @@ _TYPE_OF = {"boolean": "BOOLEAN", "string": "STRING", "integer": "NUMBER", "floa
 #: Edge connection states in which this worker hears nothing from Edge.
 _EDGE_DOWN = frozenset({"backoff", "standby", "none", "closed", "stale"})
 
+# Enum members looked up once: attribute access on an Enum class costs more than a global
+_STATIC, _SPLIT, _TARGETING_MATCH, _DEFAULT, _ERROR = (
+    Reason.STATIC, Reason.SPLIT, Reason.TARGETING_MATCH, Reason.DEFAULT, Reason.ERROR)
+
 T = TypeVar("T")
 ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
 
@@ -406,13 +410,13 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
               repository: Any, holder: Any, state: dict[str, Any]) -> FlagResolutionDetails[Any]:
     """Resolve one existing feature the way FeatureHubSDK's ``FeatureStateHolder`` does."""
     feature_type = state.get("type") or _infer_type(state.get("value"))
-    metadata = _metadata(key, state)
+    metadata = _metadata(key, state, feature_type)
     wanted = _TYPE_OF[kind]
     if feature_type != wanted:
         return _error(default, ErrorCode.TYPE_MISMATCH,
                       f"{key!r} is a {feature_type} feature; {kind} asks for {wanted}", metadata)
     raw: Any = state.get("value")
-    reason: str = Reason.STATIC
+    reason: str = _STATIC
     variant: str | None = None
     intercepted = None if state.get("l") else repository.find_interceptor(key)
     if intercepted is not None:
@@ -424,18 +428,18 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
             fh = fh_context(repository, context)
             applied = repository.apply(strategies, key, state["id"], fh)
             if applied.matched:
-                raw = InterceptorValue(applied.value).cast(feature_type)
+                raw = _cast(applied.value, feature_type)
                 strategy = _matched_strategy(repository, strategies, key, state["id"], fh,
                                              applied.value)
-                reason = Reason.SPLIT
+                reason = _SPLIT
                 if strategy is not None:
                     if strategy.has_attributes:
-                        reason = Reason.TARGETING_MATCH
+                        reason = _TARGETING_MATCH
                     variant = strategy.name or strategy.id
                     if strategy.id:
                         metadata["strategy_id"] = str(strategy.id)
     if raw is None or (raw == "" and feature_type == "JSON"):  # no value: the caller's default
-        return FlagResolutionDetails(value=default, reason=Reason.DEFAULT, variant=variant,
+        return FlagResolutionDetails(value=default, reason=_DEFAULT, variant=variant,
                                      flag_metadata=metadata)
     value, problem, code = _convert(kind, raw)
     if problem is not None:
@@ -484,6 +488,8 @@ def _matched_strategy(repository: Any, strategies: list[Any], key: str, feature_
     ``i`` matches depends only on the strategies before it, so the applied one
     is the first ``i`` for which strategies ``[0..i]`` alone match.
     """
+    if len(strategies) == 1:
+        return strategies[0]
     same = [s for s in strategies if s.value is value]
     if len(same) == 1:
         return same[0]
@@ -551,18 +557,29 @@ def _infer_type(value: Any) -> str | None:
     return None
 
 
-def _metadata(key: str, state: dict[str, Any]) -> dict[str, bool | int | float | str]:
-    meta: dict[str, bool | int | float | str] = {"key": key}
-    for name in ("version", "id", "type"):
-        value = state.get(name)
-        if isinstance(value, (bool, int, float, str)):
-            meta[name] = value
+def _metadata(key: str, state: dict[str, Any],
+              feature_type: str | None = None) -> dict[str, bool | int | float | str]:
+    """The feature's key, version, id and type (states in the repository passed the shape
+    check: ``id`` is a non-empty string and ``version`` an integer)."""
+    meta: dict[str, bool | int | float | str] = {
+        "key": key, "version": state.get("version", -1), "id": state.get("id", "")}
+    if feature_type:
+        meta["type"] = feature_type
     return meta
+
+
+def _cast(value: Any, feature_type: str) -> Any:
+    """The SDK's cast of a strategy value (``InterceptorValue.cast``), skipped when a no-op."""
+    if isinstance(value, str) and feature_type in ("STRING", "JSON"):
+        return value
+    if isinstance(value, bool) and feature_type == "BOOLEAN":
+        return value
+    return InterceptorValue(value).cast(feature_type)
 
 
 def _error(default: T, code: ErrorCode, message: str,
            metadata: FlagMetadata | None = None) -> FlagResolutionDetails[T]:
-    return FlagResolutionDetails(value=default, reason=Reason.ERROR, error_code=code,
+    return FlagResolutionDetails(value=default, reason=_ERROR, error_code=code,
                                  error_message=message, flag_metadata=metadata or {})
 
 
