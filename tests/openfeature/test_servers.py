@@ -40,8 +40,10 @@ def start(edge: EdgeSimulator, memcached: Memcached, prefix: str,
         "PYTHONPATH": str(ROOT),
     }
 
-    def run(kind: str = "gunicorn", workers: int = 4, args: tuple[str, ...] = ()) -> Cluster:
-        cluster = Cluster(kind, workers, env, args=args, app=APP, log_dir=str(tmp_path))
+    def run(kind: str = "gunicorn", workers: int = 4, args: tuple[str, ...] = (),
+            **extra: str) -> Cluster:
+        cluster = Cluster(kind, workers, {**env, **extra}, args=args, app=APP,
+                          log_dir=str(tmp_path))
         started.append(cluster)
         return cluster.start()
 
@@ -184,6 +186,22 @@ def test_provider_set_in_the_master_with_preload(start: Callable[..., Cluster],
     assert set(changed) == set(pids) and cluster.master_pid not in changed
     for answer in cluster.sample(ask("integer", "INT_FLAG", "0")).values():
         assert answer["value"] == 43 and answer["reason"] == "STATIC"
+
+
+def test_leader_mode(start: Callable[..., Cluster], edge: EdgeSimulator) -> None:
+    """One Edge stream for all workers: followers hear a change through the store."""
+    cluster = start("gunicorn", 3, FH_PREFORK_EDGE_MODE="leader",
+                    FH_PREFORK_LEASE_SECONDS="2")
+    pids = cluster.worker_pids()
+    until_every_worker(cluster, "/events", lambda a: a["status"] == "READY")
+    assert edge.wait_until(lambda: len(edge.streams()) == 1, 15)
+    leader = pid_of_local_port(edge.streams()[0].peer[1])
+    edge.push_feature(feature("STR_FLAG", "leader", 3, "STRING"))
+    changed = until_every_worker(cluster, "/events",
+                                 saw("PROVIDER_CONFIGURATION_CHANGED", "STR_FLAG"))
+    assert set(changed) == set(pids) and (leader is None or leader in pids)
+    for answer in cluster.sample(ask("string", "STR_FLAG", "x")).values():
+        assert answer["value"] == "leader" and answer["status"] == "READY"
 
 
 def test_uwsgi_workers(start: Callable[..., Cluster], edge: EdgeSimulator) -> None:
