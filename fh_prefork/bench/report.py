@@ -530,7 +530,8 @@ def section_openfeature(b: Bench) -> None:
             wait_until(lambda: fh_prefork.context().feature("T").exists, 30,
                        "fh_prefork to receive the features")
             provider = FeatureHubProvider()
-            api.set_provider_and_wait(provider)
+            # openfeature-sdk < 0.10 has no set_provider_and_wait: set_provider initialises
+            getattr(api, "set_provider_and_wait", api.set_provider)(provider)
             client = api.get_client()
             nz = EvaluationContext("user-1", {"country": "new_zealand"})
 

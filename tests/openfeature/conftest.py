@@ -14,6 +14,7 @@ pytest.importorskip("openfeature", reason="openfeature-sdk is not installed "
 
 from openfeature import api  # noqa: E402
 from openfeature.event import EventDetails, ProviderEvent  # noqa: E402
+from openfeature.exception import ProviderNotReadyError  # noqa: E402
 
 from fh_prefork import runtime  # noqa: E402
 from fh_prefork.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
@@ -89,6 +90,19 @@ def fresh_openfeature(edge: EdgeSimulator, tmp_path: Path,
     api.shutdown()             # shuts the provider down (synchronously), drops handlers
     runtime.stop_worker()
     runtime._overrides.clear()
+
+
+def set_and_wait(provider: Any) -> None:
+    """``api.set_provider_and_wait`` (openfeature-sdk 0.10); older releases initialise in
+    ``set_provider`` itself and report a failed initialize as an event, not an exception."""
+    wait = getattr(api, "set_provider_and_wait", None)
+    if wait is not None:
+        wait(provider)
+        return
+    api.set_provider(provider)
+    status = api.get_client().get_provider_status().value
+    if status != "READY":
+        raise ProviderNotReadyError(f"provider status {status}")
 
 
 class Events:

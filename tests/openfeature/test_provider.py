@@ -23,12 +23,12 @@ from fh_prefork.openfeature import ERROR, NOT_READY, READY, STALE, FeatureHubPro
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 
-from .conftest import Events, feature
+from .conftest import Events, feature, set_and_wait
 
 
 def ready_client(**options: Any) -> tuple[FeatureHubProvider, OpenFeatureClient]:
     provider = FeatureHubProvider(**options)
-    api.set_provider_and_wait(provider)
+    set_and_wait(provider)
     return provider, api.get_client()
 
 
@@ -117,7 +117,7 @@ def test_not_ready_until_a_state_is_known(edge: EdgeSimulator, events: Events) -
     events.listen(ProviderEvent.PROVIDER_READY, ProviderEvent.PROVIDER_ERROR)
     provider = FeatureHubProvider(ready_timeout=0.3)
     with pytest.raises(ProviderNotReadyError):
-        api.set_provider_and_wait(provider)
+        set_and_wait(provider)
     client = api.get_client()
     assert client.get_provider_status() == ProviderStatus.ERROR
     error = events.wait(ProviderEvent.PROVIDER_ERROR)[0]
