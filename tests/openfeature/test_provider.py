@@ -133,6 +133,19 @@ def test_not_ready_until_a_state_is_known(edge: EdgeSimulator, events: Events) -
     assert client.get_boolean_value("BOOL_FLAG", False) is True
 
 
+def test_ready_from_the_store_while_edge_is_down(edge: EdgeSimulator) -> None:
+    """A worker that starts with Edge down serves (and is READY with) what the store holds."""
+    fh_prefork.start_worker()
+    wait_for(lambda: fh_prefork.context().feature("BOOL_FLAG").exists, 10, what="Edge state")
+    assert runtime.current_worker() is not None
+    fh_prefork.stop_worker()        # flushes the state to the store
+    edge.go_down()
+    _, client = ready_client(ready_timeout=2)
+    assert client.get_provider_status() == ProviderStatus.READY
+    assert client.get_string_value("STR_FLAG", "x") == "blue"
+    assert fh_prefork.status()["edge_state"] in ("connecting", "backoff")
+
+
 def test_initialize_waits_for_edge() -> None:
     """set_provider_and_wait returns once the first state arrived (no store, fresh Edge)."""
     _, client = ready_client(ready_timeout=10)
