@@ -159,7 +159,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             held_tomb = self._tombstones.get(held.get("id"))
             if source != EDGE_SOURCE and not (held_tomb and held_tomb.covers(held)):
                 return None     # two ids for one key and no sign which is current: keep ours
-            return item if self._guarded(holder.set_feature_state, item) else None
+            if not self._guarded(holder.set_feature_state, item):
+                return None
+            if identity_problem(held) is None and not (held_tomb and held_tomb.covers(held)):
+                # Edge says the key is another feature now: the one we held was deleted
+                self._bury(held)
+            return item
         if not self._guarded(super().notify, "feature", item):
             return None
         after = self.features.get(item["key"])
@@ -189,6 +194,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             return None         # no id anywhere: cannot tell what was deleted
         self._guarded(super().notify, "delete_feature", data)
         return {"id": fid, "key": key, "version": version}
+
+    def _bury(self, state: dict[str, Any]) -> Tombstone:
+        tomb = Tombstone(state["id"], state["key"], state["version"], time.time())
+        self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
+        return self._tombstones[tomb.id]
 
     def _delete_unlisted(self, listed: list[Any]) -> list[dict[str, Any]]:
         """Edge's full list is the environment: what we hold and it lacks was deleted."""

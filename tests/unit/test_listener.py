@@ -131,6 +131,7 @@ def test_a_recreated_feature_with_a_new_id_replaces_the_old_one() -> None:
     repo.notify("feature", new)                            # Edge says so
     assert repo.feature("A").get_version == 1
     assert repo.feature_states()[0]["id"] == "id-A-2"
+    assert repo.tombstones()["id-A"].version == 7, "the replaced id is deleted everywhere"
 
 
 def test_one_state_the_sdk_rejects_costs_only_itself() -> None:
