@@ -1,0 +1,17 @@
+"""Redis servers for tests: the package's launchers, plus a restart on the same port."""
+
+from __future__ import annotations
+
+from fh_prefork.bench.redis import RedisCluster, RedisServer
+
+from .procs import port_open, wait_for
+
+__all__ = ["Redis", "RedisCluster"]
+
+
+class Redis(RedisServer):
+    def restart(self) -> None:
+        """Stop and start empty on the same port (what a Redis restart without persistence is)."""
+        self.stop()
+        wait_for(lambda: not port_open(self.port), 5, what="redis port to close")
+        self.start()
