@@ -9,13 +9,19 @@
 Each hook has gunicorn's exact signature and only calls :mod:`fh_prefork.runtime`.
 If you already define one of these hooks, call ours from yours.
 
-* ``on_starting(server)``: in the master, before any worker: validate the
-  settings and the store location, and refuse to start with one line naming
-  the variable; mark the process as the master (it never connects to Edge).
+* ``on_starting(server)``: in the master, before any worker: route
+  fh_prefork's log records to gunicorn's error log (see :mod:`fh_prefork.serverlog`),
+  validate the settings and the store location, and refuse to start with one
+  line naming the variable; mark the process as the master (it never connects to Edge).
 * ``on_reload(server)``: on SIGHUP, validate again so a bad edit is reported
   by the master, once, rather than by every new worker.
 * ``post_fork(server, worker)``: in each new worker: its own config, store,
-  refresh timer and Edge connection.
+  refresh timer and Edge connection. Green workers (``-k gevent``, and an
+  eventlet worker class) patch the standard library only later, in their
+  ``init_process``: started here, the store and Edge would be native threads
+  the hub knows nothing of (their exit prints ``KeyError`` tracebacks and
+  stalls the worker's shutdown). For those the start waits until the worker
+  has patched and loads the app (:mod:`fh_prefork.green`): both are greenlets.
 * ``worker_exit(server, worker)``: in the exiting worker: close them, so it
   exits promptly.
 
@@ -30,13 +36,14 @@ import os
 import sys
 from typing import Any
 
-from . import runtime
+from . import green, runtime, serverlog
 from .settings import SettingsError
 
 __all__ = ["on_reload", "on_starting", "post_fork", "worker_exit"]
 
 
 def on_starting(server: Any) -> None:
+    serverlog.route_to_gunicorn(server)
     runtime.mark_master()
     try:
         runtime.check()
@@ -45,6 +52,7 @@ def on_starting(server: Any) -> None:
 
 
 def on_reload(server: Any) -> None:
+    serverlog.route_to_gunicorn(server)
     try:
         runtime.check()
     except SettingsError as err:
@@ -52,7 +60,10 @@ def on_reload(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    runtime.start_worker()
+    if green.defer_until_patched(worker, lambda: post_fork(server, worker)):
+        return  # runs again from the green worker's init_process, once it has patched
+    serverlog.route_to_gunicorn(server)   # also when on_starting is the user's own
+    runtime.start_worker(hooked="gunicorn post_fork")
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any, cast
@@ -36,6 +37,7 @@ from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContex
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
+from . import serverlog
 from . import settings as settings_mod
 from .edge import SupervisedEdge, edge_provider
 from .leader import FALLBACK, FOLLOWER, EdgeSwitch, Election, supports_lease
@@ -215,8 +217,11 @@ def mark_master() -> None:
     _master_pid = os.getpid()
 
 
-def start_worker() -> Worker:
-    """Start this process's FeatureHub now (a post-fork hook). Idempotent per process."""
+def start_worker(hooked: str = "start_worker()") -> Worker:
+    """Start this process's FeatureHub now (a post-fork hook). Idempotent per process.
+
+    ``hooked`` names the caller for the log (the adapters pass their hook's name).
+    """
     global _current, _unanswered_fork
     _reset_if_forked()
     _unanswered_fork = None
@@ -227,9 +232,7 @@ def start_worker() -> Worker:
         if current is not None and current.pid == os.getpid():
             current.close(timeout=0)  # the master's dormant config, if this is it
         _current = Worker(settings(), role="worker")
-        log.info("fh_prefork: worker %d started (store %s, edge %s/%s)", os.getpid(),
-                 _current.settings.store, _current.settings.edge,
-                 _current.settings.edge_mode)
+        _log_start(_current, hooked)
         return _current
 
 
@@ -281,15 +284,72 @@ def _start_lazily() -> Worker:
     with _lock:
         if _current is not None and _current.pid == os.getpid():
             return _current
-        role = "master" if _master_pid == os.getpid() else "worker"
-        if _unanswered_fork is not None:
-            log.warning("fh_prefork: process %d was forked from %d and no post-fork hook started "
-                        "FeatureHub; starting it now (call fh_prefork.start_worker() in your "
-                        "server's post-fork hook to start it eagerly)", os.getpid(),
-                        _unanswered_fork)
-            _unanswered_fork = None
-        _current = Worker(settings(), role=role)
+        server = prefork_server()
+        if server is not None:
+            serverlog.route_for(server)   # the hooks that would have done it never ran
+        master = _master_pid == os.getpid() or (server is not None and _is_prefork_master(server))
+        if master:
+            mark_master()
+        elif server is not None or _unanswered_fork is not None:
+            forked = f" (forked from {_unanswered_fork})" if _unanswered_fork else ""
+            log.warning("fh_prefork: worker %d%s reads flags but no %s hook started fh_prefork, "
+                        "so it starts late and without the server's lifecycle; %s", os.getpid(),
+                        forked, server or "post-fork",
+                        _HOOK_LINES.get(server or "", _HOOK_LINES[""]))
+        _unanswered_fork = None
+        _current = Worker(settings(), role="master" if master else "worker")
+        if not master:
+            _log_start(_current, "first flag read")
         return _current
+
+
+#: The exact lines to add, by server, when a worker started without the hooks.
+_HOOK_LINES = {
+    "gunicorn": "add to gunicorn.conf.py: from fh_prefork.gunicorn import on_starting, "
+                "post_fork, worker_exit (or call fh_prefork.start_worker() from your own "
+                "post_fork and fh_prefork.stop_worker() from your worker_exit)",
+    "uWSGI": "add to the uWSGI options: import = fh_prefork.uwsgi (--import fh_prefork.uwsgi)",
+    "": "call fh_prefork.start_worker() in your server's post-fork hook",
+}
+
+
+def prefork_server() -> str | None:
+    """gunicorn or uWSGI when this process belongs to one of them (master or worker)."""
+    if "uwsgi" in sys.modules and hasattr(sys.modules["uwsgi"], "worker_id"):
+        return "uWSGI"
+    if "gunicorn.arbiter" in sys.modules:
+        return "gunicorn"
+    return None
+
+
+def _is_prefork_master(server: str) -> bool:
+    """True in the server's master: it must never hold connections or threads, hooks or not.
+
+    uWSGI says so (worker id 0). A gunicorn worker is a fork of the arbiter: it
+    shares the arbiter's command line (or carries setproctitle's "worker"
+    title), while the arbiter's parent is whatever started gunicorn.
+    """
+    if server == "uWSGI":
+        return int(sys.modules["uwsgi"].worker_id()) == 0
+    try:
+        me = psutil.Process()
+        title = " ".join(me.cmdline())
+        if "gunicorn: worker" in title:
+            return False
+        if "gunicorn: master" in title:
+            return True
+        parent = me.parent()
+        return parent is None or parent.cmdline() != me.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _log_start(worker: Worker, how: str) -> None:
+    cfg = worker.settings
+    store = worker.store.status() if worker.store is not None else None
+    log.info("fh_prefork: worker %d started by %s: store %s (%s), edge %s, mode %s", worker.pid,
+             how, cfg.store, f"{store['features']} feature(s)" if store else worker.store_error,
+             cfg.edge, cfg.edge_mode)
 
 
 def _reset_if_forked() -> None:

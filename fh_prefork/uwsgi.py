@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import runtime
+from . import runtime, serverlog
 from .settings import SettingsError
 
 log = logging.getLogger("fh_prefork")
@@ -83,7 +83,7 @@ def option_problems() -> list[tuple[int, str]]:
 
 def _start() -> None:
     try:
-        runtime.start_worker()
+        runtime.start_worker(hooked="uWSGI post-fork hook")
     except Exception:  # a worker must come up even when FeatureHub cannot
         log.exception("fh_prefork: could not start in uWSGI worker %d", os.getpid())
 
@@ -106,9 +106,10 @@ def install() -> bool:
     if _uwsgi is None or _installed:
         return False
     _installed = True
+    routed = serverlog.route_to_stderr()
     for level, line in option_problems():
         log.log(level, "%s", line)
-        if level >= logging.WARNING:
+        if level >= logging.WARNING and not routed:  # the application's logging may drop it
             print(line, file=sys.stderr, flush=True)
     _chain("atexit", lambda: runtime.stop_worker())
     if _uwsgi.worker_id() > 0:  # lazy-apps, or imported late: the fork is behind us

@@ -123,6 +123,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._dirty = False                 # something arrived that the store may lack
         self._dirty_ids: set[str] = set()   # ids Edge changed since the last write
         self._blocked = False               # the state cannot be written until it changes
+        self._too_large_fingerprint: str | None = None   # the state that did not fit
         self._in_flight = False
         self._closed = False
         self._refresh_requested = False
@@ -430,10 +431,13 @@ class SessionStore(RawUpdateFeatureListener):
                 self._mark_dirty(())
                 self._read_only(snapshot, decoded, plan)
                 return _DONE
+            fingerprint = fs.fingerprint(plan.live.values())
+            if fingerprint == self._too_large_fingerprint:
+                return _BLOCKED     # the same state did not fit last time: wait for a change
             payload = fs.encode(plan.live.values())
             if len(payload) > self.options.max_item_bytes:
+                self._too_large_fingerprint = fingerprint
                 return self._too_large(len(payload), snapshot)
-            fingerprint = fs.fingerprint(plan.live.values())
             tombs = (ts.encode(plan.tombstones.values())
                      if plan.tombstones_changed or bad_tombs else None)
             faults.hit("before_write")
@@ -504,6 +508,7 @@ class SessionStore(RawUpdateFeatureListener):
     def _written(self, snapshot: Snapshot, plan: Plan, token: str, fingerprint: str,
                  dirty_ids: set[str]) -> None:
         self.counters.writes += 1
+        self._too_large_fingerprint = None
         self._last_write = time.time()
         self._change_token = token
         self._fingerprint = fingerprint

@@ -1,0 +1,71 @@
+"""fh_prefork's lines in the server's own log, and no silent misconfiguration."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import psutil
+
+from fh_prefork.bench.cluster import Cluster
+from fh_prefork.edge_simulator import EdgeSimulator
+from tests.support.procs import wait_for
+from tests.support.servers import versions
+
+StartCluster = Callable[..., Cluster]
+
+
+def started_lines(cluster: Cluster) -> dict[int, str]:
+    """Worker pid -> its start line, as the server's log shows it."""
+    found = {}
+    for line in cluster.log_text().splitlines():
+        m = re.search(r"fh_prefork: worker (\d+) started by ", line)
+        if m:
+            found[int(m.group(1))] = line
+    return found
+
+
+def test_gunicorn_shows_each_worker_start_in_its_error_log_with_pid_and_level(
+        start_cluster: StartCluster) -> None:
+    cluster = start_cluster("gunicorn", 4)
+    pids = set(cluster.worker_pids())
+    wait_for(lambda: pids <= set(started_lines(cluster)), 10, what="a start line per worker")
+    for pid, line in started_lines(cluster).items():
+        # gunicorn's own format: [time] [pid] [LEVEL] message
+        assert re.match(rf"\[[^\]]+\] \[{pid}\] \[INFO\] fh_prefork: worker {pid} started by "
+                        r"gunicorn post_fork: store memcache://", line), line
+        assert "edge sse, mode every" in line
+
+
+def test_gunicorn_log_level_is_obeyed(start_cluster: StartCluster) -> None:
+    cluster = start_cluster("gunicorn", 2, args=("--log-level", "warning"))
+    assert set(versions(cluster).values()) == {1}
+    assert started_lines(cluster) == {}, "INFO lines must not pass gunicorn's warning level"
+
+
+def test_uwsgi_log_carries_fh_prefork_lines_with_pid_and_level(
+        start_cluster: StartCluster) -> None:
+    cluster = start_cluster("uwsgi", 2)
+    pids = set(cluster.worker_pids())
+    wait_for(lambda: pids <= set(started_lines(cluster)), 10, what="a start line per worker")
+    for pid, line in started_lines(cluster).items():
+        assert re.search(rf"\[{pid}\] \[INFO\] fh_prefork: worker {pid} started by uWSGI", line)
+
+
+def test_forgotten_hooks_leave_the_master_dormant_and_say_what_to_add(
+        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    cluster = start_cluster("gunicorn", 3, args=("-c", "python:tests.servers.nohooks_conf",
+                                                 "--preload"),
+                            env={"PROBE_CONFIG_AT_IMPORT": "1"})
+    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags in every worker")
+    master = psutil.Process(cluster.master_pid)
+    assert master.num_threads() == 1, "a prefork master must hold no thread"
+    remote_ports = {c.raddr.port for c in master.net_connections(kind="tcp") if c.raddr}
+    assert edge.port not in remote_ports, "the master holds an Edge connection"
+    assert not remote_ports, f"the master holds connections to {remote_ports}"
+    text = cluster.log_text()
+    hints = [line for line in text.splitlines() if "no gunicorn hook started fh_prefork" in line]
+    assert len(hints) == 3, hints
+    assert all("from fh_prefork.gunicorn import on_starting, post_fork, worker_exit" in line
+               for line in hints)
+    assert "[WARNING]" in hints[0] or "WARNING" in hints[0]
