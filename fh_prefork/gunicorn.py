@@ -9,9 +9,10 @@
 Each hook has gunicorn's exact signature and only calls :mod:`fh_prefork.runtime`.
 If you already define one of these hooks, call ours from yours.
 
-* ``on_starting(server)``: in the master, before any worker: validate the
-  settings and the store location, and refuse to start with one line naming
-  the variable; mark the process as the master (it never connects to Edge).
+* ``on_starting(server)``: in the master, before any worker: route
+  fh_prefork's log records to gunicorn's error log (see :mod:`fh_prefork.serverlog`),
+  validate the settings and the store location, and refuse to start with one
+  line naming the variable; mark the process as the master (it never connects to Edge).
 * ``on_reload(server)``: on SIGHUP, validate again so a bad edit is reported
   by the master, once, rather than by every new worker.
 * ``post_fork(server, worker)``: in each new worker: its own config, store,
@@ -35,13 +36,14 @@ import os
 import sys
 from typing import Any
 
-from . import green, runtime
+from . import green, runtime, serverlog
 from .settings import SettingsError
 
 __all__ = ["on_reload", "on_starting", "post_fork", "worker_exit"]
 
 
 def on_starting(server: Any) -> None:
+    serverlog.route_to_gunicorn(server)
     runtime.mark_master()
     try:
         runtime.check()
@@ -50,6 +52,7 @@ def on_starting(server: Any) -> None:
 
 
 def on_reload(server: Any) -> None:
+    serverlog.route_to_gunicorn(server)
     try:
         runtime.check()
     except SettingsError as err:
@@ -59,7 +62,8 @@ def on_reload(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     if green.defer_until_patched(worker, lambda: post_fork(server, worker)):
         return  # runs again from the green worker's init_process, once it has patched
-    runtime.start_worker()
+    serverlog.route_to_gunicorn(server)   # also when on_starting is the user's own
+    runtime.start_worker(hooked="gunicorn post_fork")
 
 
 def worker_exit(server: Any, worker: Any) -> None:
