@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import urllib3
 import urllib3.connection
@@ -134,12 +135,14 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._name = name
         self._client_evaluated = "*" in self._api_keys[0]
+        # a key is checked in the master (apikey.check_shape); encoded anyway, so a key given
+        # here directly can never become another path or query
         self._sse_path = urllib3.util.parse_url(
-            f"{self._edge_url}features/{self._api_keys[0]}"
+            f"{self._edge_url}features/{quote(self._api_keys[0], safe='/*')}"
         ).request_uri
         poll_url = (
             f"{self._edge_url}features?"
-            + "&".join("apiKey=" + key for key in self._api_keys)
+            + "&".join("apiKey=" + quote(key, safe="/*") for key in self._api_keys)
             + "&contextSha=0"
         )
         self._poll_path = urllib3.util.parse_url(poll_url).request_uri

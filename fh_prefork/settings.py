@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from .apikey import environment_id, redact, require_client_evaluated
+from .apikey import check_shape, environment_id, redact, require_client_evaluated
 from .store.file import default_directory, parse_file_url
 from .store.memcache import parse_servers
 from .store.options import validate_key
@@ -36,8 +36,8 @@ def _edge_url(text: str) -> str:
 
 
 def _api_key(text: str) -> str:
+    check_shape(text)
     require_client_evaluated(text)
-    environment_id(text)
     return text
 
 
