@@ -73,6 +73,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._notify_lock = threading.RLock()
         self._tombstones: ts.Tombstones = {}
         self._junk_log = RateLimitedLog(log)
+        #: feature states applied and deletions made, by source (for metrics and status)
+        self.applied: dict[str, int] = {}
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -164,7 +166,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if identity_problem(held) is None and not (held_tomb and held_tomb.covers(held)):
                 # Edge says the key is another feature now: the one we held was deleted
                 self._bury(held)
-            return item
+            return dict(item)
         if not self._guarded(super().notify, "feature", item):
             return None
         after = self.features.get(item["key"])
@@ -223,6 +225,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             return False
 
     def _tell(self, status: str, data: Any, source: str) -> None:
+        self.applied[source] = self.applied.get(source, 0) + (
+            len(data) if status == "features" else 1)
         for listener in list(self._listeners):
             try:
                 if status == "features":

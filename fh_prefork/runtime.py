@@ -25,6 +25,7 @@ contents, read once, and nothing that could leak into the workers.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -104,6 +105,12 @@ class Worker:
         elif isinstance(self.edge_service, SupervisedEdge):
             self.edge = self.edge_service
             self.edge.start()
+        self.metrics = False
+        if role != "master" and self.store is not None and _prometheus_installed():
+            from . import prometheus  # only with the prometheus extra installed
+
+            self.store.add_task(prometheus.Exporter(self.status).step, name="metrics")
+            self.metrics = True
 
     def _elect(self, switch: EdgeSwitch) -> None:
         """Leader mode: run the lease as a store task; the role switches the Edge connection."""
@@ -149,6 +156,10 @@ class Worker:
         if self.store is not None:
             self.store.close(flush_timeout=timeout / 2)
         self.repository.close()
+        if self.metrics:
+            from . import prometheus
+
+            prometheus.mark_dead(self.pid)
 
     def status(self) -> dict[str, Any]:
         proc = psutil.Process(self.pid)
@@ -178,10 +189,19 @@ class Worker:
             "last_refresh": store["last_refresh"] if store else None,
             "counters": store["counters"] if store else {},
             "features": self.repository.known_features(),
+            "applied": dict(self.repository.applied),
             "memory_rss": proc.memory_info().rss,
             "threads": threading.active_count(),
             "settings": self.settings.public(),
         }
+
+
+def _prometheus_installed() -> bool:
+    """True when prometheus_client can be imported; nothing is imported to find out."""
+    try:
+        return importlib.util.find_spec("prometheus_client") is not None
+    except (ImportError, ValueError):   # hidden by sys.modules[...] = None, or broken
+        return False
 
 
 def configure(**overrides: Any) -> Settings:

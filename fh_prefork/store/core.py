@@ -72,6 +72,7 @@ class StoreCounters:
     settles: int = 0           # fingerprint keys rewritten because they matched no formula
     errors: int = 0            # backend failures
     junk: int = 0              # reads that found unusable values or entries in the store
+    junk_entries: int = 0      # unusable entries (or whole values) those reads skipped
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -554,6 +555,7 @@ class SessionStore(RawUpdateFeatureListener):
         decoded = fs.decode(snapshot.value, max(self.options.max_item_bytes, fs.MAX_READ_BYTES))
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
+            self.counters.junk_entries += len(decoded.problems) or 1
             what = decoded.problem or "; ".join(decoded.problems[:3])
             more = len(decoded.problems) - 3
             if more > 0:

@@ -64,3 +64,4 @@ def test_nothing_is_installed_when_the_app_configured_fh_prefork_first(
     logging.getLogger("fh_prefork").setLevel(logging.ERROR)
     assert not serverlog.route_to(logging.getLogger("test.server.error3"), logging.INFO)
     assert logging.getLogger("fh_prefork").handlers == []
+
