@@ -90,12 +90,12 @@ def _describe_lease(lease: Any, now: float) -> dict[str, Any] | None:
 
 
 def _read_memcache(url: str, key: str, timeout: float) -> dict[str, Any]:
-    from .store.memcache import make_client, parse_servers
+    from .store.memcache import make_client, parse_url
     from .store.options import MemcacheSessionStoreOptions
 
-    servers = parse_servers(url)
+    servers, tls = parse_url(url)
     options = MemcacheSessionStoreOptions(connect_timeout=timeout, timeout=timeout)
-    client = make_client(servers, options)  # no serde: bytes only, never unpickled
+    client = make_client(servers, options, tls)  # no serde: bytes only, never unpickled
     try:
         found = client.get_many([key, f"{key}_sha", f"{key}_leader"])
     finally:

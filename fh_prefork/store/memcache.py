@@ -10,6 +10,11 @@ Key layout, shared with the FeatureHub Ruby and JavaScript stores:
   ``{"holder", "host", "pid", "expires_at"}``, created with ``add`` and an
   expiry, renewed by its holder with ``gets`` + ``cas``, deleted only by it
 
+TLS (memcached ``-Z``): ``memcache://host:port?ca=/ca.pem[&cert=/c.pem&key=/c.key]``, or
+``?tls=1`` for the system's CAs. The server's certificate is always verified and
+its name checked against the host in the URL (``check_hostname=false`` turns
+only the name check off, for a certificate that names no such host).
+
 Values are written as raw UTF-8 JSON bytes with memcached flags 0. The client
 is built without a serde, so nothing read from memcached is ever deserialized
 by pymemcache: bytes in, ``json.loads`` (after a bounded inflate for Dalli's
@@ -19,9 +24,13 @@ zlib values, recognised by their header) in our own code, nothing else.
 from __future__ import annotations
 
 import math
+import os
+import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 from pymemcache.client.base import Client
@@ -40,9 +49,84 @@ SCHEME = "memcache://"
 Server = tuple[str, int]
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS to memcached: CA file (None: the system's), optional client certificate and key."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    check_hostname: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the server; ``ValueError`` naming a bad file."""
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"memcache TLS {name} file {path!r} does not exist")
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.cert is not None:
+                context.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as err:
+            raise ValueError(f"memcache TLS files unusable: {err}") from None
+        context.check_hostname = self.check_hostname  # verification itself stays required
+        return context
+
+
+_TLS_PARAMS = ("tls", "ca", "cert", "key", "check_hostname")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_url(connection: str) -> tuple[list[Server], TlsSettings | None]:
+    """Servers and TLS settings of ``memcache://host:port[,host:port][?ca=...&cert=...]``."""
+    text, _, query = connection.strip().partition("?")
+    return parse_servers(text), _parse_tls(connection, query)
+
+
+def _parse_tls(connection: str, query: str) -> TlsSettings | None:
+    if not query:
+        return None
+    params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(params) - set(_TLS_PARAMS))
+    if unknown or any(len(v) != 1 for v in params.values()):
+        raise ValueError(f"memcache address {connection!r}: unknown or repeated parameter(s) "
+                         f"{', '.join(unknown) or 'repeated'}; known: {', '.join(_TLS_PARAMS)}")
+    one = {k: unquote(v[0]) for k, v in params.items()}
+
+    def flag(name: str, default: bool) -> bool:
+        value = one.get(name, "").lower()
+        if not value:
+            return default
+        if value not in _TRUE + _FALSE:
+            raise ValueError(f"memcache address {connection!r}: {name}={value!r}, "
+                             "expected true or false")
+        return value in _TRUE
+
+    wants_files = any(one.get(name) for name in ("ca", "cert", "key"))
+    if not flag("tls", wants_files):
+        if wants_files or "check_hostname" in one:
+            raise ValueError(f"memcache address {connection!r}: TLS parameters with tls=false")
+        return None
+    if one.get("key") and not one.get("cert"):
+        raise ValueError(f"memcache address {connection!r}: key= needs cert=")
+    for name in ("ca", "cert", "key"):
+        if one.get(name) and not one[name].startswith("/"):
+            raise ValueError(f"memcache address {connection!r}: {name}= must be an absolute path")
+    tls = TlsSettings(one.get("ca") or None, one.get("cert") or None, one.get("key") or None,
+                      flag("check_hostname", True))
+    tls.context()  # refuse missing or unusable files now, in the master
+    return tls
+
+
 def parse_servers(connection: str) -> list[Server]:
-    """``host:port[,host:port]``, optionally after ``memcache://``; the port defaults to 11211."""
-    text = connection.strip()
+    """``host:port[,host:port]``, optionally after ``memcache://``; the port defaults to 11211.
+
+    TLS parameters after ``?`` are checked and left to :func:`parse_url`.
+    """
+    text, _, query = connection.strip().partition("?")
+    if query:
+        _parse_tls(connection, query)
     if text.startswith(SCHEME):
         text = text[len(SCHEME):]
     elif "://" in text:
@@ -71,10 +155,13 @@ def parse_servers(connection: str) -> list[Server]:
     return servers
 
 
-def make_client(servers: list[Server], options: MemcacheSessionStoreOptions) -> Any:
-    """A pymemcache client with bounded timeouts and no serde (bytes only)."""
-    common = dict(connect_timeout=options.connect_timeout, timeout=options.timeout,
-                  no_delay=True, default_noreply=False)
+def make_client(servers: list[Server], options: MemcacheSessionStoreOptions,
+                tls: TlsSettings | None = None) -> Any:
+    """A pymemcache client with bounded timeouts and no serde (bytes only); TLS if given."""
+    common: dict[str, Any] = dict(connect_timeout=options.connect_timeout,
+                                  timeout=options.timeout, no_delay=True, default_noreply=False)
+    if tls is not None:
+        common["tls_context"] = tls.context()
     if len(servers) == 1:
         return Client(servers[0], **common)
     return HashClient(servers, retry_attempts=1, retry_timeout=0, dead_timeout=5,
@@ -251,9 +338,11 @@ class MemcacheSessionStore(SessionStore):
         require_client_evaluated(api_key)
         data_key = f"{options.prefix}_{environment_id(api_key)}"
         if isinstance(connection_or_client, str):
-            servers = parse_servers(connection_or_client)
+            servers, tls = parse_url(connection_or_client)
             description = SCHEME + ",".join(f"{h}:{p}" for h, p in servers)
-            client = make_client(servers, options)
+            if tls is not None:
+                description += " (TLS)"
+            client = make_client(servers, options, tls)
         else:
             check_client(connection_or_client)
             client = connection_or_client
