@@ -17,6 +17,8 @@ from .store import (
     FileSessionStoreOptions,
     MemcacheSessionStore,
     MemcacheSessionStoreOptions,
+    RedisSessionStore,
+    RedisSessionStoreOptions,
     SessionStore,
     SessionStoreOptions,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "MemcacheSessionStore",
     "MemcacheSessionStoreOptions",
     "RawUpdateFeatureListener",
+    "RedisSessionStore",
+    "RedisSessionStoreOptions",
     "SessionStore",
     "SessionStoreOptions",
     "Settings",

@@ -93,7 +93,7 @@ class Worker:
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
-                      settings.store, err)
+                      settings.store_display, err)
         self.edge: SupervisedEdge | None = None
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
@@ -117,7 +117,8 @@ class Worker:
         backend = self.store.backend if self.store is not None else None
         if self.store is None or not supports_lease(backend):
             log.warning("fh_prefork: leader mode needs a shared store (%s); worker %d connects "
-                        "to Edge itself", self.store_error or f"store {self.settings.store}",
+                        "to Edge itself",
+                        self.store_error or f"store {self.settings.store_display}",
                         self.pid)
             switch.start()
             return
@@ -178,7 +179,7 @@ class Worker:
             "master_pid": parent.pid if parent is not None and self.role == "worker" else None,
             "started_at": self.started_at,
             "forked_from": _forked_from,
-            "store_url": self.settings.store,
+            "store_url": self.settings.store_display,
             "store": store,
             "store_error": self.store_error,
             "edge_transport": self.settings.edge,

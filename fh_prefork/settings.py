@@ -22,6 +22,7 @@ from .apikey import check_shape, environment_id, redact, require_client_evaluate
 from .store.file import default_directory, parse_file_url
 from .store.memcache import parse_servers
 from .store.options import validate_key
+from .store.redis import describe_url, is_redis_url
 
 
 class SettingsError(ValueError):
@@ -49,12 +50,16 @@ def _store(text: str) -> str:
     if text.startswith("memcache://"):
         parse_servers(text)
         return text
+    if is_redis_url(text):
+        describe_url(text)  # redis-py's own parse: a URL it refuses is refused here
+        return text
     if text.startswith("file://"):
         parse_file_url(text)
         return text
     scheme = text.split("://", 1)[0] if "://" in text else text
-    raise ValueError(f"unknown store {scheme!r} in {text!r}: expected "
-                     "memcache://host:port[,host:port], file:///path or none")
+    raise ValueError(f"unknown store {scheme!r}: expected memcache://host:port[,host:port], "
+                     "redis://[:password@]host:port[/db], rediss://..., "
+                     "redis+cluster://host:port, file:///path or none")
 
 
 def _prefix(text: str) -> str:
@@ -143,8 +148,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key", "FEATUREHUB_API_KEY", _api_key, None,
             "client-evaluated API key (contains '*'); server-evaluated keys are refused"),
     Setting("store", "FH_PREFORK_STORE", _store, "default",
-            "memcache://host:port[,host:port], file:///folder, or none; default: the embedded "
-            "file store in a per-user runtime folder"),
+            "memcache://host:port[,host:port], redis:// or rediss:// (as redis-py reads them), "
+            "redis+cluster://host:port (Redis Cluster), file:///folder, or none; default: the "
+            "embedded file store in a per-user runtime folder"),
     Setting("prefix", "FH_PREFORK_PREFIX", _prefix, "featurehub",
             "key prefix in the store (keys are {prefix}_{environment_id})"),
     Setting("refresh_seconds", "FH_PREFORK_REFRESH_SECONDS", _seconds_or_auto, "auto",
@@ -203,10 +209,16 @@ class Settings:
             opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
         return opts
 
+    @property
+    def store_display(self) -> str:
+        """The store URL safe to log and show: a Redis password is never in it."""
+        return describe_url(self.store) if is_redis_url(self.store) else self.store
+
     def public(self) -> dict[str, Any]:
         """Settings safe to show: the API key's secret part is cut off."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["api_key"] = redact(self.api_key)
+        shown["store"] = self.store_display
         return shown
 
 

@@ -12,6 +12,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from fh_prefork.store import SessionStore, open_store
 from tests.support.memcached import Memcached
+from tests.support.redis import Redis, RedisCluster
 
 API_KEY = "portfolio/env-test/client*secret"
 _prefixes = itertools.count()
@@ -30,11 +31,31 @@ def own_memcached() -> Iterator[Memcached]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Redis]:
+    """A Redis this test may stop, restart or pause without disturbing the others."""
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three masters on free loopback ports (about 5 s to start: the nodes must agree)."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
 def make_config(api_key: str = API_KEY, edge_url: str = "http://127.0.0.1:9/") -> Any:
     return FeatureHubConfig(edge_url, [api_key])
 
 
-@pytest.fixture(params=["memcache", "file"])
+@pytest.fixture(params=["memcache", "file", "redis"])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -44,12 +65,15 @@ def store_url(backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path)
     if backend_kind == "memcache":
         server: Memcached = request.getfixturevalue("memcached")
         return server.url
+    if backend_kind == "redis":
+        redis_server: Redis = request.getfixturevalue("redis_server")
+        return redis_server.url
     return f"file://{tmp_path}/store"
 
 
 @pytest.fixture
 def prefix() -> str:
-    """A fresh key prefix per test, so tests sharing one memcached never see each other."""
+    """A fresh key prefix per test, so tests sharing one memcached or Redis never meet."""
     return f"t{next(_prefixes)}"
 
 

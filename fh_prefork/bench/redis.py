@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from .cluster import free_port, kill_tree, wait_until
 
@@ -123,7 +124,7 @@ class RedisCluster:
         try:
             for node in self.nodes:
                 node.start()
-            clients = [redis.Redis(port=n.port, socket_timeout=2) for n in self.nodes]
+            clients: list[Any] = [redis.Redis(port=n.port, socket_timeout=2) for n in self.nodes]
             step = 16384 // len(self.nodes)
             for i, client in enumerate(clients):
                 last = 16383 if i == len(clients) - 1 else (i + 1) * step - 1

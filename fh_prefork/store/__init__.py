@@ -9,13 +9,21 @@ from .backend import Snapshot, StoreBackend, StoreUnavailable
 from .core import SessionStore, StoreCounters
 from .file import FileSessionStore
 from .memcache import MemcacheSessionStore
-from .options import FileSessionStoreOptions, MemcacheSessionStoreOptions, SessionStoreOptions
+from .options import (
+    FileSessionStoreOptions,
+    MemcacheSessionStoreOptions,
+    RedisSessionStoreOptions,
+    SessionStoreOptions,
+)
+from .redis import RedisSessionStore, is_redis_url
 
 __all__ = [
     "FileSessionStore",
     "FileSessionStoreOptions",
     "MemcacheSessionStore",
     "MemcacheSessionStoreOptions",
+    "RedisSessionStore",
+    "RedisSessionStoreOptions",
     "SessionStore",
     "SessionStoreOptions",
     "Snapshot",
@@ -29,12 +37,16 @@ __all__ = [
 
 def open_store(url: str, config: FeatureHubConfig,
                opts: SessionStoreOptions | Mapping[str, Any] | None = None) -> SessionStore | None:
-    """The store a ``FH_PREFORK_STORE`` URL names: ``memcache://``, ``file://`` or ``none``."""
+    """The store a ``FH_PREFORK_STORE`` URL names: ``memcache://``, ``redis://``, ``rediss://``,
+    ``redis+cluster://``, ``file://`` or ``none``."""
     if url == "none":
         return None
     if url.startswith("memcache://"):
         return MemcacheSessionStore(url, config, MemcacheSessionStoreOptions.coerce(opts))
+    if is_redis_url(url):
+        return RedisSessionStore(url, config, RedisSessionStoreOptions.coerce(opts))
     if url.startswith("file://"):
         return FileSessionStore(url, config, FileSessionStoreOptions.coerce(opts))
-    raise ValueError(f"store URL {url!r}: expected memcache://host:port[,host:port], "
-                     "file:///path or none")
+    raise ValueError(f"store URL {url.split('://', 1)[0]!r}: expected "
+                     "memcache://host:port[,host:port], redis://..., rediss://..., "
+                     "redis+cluster://host:port, file:///path or none")

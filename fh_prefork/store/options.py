@@ -101,6 +101,21 @@ class MemcacheSessionStoreOptions(SessionStoreOptions):
 
 
 @dataclass(frozen=True)
+class RedisSessionStoreOptions(SessionStoreOptions):
+    """Redis and Valkey: redis-py's connect and socket timeouts bound every call."""
+
+    connect_timeout: float = 0.5       # s, per connection attempt
+    timeout: float = 0.5               # s, per command on an open connection
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("connect_timeout", "timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class FileSessionStoreOptions(SessionStoreOptions):
     """The embedded store needs nothing beyond the shared options."""
 

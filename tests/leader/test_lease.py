@@ -18,7 +18,9 @@ from fh_prefork.leader import FALLBACK, FOLLOWER, LEADER, EdgeSwitch, Election
 from fh_prefork.store.backend import Lease, StoreUnavailable
 from fh_prefork.store.file import FileBackend
 from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
-from fh_prefork.store.options import MemcacheSessionStoreOptions
+from fh_prefork.store.options import MemcacheSessionStoreOptions, RedisSessionStoreOptions
+from fh_prefork.store.redis import RedisBackend
+from fh_prefork.store.redis import make_client as make_redis_client
 from tests.conftest import make_config
 from tests.support.memcached import Memcached
 from tests.support.procs import kill_tree, wait_for
@@ -32,8 +34,8 @@ def lease(name: str, ttl: float = TTL) -> Lease:
 
 
 @pytest.fixture
-def backends(backend_kind: str, memcached: Memcached, prefix: str, tmp_path: Path
-             ) -> Iterator[Callable[[], Any]]:
+def backends(backend_kind: str, memcached: Memcached, prefix: str, tmp_path: Path,
+             request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
     """Independent backends (separate connections / file descriptors) on one store."""
     built: list[Any] = []
 
@@ -42,6 +44,10 @@ def backends(backend_kind: str, memcached: Memcached, prefix: str, tmp_path: Pat
         if backend_kind == "memcache":
             client = make_client(parse_servers(memcached.url), MemcacheSessionStoreOptions())
             backend = MemcacheBackend(client, f"{prefix}_env", "test")
+        elif backend_kind == "redis":
+            url = request.getfixturevalue("redis_server").url
+            backend = RedisBackend(make_redis_client(url, RedisSessionStoreOptions()),
+                                   f"{prefix}_env", "test", cluster=False)
         else:
             backend = FileBackend(tmp_path / "store", f"{prefix}_env")
         built.append(backend)
@@ -81,7 +87,7 @@ def test_release_hands_over_at_once_and_only_the_holder_releases(
     assert not a.lease_renew(mine, TTL).held, "a released lease came back"
 
 
-@pytest.mark.parametrize("backend_kind", ["memcache"])  # the file lease is a lock held for
+@pytest.mark.parametrize("backend_kind", ["memcache", "redis"])  # the file lease is a lock held for
 def test_a_lease_nobody_renews_expires_within_its_ttl(  # its holder's life: see the kill test
         backend_kind: str, backends: Callable[[], Any]) -> None:
     a, b = backends(), backends()
@@ -101,7 +107,7 @@ def test_lost_lease_when_the_key_vanishes(backend_kind: str, backends: Callable[
                                           tmp_path: Path) -> None:
     a, b = backends(), backends()
     assert a.lease_acquire(lease("a"), TTL).held
-    if backend_kind == "memcache":
+    if backend_kind != "file":
         a._client.delete(f"{prefix}_env_leader")  # what a memcached restart looks like
     else:
         (tmp_path / "store" / f"{prefix}_env.leader").unlink()
@@ -141,7 +147,7 @@ def test_lease_record_is_the_documented_json(backend_kind: str, backends: Callab
     a = backends()
     before = time.time()
     assert a.lease_acquire(lease("a"), TTL).held
-    if backend_kind == "memcache":
+    if backend_kind != "file":
         raw = a._client.get(f"{prefix}_env_leader")
     else:
         path = tmp_path / "store" / f"{prefix}_env.leader"
@@ -259,7 +265,7 @@ def test_election_leader_that_lost_the_lease_steps_down(
     a, b = election(ba, ra), election(bb)
     a.step()
     assert a.role == LEADER
-    if backend_kind == "memcache":
+    if backend_kind != "file":
         ba._client.delete(f"{prefix}_env_leader")
     else:
         (tmp_path / "store" / f"{prefix}_env.leader").unlink()

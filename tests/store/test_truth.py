@@ -18,6 +18,7 @@ from fh_prefork import tombstones as ts
 from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import SessionStore
 from fh_prefork.store.memcache import MemcacheBackend
+from fh_prefork.store.redis import RedisBackend
 from tests.conftest import make_config
 from tests.support.procs import wait_for
 from tests.support.stores import peek
@@ -58,6 +59,9 @@ def empty_the_store(store: SessionStore) -> None:
     backend = peek(store)
     if isinstance(backend, MemcacheBackend):
         backend._client.delete_many([backend.data_key, backend.sha_key, backend.tombstones_key])
+    elif isinstance(backend, RedisBackend):
+        for key in (backend.data_key, backend.sha_key, backend.tombstones_key):
+            backend._client.delete(key)
     else:
         for path in (backend.path, backend.tombstones_path):
             path.unlink(missing_ok=True)
@@ -66,7 +70,7 @@ def empty_the_store(store: SessionStore) -> None:
 def force(store: SessionStore, raw: bytes, sha: bytes | None = None) -> None:
     """Put raw bytes under the data key, as a foreign writer or a stale node would."""
     backend = peek(store)
-    if isinstance(backend, MemcacheBackend):
+    if isinstance(backend, (MemcacheBackend, RedisBackend)):
         backend._client.set(backend.data_key, raw)
         if sha is not None:
             backend._client.set(backend.sha_key, sha)
@@ -190,7 +194,7 @@ def test_ruby_forms_are_read_and_an_array_order_fingerprint_is_left_alone(
     assert store.refresh(2.0) and store.refresh(2.0)
     assert len(held(cfg)) == 60
     assert store.counters.junk == 0 and store.counters.writes == 0
-    if isinstance(backend, MemcacheBackend):
+    if isinstance(backend, (MemcacheBackend, RedisBackend)):
         assert backend._client.get(backend.sha_key) == json.dumps(sha).encode(), \
             "a consistent Ruby fingerprint is never rewritten"
         assert backend._client.get(backend.data_key) == compressed

@@ -9,6 +9,7 @@ from pymemcache.client.base import Client
 from fh_prefork.store import SessionStore
 from fh_prefork.store.file import FileBackend
 from fh_prefork.store.memcache import MemcacheBackend
+from fh_prefork.store.redis import RedisBackend
 
 
 def peek(store: SessionStore) -> Any:
@@ -18,4 +19,9 @@ def peek(store: SessionStore) -> Any:
         return MemcacheBackend(Client(backend._client.server, connect_timeout=1, timeout=1,
                                       default_noreply=False),
                                backend.data_key, "peek")
+    if isinstance(backend, RedisBackend):
+        client = backend._connect()
+        return RedisBackend(client.__class__(connection_pool=client.connection_pool)
+                            if not backend.cluster else client,
+                            backend.data_key, "peek", backend.cluster)
     return FileBackend(backend.directory, backend.path.name.removesuffix(".json"))

@@ -1,0 +1,163 @@
+"""Redis-only behaviour: URL forms, key layout shared with the JavaScript store, secrets,
+the one-node atomic write, and an unreachable server. What every backend must do is in
+test_contract.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from fh_prefork import RedisSessionStore
+from fh_prefork import features as fs
+from fh_prefork import settings as s
+from fh_prefork.listener import ListeningRepository
+from fh_prefork.store import open_store
+from fh_prefork.store.redis import describe_url, split_url
+from tests.conftest import make_config
+from tests.support.procs import free_port
+from tests.support.redis import Redis, RedisCluster
+
+BASE = {"FEATUREHUB_EDGE_URL": "http://edge:8085", "FEATUREHUB_API_KEY": "p/env/c*s"}
+
+
+def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
+    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
+            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
+            "strategies": []}
+
+
+def repo(config: Any) -> ListeningRepository:
+    r = config.repository()
+    assert isinstance(r, ListeningRepository)
+    return r
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://h:1", "redis://h:1/0"),
+    ("redis://:secret@h:1/2", "redis://:***@h:1/2"),
+    ("redis://alice:secret@h:1", "redis://alice:***@h:1/0"),
+    ("rediss://alice:secret@h:6380/1?ssl_cert_reqs=none", "rediss://alice:***@h:6380/1"),
+    ("redis+cluster://:secret@h:7000", "redis+cluster://:***@h:7000"),
+    ("rediss+cluster://h:7000", "rediss+cluster://h:7000"),
+    ("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=3"),
+])
+def test_urls_are_read_by_redis_py_and_shown_without_the_password(url: str, shown: str) -> None:
+    assert describe_url(url) == shown
+    loaded = s.load({**BASE, "FH_PREFORK_STORE": url})
+    assert loaded.store == url, "the URL itself is kept: redis-py needs the password"
+    assert loaded.store_display == shown and "secret" not in json.dumps(loaded.public())
+    assert split_url(url)[1] == ("+cluster" in url)
+
+
+def test_key_layout_is_the_javascript_stores(redis_server: Redis, prefix: str) -> None:
+    config = make_config("p/env42/c*s")
+    store = RedisSessionStore(redis_server.url, config, {"prefix": prefix})
+    try:
+        repo(config).notify("features", [feat("B", 2), feat("A", 1)])
+        assert store.flush(2)
+    finally:
+        store.close()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert json.loads(client.get(f"{prefix}_env42")) == [feat("A", 1), feat("B", 2)]
+        assert client.get(f"{prefix}_env42_sha") == fs.fingerprint(
+            [feat("A", 1), feat("B", 2)]).encode()
+        assert client.type(f"{prefix}_env42") == b"string"
+        assert client.get(f"{prefix}_env42_deleted") is None, "no deletion, no tombstones key"
+    finally:
+        client.close()
+
+
+def test_password_never_reaches_logs_or_status(caplog: pytest.LogCaptureFixture,
+                                               prefix: str) -> None:
+    with Redis(password="s3cret-pw") as server:
+        config = make_config()
+        with caplog.at_level(logging.DEBUG):
+            store = open_store(server.url, config, {"prefix": prefix})
+            assert store is not None
+            try:
+                repo(config).notify("features", [feat("A", 1)])
+                assert store.flush(2)
+                status = json.dumps(store.status())
+            finally:
+                store.close()
+        assert "s3cret-pw" not in status and "s3cret-pw" not in caplog.text
+        assert ":***@" in status
+        # a wrong password: refused, and still not logged
+        bad = server.url.replace("s3cret-pw", "wrong-pw")
+        with caplog.at_level(logging.DEBUG):
+            store = open_store(bad, make_config(), {"prefix": prefix})
+            assert store is not None
+            status = json.dumps(store.status())
+            store.close(flush_timeout=0)
+        assert "wrong-pw" not in status and "wrong-pw" not in caplog.text
+
+
+def test_one_node_write_is_one_atomic_step_the_javascript_watch_sees(
+        redis_server: Redis, prefix: str) -> None:
+    """A JavaScript writer WATCHes _sha: our write must touch it, or its MULTI overwrites us."""
+    config = make_config()
+    store = RedisSessionStore(redis_server.url, config, {"prefix": prefix})
+    js = redis.Redis.from_url(redis_server.url)
+    try:
+        repo(config).notify("features", [feat("A", 1)])
+        assert store.flush(2)
+        key = f"{prefix}_env-test"
+        pipe = js.pipeline()
+        pipe.watch(f"{key}_sha")
+        sha_seen = pipe.get(f"{key}_sha")
+        repo(config).notify("feature", feat("A", 2))   # our write lands between
+        assert store.flush(2)
+        pipe.multi()
+        pipe.set(f"{key}_sha", b"js")
+        pipe.set(key, b"[]")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+        assert sha_seen != js.get(f"{key}_sha")
+        assert [f["version"] for f in json.loads(js.get(key))] == [2]
+    finally:
+        store.close()
+        js.close()
+
+
+def test_cluster_store_writes_and_reads_across_slots(redis_cluster: RedisCluster,
+                                                     prefix: str) -> None:
+    a_cfg, b_cfg = make_config(), make_config()
+    a = open_store(redis_cluster.url, a_cfg, {"prefix": prefix, "refresh_timeout": 60})
+    b = open_store(redis_cluster.url, b_cfg, {"prefix": prefix, "refresh_timeout": 60})
+    assert a is not None and b is not None
+    try:
+        repo(a_cfg).notify("features", [feat("A", 1), feat("B", 1)])
+        assert a.flush(2)
+        assert b.refresh(2)
+        assert repo(b_cfg).feature("B").get_version == 1
+        assert a.status()["backend"].startswith("redis+cluster://127.0.0.1:")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_unreachable_redis_constructor_returns_fast_and_keeps_updates(prefix: str) -> None:
+    port = free_port()
+    config = make_config()
+    started = time.monotonic()
+    store = open_store(f"redis://127.0.0.1:{port}", config,
+                       {"prefix": prefix, "refresh_timeout": 0.2, "timeout": 0.3,
+                        "connect_timeout": 0.3})
+    assert store is not None
+    try:
+        assert time.monotonic() - started < 3
+        repo(config).notify("features", [feat("A", 1)])
+        assert not store.flush(0.5)
+        assert store.status()["pending"], "kept for later, never dropped"
+        with Redis(port=port) as server:
+            assert store.flush(5)
+            assert json.loads(redis.Redis.from_url(server.url).get(f"{prefix}_env-test"))[0][
+                "key"] == "A"
+    finally:
+        store.close(flush_timeout=0)
