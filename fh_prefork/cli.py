@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from . import features as fs
 from .settings import SETTINGS, Setting
 
@@ -273,7 +275,90 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def inspect_server(master_pid: int, timeout: float = 1.0) -> dict[str, Any]:
+    """Every live worker of a gunicorn or uWSGI master, and whether each agrees with its store."""
+    from . import workers
+
+    try:
+        master = psutil.Process(master_pid)
+        title = " ".join(master.cmdline())
+    except psutil.Error as err:
+        return {"master_pid": master_pid, "workers": [], "healthy": False,
+                "problems": [f"no such process: {err}"], "exit_code": EXIT_UNREACHABLE}
+    records = workers.read_server(master_pid)
+    report: dict[str, Any] = {"master_pid": master_pid, "command": title, "workers": records,
+                              "stores": {}, "problems": []}
+    now = time.time()
+    for record in records:
+        if record.get("missing"):
+            report["problems"].append(f"worker {record['pid']} has published no status "
+                                      "(fh_prefork not started there, or just starting)")
+            continue
+        store_key = (str(record.get("store")), str(record.get("environment_id")),
+                     str(record.get("prefix") or "featurehub"))
+        if store_key not in report["stores"]:
+            report["stores"][store_key] = _store_fingerprint(*store_key, timeout=timeout)
+        stored = report["stores"].get(store_key)
+        record["agrees"] = stored is not None and stored == record.get("fingerprint")
+        record["age"] = (None if record.get("last_refresh") is None
+                         else round(now - float(record["last_refresh"]), 3))
+        if not record["agrees"]:
+            report["problems"].append(f"worker {record['pid']} holds fingerprint "
+                                      f"{str(record.get('fingerprint'))[:12]}, the store "
+                                      f"{str(stored)[:12]}")
+    if not records:
+        report["problems"].append(f"process {master_pid} has no live workers")
+    report["stores"] = {f"{k[0]} {k[2]}_{k[1]}": v for k, v in report["stores"].items()}
+    report["healthy"] = not report["problems"]
+    report["exit_code"] = EXIT_OK if report["healthy"] else (
+        EXIT_UNREACHABLE if not records else EXIT_UNHEALTHY)
+    return report
+
+
+def _store_fingerprint(store: str, environment: str, prefix: str,
+                       timeout: float) -> str | None:
+    """The fingerprint of what the store holds (sorted formula), or None when unreadable."""
+    if store.startswith("memcache://") or store.startswith("file://"):
+        try:
+            key = f"{prefix}_{environment}"
+            raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
+                   else _read_file(store, key))
+        except Exception:
+            return None
+        if raw["value"] is None:
+            return None
+        decoded = fs.decode(raw["value"], fs.MAX_READ_BYTES)
+        return None if decoded.problem else fs.fingerprint(decoded.placed.values())
+    return None
+
+
+def format_server(report: dict[str, Any]) -> str:
+    out = [f"server:  {report['master_pid']} {report.get('command', '')}".rstrip(),
+           f"workers: {len(report['workers'])}"]
+    rows = [("PID", "ROLE", "EDGE", "REFRESHED", "FEATURES", "FINGERPRINT", "STORE")]
+    for r in report["workers"]:
+        age = r.get("age")
+        rows.append((str(r["pid"]), str(r.get("role")), str(r.get("edge_state") or "-"),
+                     "-" if age is None else f"{age:.1f} s ago", str(r.get("features", "-")),
+                     str(r.get("fingerprint") or "-")[:12],
+                     "agrees" if r.get("agrees") else "DIFFERS"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out.append("")
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
+    for problem in report["problems"]:
+        out.append(f"problem: {problem}")
+    return "\n".join(out) + "\n"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.server is not None:
+        server = inspect_server(args.server, timeout=args.timeout)
+        if args.json:
+            print(json.dumps(server, default=str, sort_keys=True))
+        else:
+            sys.stdout.write(format_server(server))
+        return int(server["exit_code"])
     try:
         store = _parse_setting("store", args.store or os.environ.get("FH_PREFORK_STORE",
                                                                      "default"))
@@ -345,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="client-evaluated API key; names the environment "
                         "(default: $FEATUREHUB_API_KEY)")
     p.add_argument("--prefix", help="key prefix (default: $FH_PREFORK_PREFIX, else featurehub)")
+    p.add_argument("--server", type=_positive(int), metavar="MASTER_PID",
+                   help="show every live worker of this gunicorn or uWSGI master instead: "
+                        "role, Edge state, last refresh, fingerprint, agreement with the store")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--timeout", type=_positive(float), default=1.0, metavar="SECONDS",
                    help="memcached connect/read timeout (default: 1)")

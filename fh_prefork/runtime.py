@@ -38,7 +38,7 @@ from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContex
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
-from . import serverlog
+from . import serverlog, workers
 from . import settings as settings_mod
 from .edge import SupervisedEdge, edge_provider
 from .leader import FALLBACK, FOLLOWER, EdgeSwitch, Election, supports_lease
@@ -93,7 +93,7 @@ class Worker:
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
-                      settings.store_display, err)
+                      settings.store, err)
         self.edge: SupervisedEdge | None = None
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
@@ -105,6 +105,12 @@ class Worker:
         elif isinstance(self.edge_service, SupervisedEdge):
             self.edge = self.edge_service
             self.edge.start()
+        self.publisher: workers.Publisher | None = None
+        if role != "master" and self.store is not None:
+            parent = psutil.Process(self.pid).parent()
+            if parent is not None:
+                self.publisher = workers.Publisher(self.status, parent.pid)
+                self.store.add_task(self.publisher.step, name="status record")
         self.metrics = False
         if role != "master" and self.store is not None and _prometheus_installed():
             from . import prometheus  # only with the prometheus extra installed
@@ -118,7 +124,7 @@ class Worker:
         if self.store is None or not supports_lease(backend):
             log.warning("fh_prefork: leader mode needs a shared store (%s); worker %d connects "
                         "to Edge itself",
-                        self.store_error or f"store {self.settings.store_display}",
+                        self.store_error or f"store {self.settings.store}",
                         self.pid)
             switch.start()
             return
@@ -157,6 +163,8 @@ class Worker:
         if self.store is not None:
             self.store.close(flush_timeout=timeout / 2)
         self.repository.close()
+        if self.publisher is not None:
+            self.publisher.remove()
         if self.metrics:
             from . import prometheus
 
@@ -179,7 +187,7 @@ class Worker:
             "master_pid": parent.pid if parent is not None and self.role == "worker" else None,
             "started_at": self.started_at,
             "forked_from": _forked_from,
-            "store_url": self.settings.store_display,
+            "store_url": self.settings.store,
             "store": store,
             "store_error": self.store_error,
             "edge_transport": self.settings.edge,

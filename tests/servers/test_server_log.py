@@ -69,3 +69,29 @@ def test_forgotten_hooks_leave_the_master_dormant_and_say_what_to_add(
     assert all("from fh_prefork.gunicorn import on_starting, post_fork, worker_exit" in line
                for line in hints)
     assert "[WARNING]" in hints[0] or "WARNING" in hints[0]
+
+
+def test_status_of_a_whole_server_lists_every_worker_and_agreement(
+        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster = start_cluster("gunicorn", 3)
+    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags everywhere")
+    cli = [str(Path(sys.executable).parent / "fh-prefork"), "status", "--server",
+           str(cluster.master_pid)]
+
+    def report() -> dict | None:
+        run = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30,
+                             env=cluster.env)
+        answer = json.loads(run.stdout)
+        return answer if run.returncode == 0 else None
+
+    answer = wait_for(report, 10, what="every worker published and agrees with the store")
+    assert {w["pid"] for w in answer["workers"]} == set(cluster.worker_pids())
+    assert all(w["agrees"] and w["edge_state"] == "connected" for w in answer["workers"])
+    text = subprocess.run(cli, capture_output=True, text=True, timeout=30, env=cluster.env)
+    assert text.returncode == 0 and text.stdout.count("agrees") == 3, text.stdout
+    print(text.stdout)

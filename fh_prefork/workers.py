@@ -1,0 +1,99 @@
+"""Each worker's status record on disk, so one command can see a whole server at once.
+
+A worker cannot be asked directly (it has no control socket, and an HTTP
+request reaches whichever worker accepts it), so every worker writes a small
+JSON record of its state once a second under
+``{runtime folder}/workers/{master pid}/{pid}.json`` (private: folder 0700,
+files 0600, replaced atomically) and removes it at exit. ``fh-prefork status
+--server PID`` reads the records of the master's live children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PERIOD = 1.0
+
+
+def records_folder(master_pid: int, base: Path | None = None) -> Path:
+    if base is None:
+        from .store.file import default_directory
+
+        base = default_directory()
+    return base / "workers" / str(master_pid)
+
+
+def _private_folder(folder: Path) -> bool:
+    """Create the folder (and its parents) private; False if it is not ours or not private."""
+    old = os.umask(0o077)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+    st = os.stat(folder, follow_symlinks=False)
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o077)
+
+
+class Publisher:
+    """Writes one worker's record; ``step`` runs on its store thread."""
+
+    def __init__(self, status: Any, master_pid: int, base: Path | None = None) -> None:
+        self._status = status     # () -> the worker's status() dict
+        self.folder = records_folder(master_pid, base)
+        self.path = self.folder / f"{os.getpid()}.json"
+        self._usable: bool | None = None
+
+    def step(self) -> float:
+        if self._usable is None:
+            try:
+                self._usable = _private_folder(self.folder)
+            except OSError:
+                self._usable = False
+        if not self._usable:
+            return 3600.0   # someone else's or an open folder: publish nothing there
+        s = self._status()
+        store = s.get("store") or {}
+        record = {"pid": s["pid"], "master_pid": s.get("master_pid"), "role": s["role"],
+                  "edge_state": s.get("edge_state"), "last_refresh": s.get("last_refresh"),
+                  "fingerprint": s.get("fingerprint"), "features": s.get("features"),
+                  "store": s.get("store_url"), "environment_id": store.get("environment_id"),
+                  "prefix": (s.get("settings") or {}).get("prefix"),
+                  "store_healthy": store.get("healthy"), "pending": store.get("pending"),
+                  "state_problem": store.get("state_problem"), "written_at": time.time()}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, default=str)
+        os.replace(tmp, self.path)
+        return PERIOD
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def read_server(master_pid: int, base: Path | None = None) -> list[dict[str, Any]]:
+    """The records of ``master_pid``'s live workers, by pid (a dead worker's record is skipped)."""
+    try:
+        live = {c.pid for c in psutil.Process(master_pid).children()
+                if c.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:
+        live = set()
+    out = []
+    for pid in sorted(live):
+        path = records_folder(master_pid, base) / f"{pid}.json"
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            out.append({"pid": pid, "role": "unknown", "missing": True})
+    return out
