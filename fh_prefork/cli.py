@@ -194,7 +194,7 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
     report["bytes"] = len(value)
     if raw["mtime"] is not None:
         report["age_seconds"] = round(max(0.0, now - raw["mtime"]), 3)
-    decoded = fs.decode(value, 64 * 1024 * 1024)
+    decoded = fs.decode(value, fs.MAX_READ_BYTES)
     if decoded.problem:
         report["problems"].append(f"data is junk: {decoded.problem}")
     if decoded.dropped:
@@ -205,12 +205,12 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
                            "type": f.get("type"), "value": f.get("value")} for f in feats]
     report["feature_count"] = len(feats)
     if decoded.problem is None:
-        report["fingerprint"] = fs.fingerprint(decoded.features)
+        report["fingerprint"] = fs.fingerprint(decoded.placed.values())
     if store.startswith("memcache://"):
         stored = fs.decode_fingerprint(raw["sha"])
         report["stored_fingerprint"] = stored
-        if decoded.problem is None:
-            report["fingerprint_ok"] = stored == report["fingerprint"]
+        if decoded.problem is None:  # sorted (ours, JS) or array order (Ruby): both agree
+            report["fingerprint_ok"] = stored in decoded.consistent_fingerprints()
             if not report["fingerprint_ok"]:
                 report["problems"].append(
                     f"fingerprint key {key}_sha holds {stored or 'nothing'}, the data's is "
