@@ -35,6 +35,7 @@ from fh_prefork.bench.cluster import Cluster
 from fh_prefork.edge_simulator import EdgeSimulator, make_feature
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
+from tests.support.redis import Redis
 from tests.support.servers import fh_log_lines
 from tests.support.state import State, decode_state, describe, edge_state, worker_states
 
@@ -45,6 +46,7 @@ from .whole_state import (
     hold_for,
     many_features,
     memcached_reader,
+    redis_reader,
     short,
     short_verify_env,
     verify_period,
@@ -102,12 +104,29 @@ def add_worker(cluster: Cluster) -> int:
 
 # -- a. an empty store, then one ordinary update ---------------------------------------------
 
-EMPTYING = ["flush_all", "restart", "evict_data_key", "file_deleted"]
+EMPTYING = ["flush_all", "restart", "evict_data_key", "file_deleted",
+            "redis_flushall", "redis_restart", "redis_evict_data_key"]
 
 
-def empty_the_store(how: str, server: Memcached | None, folder: Path, prefix: str) -> None:
+def empty_the_store(how: str, server: Memcached | Redis | None, folder: Path,
+                    prefix: str) -> None:
     if how == "file_deleted":
         (folder / f"{data_key(prefix)}.json").unlink()
+        return
+    if isinstance(server, Redis):  # FLUSHALL, a restart without persistence, an eviction
+        if how == "redis_restart":
+            server.restart()
+            return
+        import redis
+
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        try:
+            if how == "redis_flushall":
+                assert client.flushall()
+            else:
+                assert client.delete(data_key(prefix)) == 1
+        finally:
+            client.close()
         return
     assert server is not None
     if how == "flush_all":
@@ -134,10 +153,14 @@ def test_emptied_store_then_one_update_keeps_every_feature(
     edge.set_features(many_features(8))
     folder = tmp_path / "store"
     env = dict(FAST, **(LEADER if mode == "leader" else {}))
-    server: Memcached | None = None
+    server: Memcached | Redis | None = None
     if how == "file_deleted":
         env["FH_PREFORK_STORE"] = f"file://{folder}"
         store: StoreReader = file_reader(folder, prefix)
+    elif how.startswith("redis_"):
+        server = request.getfixturevalue("own_redis")
+        env["FH_PREFORK_STORE"] = server.url
+        store = redis_reader(server.url, prefix)
     else:
         server = request.getfixturevalue("own_memcached")
         env["FH_PREFORK_STORE"] = server.url
@@ -157,12 +180,19 @@ def test_emptied_store_then_one_update_keeps_every_feature(
 
 # -- b. a delete that waited while memcached was down ----------------------------------------
 
+@pytest.mark.parametrize("server_kind", ["memcache", "redis"])
 def test_delete_pending_while_memcached_was_down_deletes_only_that_feature(
-        start_cluster: StartCluster, edge: EdgeSimulator, own_memcached: Memcached,
-        prefix: str) -> None:
+        start_cluster: StartCluster, edge: EdgeSimulator, request: pytest.FixtureRequest,
+        prefix: str, server_kind: str) -> None:
     features = many_features(8)
     edge.set_features(features)
-    store = memcached_reader(own_memcached.address, prefix)
+    own_memcached: Memcached | Redis
+    if server_kind == "redis":
+        own_memcached = request.getfixturevalue("own_redis")
+        store = redis_reader(own_memcached.url, prefix)
+    else:
+        own_memcached = request.getfixturevalue("own_memcached")
+        store = memcached_reader(own_memcached.address, prefix)
     cluster = start_cluster("gunicorn", WORKERS, env={**FAST,
                                                       "FH_PREFORK_STORE": own_memcached.url})
     before = wait_converged(edge, cluster, store, 15, "initial state")

@@ -25,6 +25,7 @@ from tests.support.state import (
     edge_state,
     file_state,
     memcached_state,
+    redis_state,
     worker_states,
 )
 
@@ -52,6 +53,10 @@ def many_features(n: int = 8) -> list[dict[str, Any]]:
 def memcached_reader(address: str, prefix: str) -> StoreReader:
     """The store as a fresh client sees it (``address`` may list several servers)."""
     return lambda: memcached_state(address, data_key(prefix))
+
+
+def redis_reader(url: str, prefix: str) -> StoreReader:
+    return lambda: redis_state(url, data_key(prefix))
 
 
 def file_reader(folder: str | Path, prefix: str) -> StoreReader:

@@ -36,7 +36,7 @@ from typing import Any
 
 from fh_prefork.edge_simulator import make_feature
 
-BACKENDS = ("memcache", "file")
+BACKENDS = ("memcache", "file", "redis")
 KEYS = tuple(f"K{i}" for i in range(8))
 INITIAL_KEYS = 3
 MIN_WORKERS, MAX_WORKERS = 2, 5
@@ -55,8 +55,11 @@ WEIGHTS: dict[str, float] = {
 #: Controls that must converge on any store that is not broken outright.
 UPDATES_ONLY: dict[str, float] = {"update": 3, "sleep": 1}
 EDGE_ONLY: dict[str, float] = {"create": 1, "update": 3, "delete": 1, "sleep": 2}
+#: Redis is hurt as memcached is (the mc_* steps: FLUSHALL, restart empty, SIGSTOP/SIGCONT),
+#: so a seed gives Redis the schedule it gives memcached.
 BACKEND_KINDS = {"memcache": ("mc_flush", "mc_restart", "mc_stop", "mc_cont"),
-                 "file": ("file_delete",)}
+                 "file": ("file_delete",),
+                 "redis": ("mc_flush", "mc_restart", "mc_stop", "mc_cont")}
 #: Kinds the generator inserts itself (never drawn).
 IMPLIED_KINDS = ("mc_cont", "settle")
 ALL_KINDS = (*WEIGHTS, *IMPLIED_KINDS)
@@ -118,7 +121,7 @@ class Schedule:
 def generate(seed: int, backend: str, *, workers: int = 3,
              weights: Mapping[str, float] | None = None, length: int | None = None,
              one_stream: float = ONE_STREAM) -> Schedule:
-    """The schedule of ``seed`` for ``backend`` ("memcache" or "file")."""
+    """The schedule of ``seed`` for ``backend`` ("memcache", "file" or "redis")."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
     if not MIN_WORKERS <= workers <= MAX_WORKERS:
@@ -127,7 +130,7 @@ def generate(seed: int, backend: str, *, workers: int = 3,
     weights = dict(WEIGHTS if weights is None else weights)
     for other, kinds in BACKEND_KINDS.items():
         if other != backend:
-            for kind in kinds:
+            for kind in set(kinds) - set(BACKEND_KINDS[backend]):
                 weights.pop(kind, None)
     unknown = set(weights) - set(WEIGHTS)
     if unknown:

@@ -59,6 +59,34 @@ def memcached_state(address: str, data_key: str) -> State | None:
     return decode_state(raw)
 
 
+def redis_state(url: str, data_key: str) -> State | None:
+    """The features the Redis data key holds (None: absent or unreachable)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        raw = client.get(data_key)
+    except Exception:
+        return None
+    finally:
+        client.close()
+    return decode_state(raw)
+
+
+def redis_flush_all(url: str) -> str:
+    """FLUSHALL, as an operator or a failover to an empty replica would; '' when done."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.flushall()
+    except Exception as err:  # reported in the step log, the history goes on
+        return f" [flushall failed: {err!r}]"
+    finally:
+        client.close()
+    return ""
+
+
 def file_state(folder: str | Path, data_key: str) -> State | None:
     path = Path(folder) / f"{data_key}.json"
     try:
