@@ -126,6 +126,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._blocked = False               # the state cannot be written until it changes
         self._too_large_fingerprint: str | None = None   # the state that did not fit
         self._in_flight = False
+        self._closing = False
         self._closed = False
         self._refresh_requested = False
         self._stored_count = 0
@@ -177,10 +178,18 @@ class SessionStore(RawUpdateFeatureListener):
             self._cond.notify_all()
 
     def close(self, flush_timeout: float = 1.0) -> None:
-        """Flush what is pending (bounded by ``flush_timeout``), stop the thread. Idempotent."""
+        """Flush what is pending (bounded by ``flush_timeout``), stop the thread. Idempotent.
+
+        The store thread owns the backend's client and lock descriptors, so it
+        is the thread that runs the closing tasks and closes the backend, as
+        its last act: a thread that does not stop in time (a hung server past
+        its timeouts) never has its client closed under it. Only the first of
+        concurrent calls flushes.
+        """
         with self._cond:
-            if self._closed:
+            if self._closing:
                 return
+            self._closing = True
         if flush_timeout > 0:
             self.flush(flush_timeout)
         with self._cond:
@@ -189,14 +198,20 @@ class SessionStore(RawUpdateFeatureListener):
         self._repository.remove_raw_update_listener(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=max(flush_timeout, 0) + 2.0)
-        if not self._thread.is_alive():  # the store thread is gone: its I/O is ours now
-            for task in self._take_tasks():
-                if task.on_close is not None:
-                    try:
-                        task.on_close()
-                    except Exception:
-                        self._log.exception("fh_prefork: %s closing task %s failed", self.source,
-                                            task.name)
+            if self._thread.is_alive():
+                self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
+                                  "closes %s when its current call returns", self.source,
+                                  max(flush_timeout, 0) + 2.0, self._backend.description)
+
+    def _shut_down(self) -> None:
+        """The store thread's last act: closing tasks (lease release), then the backend."""
+        for task in self._take_tasks():
+            if task.on_close is not None:
+                try:
+                    task.on_close()
+                except Exception:
+                    self._log.exception("fh_prefork: %s closing task %s failed", self.source,
+                                        task.name)
         self._backend.close()
 
     # -- tasks: extra backend I/O on the store thread ------------------------------------------
@@ -212,8 +227,8 @@ class SessionStore(RawUpdateFeatureListener):
 
         Lets a feature do backend I/O (the leader lease) on the one thread that
         owns the backend's client, without a second connection or thread.
-        ``on_close`` runs once in ``close()`` after the store thread stopped
-        (and not at all if it failed to stop in time), before the backend closes.
+        ``on_close`` runs once on the store thread as it stops (after
+        ``close()``), before the backend closes.
         An exception in ``run`` is logged and retried after one refresh period.
         """
         with self._cond:
@@ -328,6 +343,7 @@ class SessionStore(RawUpdateFeatureListener):
                         break
                     self._cond.wait(max(0.0, due - now))
                 if self._closed:
+                    self._shut_down()
                     return
             try:
                 self._run_due_tasks()  # first: a leader that lost its lease stops before writing

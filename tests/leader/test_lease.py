@@ -320,22 +320,26 @@ def test_release_near_expiry_leaves_the_lease_to_expire(backends: Callable[[], A
 # -- the store task hook and the Edge switch ---------------------------------------------------
 
 
-def test_store_runs_tasks_on_its_thread_and_closing_hooks_after_it_stops(
+def test_store_runs_tasks_and_closing_hooks_on_its_own_thread_as_it_stops(
         make_store: Callable[..., Any]) -> None:
     store = make_store()
     threads: list[str] = []
-    closed: list[bool] = []
+    closed: list[tuple[str, bool]] = []
 
     def task() -> float:
         threads.append(threading.current_thread().name)
         return 0.05
 
-    store.add_task(task, on_close=lambda: closed.append(store._thread.is_alive()),
-                   name="probe")
+    store.add_task(task, on_close=lambda: closed.append(
+        (threading.current_thread().name, store._closed)), name="probe")
     wait_for(lambda: len(threads) >= 5, 10, what="5 task runs")
     assert set(threads) == {store._thread.name}
     store.close(flush_timeout=0.5)
-    assert closed == [False]
+    assert closed == [(store._thread.name, True)], "once, on the store thread, after close()"
+    assert not store._thread.is_alive()
+    runs = len(threads)
+    store.close(flush_timeout=0.5)
+    assert len(threads) == runs and len(closed) == 1
 
 
 def test_edge_switch_never_connects_on_poll_and_starts_one_edge_per_term() -> None:

@@ -232,3 +232,38 @@ def test_junk_never_deletes_flags_and_is_rewritten_from_memory(
     wait_for(lambda: stored(store) == {"id-A": 1, "id-B": 1}, 3, what="store rewritten")
     assert repo_of(config).feature("B").get_version == 1
     assert repo_of(config).feature("A").get_version == 1
+
+
+def test_close_never_closes_the_client_under_a_thread_stuck_in_a_call(
+        make_store: StoreFactory) -> None:
+    """A store thread blocked in a backend call keeps its client until the call returns."""
+    import threading as _threading
+
+    store = make_store()
+    entered, release = _threading.Event(), _threading.Event()
+    backend: Any = store._backend
+    real_read, real_close = backend.read, backend.close
+    closed_while_stuck: list[bool] = []
+
+    def stuck_read() -> Any:
+        entered.set()
+        release.wait(10)
+        return real_read()
+
+    def close() -> None:
+        closed_while_stuck.append(not release.is_set())
+        real_close()
+
+    backend.read, backend.close = stuck_read, close
+    assert store.refresh(0.01) is False       # the thread is now inside stuck_read
+    assert entered.wait(5)
+    closers = [_threading.Thread(target=store.close, kwargs={"flush_timeout": 0.1})
+               for _ in range(3)]
+    for t in closers:
+        t.start()
+    for t in closers:
+        t.join(10)
+    assert closed_while_stuck == [], "the backend was closed under the store thread"
+    release.set()
+    store._thread.join(5)
+    assert closed_while_stuck == [False], "closed once, by the store thread, after the call"
