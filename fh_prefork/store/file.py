@@ -20,15 +20,30 @@ when the leader dies, however it dies). The leader writes its lease record
 (the same JSON as on memcached, space-padded to a fixed size and written with
 one ``pwrite``, so a reader never sees a torn record) into it on every renewal.
 
-Nobody else on the host may inject flags: the folder must be ours and mode
-0700, the files ours and not writable by others, or the store refuses them.
+Nobody else on the host may inject flags: the folder must be ours and not
+writable by others, the files ours and not writable by others, or the store
+refuses them. The folder is opened once (``O_NOFOLLOW``, so not through a
+symlink) and every file is reached through that descriptor, never by path
+again: someone who can write the folder's parent and swaps the folder (or puts
+a symlink in its place) cannot redirect reads or writes. A process keeps the
+folder it opened, and logs once that its path now names another. Missing
+parents are created 0700 whatever the umask.
+
+The default folder (``$XDG_RUNTIME_DIR/fh-prefork``, else
+``/dev/shm/fh-prefork-$UID``) sits in a place other users may write: if it is
+taken (another owner, a symlink, open modes), a fresh private folder beside it
+(``fh-prefork-$UID-XXXXXXXX``, made by ``mkdtemp``) is used and logged, instead
+of refusing to start; one left by an earlier run is reused. A folder the user
+named (``file:///path``) is refused instead.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import secrets
 import stat
 import tempfile
 import time
@@ -44,14 +59,24 @@ from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnav
 from .core import SessionStore
 from .options import FileSessionStoreOptions, validate_key
 
+log = logging.getLogger("fh_prefork")
+
 SOURCE = "file-store"
 SCHEME = "file://"
 #: Longest wait for the write lock; holders keep it for one small write only.
 LOCK_TIMEOUT = 2.0
 
 
-def default_directory() -> Path:
-    """A per-user runtime folder: ``$XDG_RUNTIME_DIR``, else ``/dev/shm``, else the temp dir."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders opened in this process by ensure_private_directory (a prefork master's check):
+#: forked workers inherit the descriptor, so a folder swapped after the master checked it
+#: cannot redirect them.
+_OPENED: dict[str, int] = {}
+#: The default folder resolved per (XDG_RUNTIME_DIR, uid): one per process tree.
+_DEFAULTS: dict[tuple[str | None, int], Path] = {}
+
+
+def _usual_directory() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "fh-prefork"
@@ -59,6 +84,55 @@ def default_directory() -> Path:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return Path("/dev/shm") / f"fh-prefork-{uid}"
     return Path(tempfile.gettempdir()) / f"fh-prefork-{uid}"
+
+
+def default_directory() -> Path:
+    """A per-user runtime folder, created private: ``$XDG_RUNTIME_DIR``, else ``/dev/shm``.
+
+    If the usual place is taken (another user created it first, or a symlink),
+    a private folder of our own beside it is used and logged: someone else
+    squatting the name must not stop the server.
+    """
+    key = (os.environ.get("XDG_RUNTIME_DIR"), os.geteuid())
+    known = _DEFAULTS.get(key)
+    if known is not None:
+        return known
+    usual = _usual_directory()
+    try:
+        folder = ensure_private_directory(usual)
+    except ValueError as err:
+        folder = _fresh_beside(usual)
+        log.warning("fh_prefork: the default store folder cannot be used (%s); using the "
+                    "private folder %s instead", err, folder)
+    _DEFAULTS[key] = folder
+    return folder
+
+
+def _fresh_beside(usual: Path) -> Path:
+    """Our own private ``{usual}-XXXXXXXX``: one an earlier run made, else a new one."""
+    uid = os.geteuid()
+    try:
+        names = sorted(os.listdir(usual.parent))
+    except OSError:
+        names = []
+    for name in names:
+        if not name.startswith(f"{usual.name}-"):
+            continue
+        try:
+            st = os.stat(usual.parent / name, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+            try:
+                return ensure_private_directory(usual.parent / name)
+            except ValueError:
+                continue
+    try:  # mkdtemp: a name nobody could have guessed, created 0700 by us or not at all
+        return ensure_private_directory(Path(tempfile.mkdtemp(prefix=f"{usual.name}-",
+                                                              dir=usual.parent)))
+    except OSError as err:
+        raise ValueError(f"cannot create a private store folder in {usual.parent}: "
+                         f"{err}") from err
 
 
 def parse_file_url(url: str) -> Path:
@@ -72,16 +146,68 @@ def parse_file_url(url: str) -> Path:
 
 
 def ensure_private_directory(directory: Path) -> Path:
-    """Create the folder with mode 0700, or check an existing one is ours and private."""
+    """Create the folder (and missing parents) 0700, or check an existing one is ours.
+
+    The folder stays open in this process, so workers forked later use the very
+    folder checked here (see ``_OPENED``).
+    """
+    key = os.path.abspath(directory)
+    fd = _open_private(directory)
+    old = _OPENED.pop(key, None)
+    if old is not None:
+        os.close(old)
+    _OPENED[key] = fd
+    return directory
+
+
+def _open_private(directory: Path) -> int:
+    """A descriptor of the folder, created private if missing; ``ValueError`` if not ours."""
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for parent in reversed(directory.parents):
+            _mkdir_private(parent)
+        _mkdir_private(directory)
     except OSError as err:
         raise ValueError(f"cannot create store folder {directory}: {err}") from err
-    st = os.stat(directory, follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"store folder {directory} is not a folder")
-    _check_owned(directory, st, "folder")
-    return directory
+    try:
+        fd = os.open(directory, _DIR_FLAGS)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError(f"store folder {directory} is a symlink or not a folder: refusing "
+                             "it, another user could redirect the store") from None
+        raise ValueError(f"cannot open store folder {directory}: {err}") from err
+    try:
+        _check_owned(directory, os.fstat(fd), "folder")
+    except (OSError, ValueError):
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mkdir_private(path: Path) -> None:
+    """Create one missing folder 0700 whatever the umask (an existing one is left as it is)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    fd = os.open(path, _DIR_FLAGS)  # not by path: it may have been swapped for a symlink
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _folder_descriptor(directory: Path) -> int:
+    """This backend's own descriptor: the one a master opened, or a new one."""
+    opened = _OPENED.get(os.path.abspath(directory))
+    if opened is None:
+        return _open_private(directory)
+    fd = os.dup(opened)
+    try:
+        _check_owned(directory, os.fstat(fd), "folder")
+    except (OSError, ValueError):
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_owned(path: Path, st: os.stat_result, what: str) -> None:
@@ -104,29 +230,56 @@ class FileBackend:
     source = SOURCE
 
     def __init__(self, directory: Path, name: str) -> None:
-        self.directory = ensure_private_directory(directory)
+        self.directory = directory
         self.path = self.directory / f"{validate_key(name)}.json"
         self.tombstones_path = self.directory / f"{name}.deleted.json"
         self.lock_path = self.directory / f"{name}.lock"
         self.leader_path = self.directory / f"{name}.leader"
         self.description = f"file://{self.path}"
+        self._dir = _folder_descriptor(directory)  # every file is reached through it
+        held = os.fstat(self._dir)
+        self._dir_id = (held.st_dev, held.st_ino)
+        self._swap_logged = False
         self._lock_fd = -1
         self._leader_fd = -1    # open and flocked while this backend's process leads
-        for existing in (self.path, self.tombstones_path, self.lock_path, self.leader_path):
-            try:
-                _check_owned(existing, os.stat(existing, follow_symlinks=False), "file")
-            except FileNotFoundError:
-                pass
+        try:
+            for existing in (self.path, self.tombstones_path, self.lock_path, self.leader_path):
+                try:
+                    _check_owned(existing, self._stat(existing), "file")
+                except FileNotFoundError:
+                    pass
+        except ValueError:
+            os.close(self._dir)
+            raise
         self._remove_stale_temporaries()
 
+    def _stat(self, path: Path) -> os.stat_result:
+        return os.stat(path.name, dir_fd=self._dir, follow_symlinks=False)
+
     def change_token(self) -> str | None:
+        self._notice_swap()
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            st = self._stat(self.path)
         except FileNotFoundError:
             return None
         except OSError as err:
             raise StoreUnavailable(f"cannot stat {self.path}: {err}") from err
         return _token(st)
+
+    def _notice_swap(self) -> None:
+        """Log once when the folder's path names another folder than the one held open."""
+        if self._swap_logged:
+            return
+        try:
+            st = os.stat(self.directory)
+            same = (st.st_dev, st.st_ino) == self._dir_id
+        except OSError:
+            same = False
+        if not same:
+            self._swap_logged = True
+            log.warning("fh_prefork: store folder %s was moved, removed or replaced; process %d "
+                        "keeps reading and writing the folder it opened (restart the server to "
+                        "use the new one)", self.directory, os.getpid())
 
     def read(self) -> Snapshot:
         value, st = self._read_file(self.path)
@@ -137,7 +290,7 @@ class FileBackend:
 
     def _read_file(self, path: Path) -> tuple[bytes | None, os.stat_result | None]:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir)
         except FileNotFoundError:
             return None, None
         except OSError as err:
@@ -177,6 +330,9 @@ class FileBackend:
             os.close(self._lock_fd)
             self._lock_fd = -1
         self._drop_leader_fd()
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
 
     # -- leader lease -------------------------------------------------------------------------
 
@@ -237,7 +393,7 @@ class FileBackend:
     def _open_leader(self, create: bool = False) -> int:
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         try:
-            fd = os.open(self.leader_path, flags, 0o600)
+            fd = os.open(self.leader_path.name, flags, 0o600, dir_fd=self._dir)
         except FileNotFoundError:
             raise
         except OSError as err:
@@ -260,7 +416,7 @@ class FileBackend:
 
     def _names_path(self, fd: int) -> bool:
         try:
-            held, named = os.fstat(fd), os.stat(self.leader_path, follow_symlinks=False)
+            held, named = os.fstat(fd), self._stat(self.leader_path)
         except FileNotFoundError:
             return False
         except OSError as err:
@@ -294,39 +450,48 @@ class FileBackend:
     def _remove_stale_temporaries(self, older_than: float = 60.0) -> None:
         """Temporary files left by writers killed mid-write; harmless, but not forever."""
         cutoff = time.time() - older_than
-        for tmp in self.directory.glob(".tmp-*"):
+        try:
+            names = [n for n in os.listdir(self._dir) if n.startswith(".tmp-")]
+        except OSError:
+            return
+        for name in names:
             try:
-                if tmp.lstat().st_mtime < cutoff:
-                    tmp.unlink()
+                if os.stat(name, dir_fd=self._dir, follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(name, dir_fd=self._dir)
             except OSError:
                 pass
 
     def _replace(self, path: Path, value: bytes, old_mtime_ns: int) -> str:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)  # mode 0600
+        tmp = f".tmp-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=self._dir)
+        except OSError as err:
+            raise StoreUnavailable(f"cannot write {path}: {err}") from err
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(value)
                 f.flush()
                 os.fsync(f.fileno())
-            mtime = max(time.time_ns(), old_mtime_ns + 1)
-            os.utime(tmp, ns=(mtime, mtime))
+                mtime = max(time.time_ns(), old_mtime_ns + 1)
+                os.utime(f.fileno(), ns=(mtime, mtime))
             if path == self.path:
                 faults.hit("between_data_and_fingerprint")
-            os.rename(tmp, path)
+            os.rename(tmp, path.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            return _token(self._stat(path))
         except OSError as err:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=self._dir)
             except OSError:
                 pass
             raise StoreUnavailable(f"cannot write {path}: {err}") from err
-        return _token(os.stat(path, follow_symlinks=False))
 
     def _locked(self) -> _FileLock:
         if self._lock_fd < 0:
             try:
-                self._lock_fd = os.open(self.lock_path,
+                self._lock_fd = os.open(self.lock_path.name,
                                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                        0o600)
+                                        0o600, dir_fd=self._dir)
                 _check_owned(self.lock_path, os.fstat(self._lock_fd), "lock file")
             except (OSError, ValueError) as err:
                 if self._lock_fd >= 0:
