@@ -33,9 +33,9 @@ from .apikey import redact
 
 log = logging.getLogger("fh_prefork.edge")
 
-__all__ = ["STATES", "SupervisedEdge", "edge_provider"]
+__all__ = ["SupervisedEdge", "edge_provider"]
 
-STATES = ("connecting", "connected", "backoff", "key_not_found", "stale", "closed")
+# status()["state"] is one of: connecting, connected, backoff, key_not_found, stale, closed
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _MAX_AGE = re.compile(r"max-age=(\d+)")

@@ -66,13 +66,12 @@ from .store.backend import Lease, LeaseAnswer, LeaseBackend, StoreUnavailable
 
 log = logging.getLogger("fh_prefork.leader")
 
-__all__ = ["FALLBACK", "FOLLOWER", "LEADER", "ROLES", "EdgeSwitch", "Election",
+__all__ = ["FALLBACK", "FOLLOWER", "LEADER", "EdgeSwitch", "Election",
            "supports_lease"]
 
 LEADER = "leader"
 FOLLOWER = "follower"
 FALLBACK = "fallback"
-ROLES = (LEADER, FOLLOWER, FALLBACK)
 
 
 def supports_lease(backend: object) -> bool:

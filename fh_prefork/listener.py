@@ -43,9 +43,6 @@ class RawUpdateFeatureListener:
     def delete_feature(self, feature: dict[str, Any], source: str) -> None:
         """A feature was deleted (Edge ``delete_feature`` event)."""
 
-    def config_changed(self) -> None:
-        """The owning config changed; listeners may re-read what they need."""
-
     def close(self) -> None:
         """The repository is going away; release resources."""
 

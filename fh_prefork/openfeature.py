@@ -175,7 +175,7 @@ class FeatureHubProvider(AbstractProvider):
         ready on its own after the fork.
         """
         self._active = True
-        if runtime._master_pid == os.getpid():
+        if runtime.is_master():
             # a prefork master, where set_provider() runs us on a thread that the server's
             # fork can cut anywhere: no I/O, no import, no wait; each worker announces itself
             master = runtime.current_worker()
@@ -309,7 +309,7 @@ class FeatureHubProvider(AbstractProvider):
         with self._cond:
             if self._worker is worker:
                 self._known, self._known_for = known, worker
-        if self._active and worker.role != "master":
+        if self._active and worker.role != runtime.MASTER:
             self._start_watcher()
 
     def _start_watcher(self) -> None:
@@ -334,7 +334,7 @@ class FeatureHubProvider(AbstractProvider):
         ``_observe`` takes the store's lock, so it is never called under ours (the
         store thread holds its lock while it tells our listener about replays).
         """
-        timeout = 0.0 if worker.role == "master" else self.ready_timeout
+        timeout = 0.0 if worker.role == runtime.MASTER else self.ready_timeout
         deadline = time.monotonic() + timeout
         state, message = _observe(worker)
         while state == NOT_READY:
@@ -347,7 +347,7 @@ class FeatureHubProvider(AbstractProvider):
         if state == NOT_READY:
             message = (f"{message}; waited {timeout:.1f} s"
                        + (" (prefork master: each worker turns ready after the fork)"
-                          if worker.role == "master" else ""))
+                          if worker.role == runtime.MASTER else ""))
         return state, message
 
     def _watch(self, stop: threading.Event) -> None:

@@ -49,6 +49,10 @@ from .store.backend import LeaseBackend
 
 log = logging.getLogger("fh_prefork")
 
+#: Process roles (``Worker.role``): a prefork master stays dormant, a worker runs everything.
+MASTER = "master"
+WORKER = "worker"
+
 _overrides: dict[str, Any] = {}
 _lock = threading.Lock()
 _current: Worker | None = None
@@ -75,7 +79,7 @@ class Worker:
                                   backoff_max=settings.edge_backoff_max)
         self.switch: EdgeSwitch | None = None
         self.election: Election | None = None
-        if role == "master":
+        if role == MASTER:
             provider = lambda repository, api_keys, edge_url: _NoEdge()  # noqa: E731
         elif settings.edge_mode == "leader":
             self.switch = EdgeSwitch(lambda: make_edge(self.repository, [settings.api_key],
@@ -97,7 +101,7 @@ class Worker:
         self.edge: SupervisedEdge | None = None
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
-        if role == "master":
+        if role == MASTER:
             if self.store is not None:
                 self.store.close(flush_timeout=0)  # replayed once; no thread left behind
         elif self.switch is not None:
@@ -106,13 +110,13 @@ class Worker:
             self.edge = self.edge_service
             self.edge.start()
         self.publisher: workers.Publisher | None = None
-        if role != "master" and self.store is not None:
+        if role != MASTER and self.store is not None:
             parent = psutil.Process(self.pid).parent()
             if parent is not None:
                 self.publisher = workers.Publisher(self.status, parent.pid)
                 self.store.add_task(self.publisher.step, name="status record")
         self.metrics = False
-        if role != "master" and self.store is not None and _prometheus_installed():
+        if role != MASTER and self.store is not None and _prometheus_installed():
             from . import prometheus  # only with the prometheus extra installed
 
             self.store.add_task(prometheus.Exporter(self.status).step, name="metrics")
@@ -172,7 +176,7 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         proc = psutil.Process(self.pid)
-        store = self.store.status() if self.store is not None and self.role != "master" else None
+        store = self.store.status() if self.store is not None and self.role != MASTER else None
         edge = self.edge.status() if self.edge is not None else {"state": "none"}
         if self.switch is not None:
             edge = self.switch.status()
@@ -184,7 +188,7 @@ class Worker:
             "process_role": self.role,
             "lease": election["lease"] if election else None,
             "election": election,
-            "master_pid": parent.pid if parent is not None and self.role == "worker" else None,
+            "master_pid": parent.pid if parent is not None and self.role == WORKER else None,
             "started_at": self.started_at,
             "forked_from": _forked_from,
             "store_url": self.settings.store,
@@ -240,6 +244,11 @@ def check(settings_: Settings | None = None) -> Settings:
     return loaded
 
 
+def is_master() -> bool:
+    """True in a process marked as a prefork master (it never connects or starts threads)."""
+    return _master_pid == os.getpid()
+
+
 def mark_master() -> None:
     """Call in a prefork master: flags asked for here never start threads or connect."""
     global _master_pid
@@ -256,11 +265,11 @@ def start_worker(hooked: str = "start_worker()") -> Worker:
     _unanswered_fork = None
     with _lock:
         current = _current
-        if current is not None and current.pid == os.getpid() and current.role != "master":
+        if current is not None and current.pid == os.getpid() and current.role != MASTER:
             return current
         if current is not None and current.pid == os.getpid():
             current.close(timeout=0)  # the master's dormant config, if this is it
-        _current = Worker(settings(), role="worker")
+        _current = Worker(settings(), role=WORKER)
         _log_start(_current, hooked)
         return _current
 
@@ -326,7 +335,7 @@ def _start_lazily() -> Worker:
                         forked, server or "post-fork",
                         _HOOK_LINES.get(server or "", _HOOK_LINES[""]))
         _unanswered_fork = None
-        _current = Worker(settings(), role="master" if master else "worker")
+        _current = Worker(settings(), role=MASTER if master else WORKER)
         if not master:
             _log_start(_current, "first flag read")
         return _current

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound="SessionStoreOptions")
@@ -80,9 +80,6 @@ class SessionStoreOptions:
                                  f"known: {', '.join(sorted(known))}")
             return cls(**opts)
         raise TypeError(f"opts must be {cls.__name__}, a dict or None, not {type(opts).__name__}")
-
-    def with_changes(self: T, **changes: Any) -> T:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
