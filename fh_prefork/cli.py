@@ -62,8 +62,62 @@ def settings_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def options_table() -> str:
+    """The README's store-options table, generated from the options dataclasses' declarations."""
+    from dataclasses import Field, fields
+
+    from .store.options import (
+        MemcacheSessionStoreOptions,
+        RedisSessionStoreOptions,
+        SessionStoreOptions,
+    )
+
+    shared = [f for f in fields(SessionStoreOptions)]
+    extra: dict[str, tuple[Field[Any], list[str]]] = {}
+    for cls, backend in ((MemcacheSessionStoreOptions, "memcached"),
+                         (RedisSessionStoreOptions, "Redis")):
+        for f in fields(cls):
+            if f.name not in {s.name for s in shared}:
+                extra.setdefault(f.name, (f, []))[1].append(backend)
+    lines = ["| Option | Default | Why |", "|---|---|---|"]
+    rows = [(f, "") for f in shared] + [(f, " and ".join(b) + " only: ")
+                                        for f, b in extra.values()]
+    for f, only in rows:
+        shown = f.metadata.get("shown") or f"`{f.default}`"
+        why = str(f.metadata.get("help", "")).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {shown} | {only}{why} |")
+    return "\n".join(lines) + "\n"
+
+
+#: README sections generated from the declarations: name -> generator.
+GENERATED = {"settings": settings_table, "store-options": options_table}
+
+
+def generated_readme(text: str) -> str:
+    """``text`` with every ``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->`` block rebuilt."""
+    import re
+
+    for name, make in GENERATED.items():
+        pattern = re.compile(rf"(<!-- generated: {name} .*?-->\n).*?(<!-- end: {name} -->)",
+                             re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no generated block {name!r}")
+        table = make()
+        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+    return text
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
-    sys.stdout.write(settings_table())
+    if args.readme is None:
+        sys.stdout.write(settings_table())
+        return EXIT_OK
+    path = Path(args.readme)
+    try:
+        text = path.read_text()
+        path.write_text(generated_readme(text))
+    except (OSError, ValueError) as err:
+        print(f"fh-prefork settings: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -474,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settings", help="print the settings table (Markdown)",
                        description="Print every setting: environment variable, configure() "
                                    "name, default and meaning, as a Markdown table.")
+    p.add_argument("--readme", metavar="PATH",
+                   help="rewrite the generated tables (settings, store options) in this README "
+                        "instead of printing")
     p.set_defaults(func=cmd_settings)
     return parser
 

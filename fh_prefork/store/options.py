@@ -5,10 +5,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound="SessionStoreOptions")
+
+
+def _opt(default: Any, help: str, shown: str | None = None) -> Any:
+    """A declared option: its default, why, and how the README shows the default."""
+    return field(default=default, metadata={"help": help, "shown": shown})
+
 
 _KEY_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 #: memcached's own key length limit; the file store uses the same rule so keys are portable.
@@ -27,16 +33,21 @@ class SessionStoreOptions:
     next tick, never dropped.
     """
 
-    prefix: str = "featurehub"
-    backoff_timeout: int = 10          # ms, base of the jittered wait after a CAS conflict
-    retry_update_count: int = 64       # CAS attempts per flush before deferring to the next tick
-    refresh_timeout: float = 5.0       # s between refresh ticks
-    refresh_jitter: float = 0.2        # fraction: each period is uniform in [1-j, 1+j] x refresh
-    logger: logging.Logger | None = None
-    max_item_bytes: int = 1024 * 1024 - 1024   # memcached's default item limit, minus headroom
-    verify_every: int = 12             # full read every N ticks: heals a stale value or fingerprint
-    tombstone_seconds: float = 7 * 24 * 3600.0   # how long a deletion is remembered (tombstones.py)
-    max_tombstones: int = 1000         # deletions remembered at most, oldest dropped first
+    prefix: str = _opt("featurehub", "the cross-SDK key prefix")
+    backoff_timeout: int = _opt(10, "base of the jittered wait after a compare-and-set conflict; "
+                                "doubles up to 8x", "10 ms")
+    retry_update_count: int = _opt(64, "conflicts in a row before a write is deferred to the "
+                                   "next tick (never dropped)")
+    refresh_timeout: float = _opt(5.0, "seconds between refresh ticks", "5 s")
+    refresh_jitter: float = _opt(0.2, "each period is uniform in [1-j, 1+j] x refresh_timeout")
+    logger: logging.Logger | None = _opt(None, "where the store logs", "`fh_prefork.store`")
+    max_item_bytes: int = _opt(1024 * 1024 - 1024, "largest state written: memcached's default "
+                               "item limit, with headroom", "1 MiB - 1 KiB")
+    verify_every: int = _opt(12, "every Nth tick syncs in full even if the fingerprint looks "
+                             "unchanged: bounds how long a stale value goes unhealed")
+    tombstone_seconds: float = _opt(7 * 24 * 3600.0, "how long a deletion is remembered "
+                                    "(see How it works)", "7 days")
+    max_tombstones: int = _opt(1000, "deletions remembered at most, oldest dropped first")
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not self.prefix:
@@ -86,8 +97,8 @@ class SessionStoreOptions:
 class MemcacheSessionStoreOptions(SessionStoreOptions):
     """Adds memcached client timeouts: every call is bounded, so a hung server cannot stall."""
 
-    connect_timeout: float = 0.5       # s, per connection attempt
-    timeout: float = 0.5               # s, per read/write on an open connection
+    connect_timeout: float = _opt(0.5, "seconds per connection attempt", "0.5 s")
+    timeout: float = _opt(0.5, "seconds per read or write on an open connection", "0.5 s")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,8 +112,8 @@ class MemcacheSessionStoreOptions(SessionStoreOptions):
 class RedisSessionStoreOptions(SessionStoreOptions):
     """Redis and Valkey: redis-py's connect and socket timeouts bound every call."""
 
-    connect_timeout: float = 0.5       # s, per connection attempt
-    timeout: float = 0.5               # s, per command on an open connection
+    connect_timeout: float = _opt(0.5, "seconds per connection attempt", "0.5 s")
+    timeout: float = _opt(0.5, "seconds per command on an open connection", "0.5 s")
 
     def __post_init__(self) -> None:
         super().__post_init__()
