@@ -6,7 +6,12 @@ examples can exercise real sockets without a FeatureHub installation, and it can
 demand (go down, answer 500/404, close streams after every event) to prove the supervision.
 
 Run it standalone with ``python -m fh_prefork.edge_simulator --port 8085 --api-key KEY``; a
-simulator in another process is driven through the ``/_sim/...`` control API.
+simulator in another process is driven through the ``/_sim/...`` control API (see the
+README), which checks what it is given: a malformed feature is answered 400 with the reason,
+never installed for every worker to ignore. ``{"key": ..., "value": ...}`` is enough there:
+the type is inferred and the version bumped. Versions the simulator picks itself (that short
+form, ``--feature``) start from the clock in milliseconds, so they are above anything a
+store kept from an earlier run; versions given by code (``make_feature``) are used as given.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -54,6 +59,63 @@ def make_feature(
         "value": value,
         "strategies": [],
     }
+
+
+def clock_version() -> int:
+    """A version above any this simulator gave before a restart: milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+#: Fields of the control API's short form; a body with any other field is a full state.
+SHORT_FORM = frozenset({"key", "value", "type"})
+
+
+def control_feature(body: Any, current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The feature state a control request asks for; ``ValueError`` with the reason if malformed.
+
+    Short form ``{"key", "value"[, "type"]}``: the type is the current feature's, else
+    inferred from the value (a JSON object or array becomes a ``JSON`` feature); the id is
+    kept; the version is the current one plus one, at least :func:`clock_version`. Anything
+    else must be a whole feature state as Edge sends it.
+    """
+    from .features import feature_problem  # the check every worker applies on arrival
+
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    key = body.get("key")
+    if not isinstance(key, str) or not key:
+        raise ValueError("'key' must be a non-empty string")
+    if set(body) <= SHORT_FORM:
+        if "value" not in body:
+            raise ValueError(f"{key}: 'value' is missing")
+        value = body["value"]
+        ftype = body.get("type") or (current or {}).get("type") or _inferred_type(value)
+        if ftype == "JSON" and isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        old_version = (current or {}).get("version")
+        version = clock_version()
+        if isinstance(old_version, int) and not isinstance(old_version, bool):
+            version = max(version, old_version + 1)
+        feature = make_feature(key, value, version, type=ftype,
+                               id=(current or {}).get("id"))
+    else:
+        feature = dict(body)
+    problem = feature_problem(feature)
+    if problem:
+        raise ValueError(f"{key}: {problem}")
+    return feature
+
+
+def _inferred_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, (int, float)):
+        return "NUMBER"
+    if isinstance(value, (dict, list)):
+        return "JSON"
+    if isinstance(value, str):
+        return "STRING"
+    raise ValueError(f"cannot infer a feature type from {value!r}: give 'type'")
 
 
 def environment_id(api_key: str) -> str:
@@ -154,14 +216,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = self._body()
             if parts.path == "/_sim/feature":
                 stream = query.get("stream", [None])[0]
-                sim.push_feature(body, None if stream is None else int(stream))
+                installed = sim.control_push(body, None if stream is None else int(stream))
+                self._send(200, {"ok": True, "feature": installed})
+                return
             elif parts.path == "/_sim/delete":
                 stream = query.get("stream", [None])[0]
+                if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+                    raise ValueError('expected {"key": "..."}')
+                if body["key"] not in {f["key"] for f in sim.features()}:
+                    self._send(404, {"error": f"no feature {body['key']!r}"})
+                    return
                 sim.delete_feature(body, None if stream is None else int(stream))
             elif parts.path == "/_sim/features":
-                sim.set_features(list(body or []))
+                if not isinstance(body, list):
+                    raise ValueError("expected a JSON array of features")
+                sim.set_features(sim.control_features(body))
             elif parts.path == "/_sim/config":
-                sim.send_config(dict(body or {}))
+                if not isinstance(body, dict):
+                    raise ValueError("expected a JSON object")
+                sim.send_config(body)
             elif parts.path == "/_sim/failure":
                 status = query.get("status", ["none"])[0]
                 sim.set_failure(None if status.lower() in ("none", "", "0") else int(status))
@@ -426,6 +499,33 @@ class EdgeSimulator:
             payload = removed if removed is not None else feature
             self._broadcast("delete_feature", json.dumps(payload), stream_id)
 
+    def control_push(self, body: Any, stream_id: int | None = None) -> dict[str, Any]:
+        """``POST /_sim/feature``: check ``body`` (see :func:`control_feature`), then push it."""
+        with self._cond:
+            feature = control_feature(body, self._current(body))
+            if stream_id is not None and stream_id not in self._streams:
+                raise KeyError(f"no open stream {stream_id}")
+            self.push_feature(feature, stream_id)
+        return feature
+
+    def _current(self, body: Any) -> dict[str, Any] | None:
+        key = body.get("key") if isinstance(body, dict) else None
+        return self._features.get(key) if isinstance(key, str) else None
+
+    def control_features(self, bodies: list[Any]) -> list[dict[str, Any]]:
+        """``POST /_sim/features``: every item checked; the first malformed one is the error."""
+        with self._cond:
+            out = []
+            for i, body in enumerate(bodies):
+                try:
+                    out.append(control_feature(body, self._current(body)))
+                except ValueError as err:
+                    raise ValueError(f"item {i}: {err}") from None
+        keys = [f["key"] for f in out]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key appears twice")
+        return out
+
     def send_config(self, payload: dict[str, Any], stream_id: int | None = None) -> None:
         """Send a ``config`` event (e.g. ``{"edge.stale": true}``)."""
         with self._cond:
@@ -549,12 +649,13 @@ def _parse_feature_arg(text: str) -> dict[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     lowered = raw.strip().lower()
+    version = clock_version()  # above anything a store kept from an earlier run
     if lowered in ("true", "false", "on", "off", "1", "0", "yes", "no"):
-        return make_feature(key, lowered in ("true", "on", "1", "yes"))
+        return make_feature(key, lowered in ("true", "on", "1", "yes"), version)
     try:
-        return make_feature(key, float(raw), type="NUMBER")
+        return make_feature(key, float(raw), version, type="NUMBER")
     except ValueError:
-        return make_feature(key, raw, type="STRING")
+        return make_feature(key, raw, version, type="STRING")
 
 
 def main(argv: list[str] | None = None) -> int:
