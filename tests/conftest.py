@@ -15,6 +15,22 @@ from tests.support.memcached import Memcached
 from tests.support.redis import Redis, RedisCluster
 
 API_KEY = "portfolio/env-test/client*secret"
+
+#: Tests that start a prefork server (gunicorn, uWSGI, uvicorn), a demo, a container or a
+#: multi-process storm: marked ``servers`` so that ``pytest -m "not servers"`` is the fast
+#: inner loop (the unit and store suites against real memcached, Redis and files).
+SERVER_TESTS = ("servers/", "faults/", "history/", "interop/", "examples/", "hardening/",
+                "store/test_storm.py",
+                "leader/test_leader_servers.py", "openfeature/test_servers.py",
+                "cli/test_bench.py", "openfeature/test_bench.py",
+                "cli/test_settings_and_demo.py::test_demo")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = item.nodeid.removeprefix("tests/")
+        if where.startswith(SERVER_TESTS):
+            item.add_marker(pytest.mark.servers)
 _prefixes = itertools.count()
 
 

@@ -128,7 +128,7 @@ def test_file_store(capsys: pytest.CaptureFixture[str], tmp_path: Path, prefix: 
 @pytest.mark.parametrize("args, message", [
     (["--store", "file:///tmp/x"], "--api-key"),
     (["--store", "file:///tmp/x", "--api-key", "p/env/server-key"], "client-evaluated"),
-    (["--store", "redis://x", "--api-key", API_KEY], "unknown store"),
+    (["--store", "bogus://x", "--api-key", API_KEY], "unknown store"),
     (["--store", "file:///tmp/x", "--api-key", API_KEY, "--prefix", "a b"], "FH_PREFORK_PREFIX"),
 ])
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
