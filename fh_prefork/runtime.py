@@ -283,8 +283,21 @@ def stop_worker(timeout: float = 2.0) -> None:
         current.close(timeout=timeout)
 
 
+#: ``context()`` calls between two pid checks. A fork that ran the at-fork hooks (``os.fork``,
+#: multiprocessing, gunicorn, uWSGI with ``py-call-uwsgi-fork-hooks``) clears the runtime
+#: at once; only a raw fork that ran no hook at all (and no post-fork hook of ours) is
+#: caught by comparing pids, which costs a system call that can cost more than the flag
+#: read itself: so it is made every 64th read. Until then a raw-forked child reads its copy
+#: of the parent's flags (memory only, no I/O).
+PID_CHECK_EVERY = 64
+_reads = 0
+
+
 def config() -> FeatureHubConfig:
-    """This process's started FeatureHubConfig, the same object for the process's life."""
+    """This process's started FeatureHubConfig, the same object for the process's life.
+
+    Checks the pid on every call: ``config()`` is called once, not per request.
+    """
     current = _current
     if current is not None and current.pid == os.getpid():
         return current.config
@@ -295,10 +308,12 @@ def context() -> ClientContext:
     """A new client-evaluated context, as ``config().new_context()`` builds: memory only.
 
     Built directly from this worker's repository and Edge service, which the
-    config would look up on every call: that saving pays for the pid check.
+    config would look up on every call.
     """
+    global _reads
     current = _current
-    if current is None or current.pid != os.getpid():
+    _reads += 1
+    if current is None or (not _reads % PID_CHECK_EVERY and current.pid != os.getpid()):
         current = _start_lazily()
     return ClientEvalFeatureContext(current.repository, current.edge_service)
 

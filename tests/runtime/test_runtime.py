@@ -212,3 +212,28 @@ def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -
 
     child = _fork_and_report(in_child)
     assert child == {"role": "worker", "edge": True}, child
+
+
+def test_raw_fork_reading_through_context_first_gets_its_own_runtime_within_the_check_period(
+        edge: EdgeSimulator) -> None:
+    from fh_prefork import runtime
+
+    parent_repo = fh_prefork.config().repository()
+    wait_for(lambda: flag_version() == 1, 5, what="parent flags")
+
+    def in_child() -> dict[str, Any]:
+        reads_until_own = None
+        for n in range(1, 2 * runtime.PID_CHECK_EVERY + 1):
+            fh_prefork.context().feature("FLAG")
+            if runtime.current_worker() is not None:
+                reads_until_own = n
+                break
+        own = runtime.current_worker()
+        result = {"reads": reads_until_own,
+                  "own_repo": own is not None and own.repository is not parent_repo}
+        fh_prefork.stop_worker()
+        return result
+
+    child = _fork_and_report(in_child, raw=True)
+    assert "error" not in child, child
+    assert child["own_repo"] and child["reads"] <= runtime.PID_CHECK_EVERY, child
