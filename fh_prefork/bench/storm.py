@@ -62,7 +62,7 @@ def _open(url: str, prefix: str, refresh: float) -> tuple[Any, SessionStore]:
 
 
 def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any,
-            fault: str | None) -> None:
+            fault: str | None, event: str = "features") -> None:
     if fault:
         os.environ["FH_PREFORK_FAULT"] = fault
     config, store = _open(url, prefix, 3600.0)
@@ -75,7 +75,11 @@ def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any
         update = [feature(f"P{index:03}", 1), feature("SHARED", shared_version)]
     barrier.wait(timeout=60)
     released = time.monotonic()
-    config.repository().notify("features", update)
+    if event == "features":
+        config.repository().notify("features", update)
+    else:  # stream updates, one feature each: they say nothing about features not named
+        for one in update:
+            config.repository().notify("feature", one)
     done = store.flush(timeout=60)
     finished = time.monotonic()
     counters = store.counters.as_dict()
@@ -86,13 +90,16 @@ def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any
 
 def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str | None = None,
               crash_indexes: tuple[int, ...] = (),
-              crash_point: str = "before_write") -> StormResult:
+              crash_point: str = "before_write", event: str = "features") -> StormResult:
     """Run one storm against the store at ``url`` and check what the store ends with.
 
     ``mode="distinct"``: every process writes its own feature plus one shared
     feature at a random version. ``mode="same"``: every process writes the same
     20-feature update (the "every worker got the same Edge event" case).
     ``crash_indexes`` die with SIGKILL at ``crash_point`` during their write.
+    ``event``: how the update arrives, as Edge's full list (``"features"``: a
+    feature it lacks was deleted) or as one ``"feature"`` event per feature
+    (for storms shared with a foreign writer whose features our Edge never sent).
     """
     prefix = prefix or f"storm{os.getpid()}x{time.time_ns() % 10**9}"
     ctx = mp.get_context("spawn")  # fresh interpreters: nothing shared but the store
@@ -100,7 +107,7 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
     out = ctx.Queue()
     procs = [ctx.Process(target=_writer, name=f"storm-{i}", daemon=True,
                          args=(url, prefix, i, mode, barrier, out,
-                               crash_point if i in crash_indexes else None))
+                               crash_point if i in crash_indexes else None, event))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -136,7 +143,7 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
     else:
         sent = len(survivors)
         surviving = sum(1 for i in survivors if f"id-P{i:03}" in by_id)
-    fingerprint_ok = token == fs.fingerprint(held) if url.startswith("memcache") else \
+    fingerprint_ok = token == fs.fingerprint(held) if url.startswith(("memcache", "redis")) else \
         token == snapshot.change_token
     released = min((r["released"] for r in reports), default=0.0)
     finished = max((r["finished"] for r in reports), default=0.0)
