@@ -20,7 +20,8 @@ found to raise on. Beyond that it only asks what FeatureHub Edge always sends:
 * feature and strategy values have the type of the feature (JSON values are
   strings of JSON text, since ``ClientContext.get_json`` parses them);
 * attribute values are usable the way the matcher of their field type uses
-  them for their conditional (``float()`` for numbers, ``re`` for ``REGEX``,
+  them for their conditional (``float()`` for numbers, ``re`` for ``REGEX``
+  (and a pattern whose matching time ``re`` cannot bound: see below),
   ``ipaddress.ip_network`` for IP addresses, node-semver for semantic
   versions, ``values[0]`` for booleans).
 
@@ -30,16 +31,49 @@ optional fields, null items among string, number and version values, and every
 field this module does not know about, whatever it holds (other SDKs and newer
 Edge versions add fields).
 
+Regular expressions: the SDK runs ``re.search(pattern, value)`` on the request
+path with a value the application takes from its user (user key, custom
+attributes), and ``re`` backtracks while holding the GIL, so one bad pattern
+stalls the whole worker: ``^(a+)+$`` took 1.3 s on 25 characters and doubles with
+each one more. A pattern is refused when its parse tree (``re``'s own parser)
+holds one of the three forms that make backtracking exponential in the length
+of the value:
+
+* a backreference (``\\1``, ``(?P=name)``, ``(?(1)...)``): matching with them is
+  NP-hard in general;
+* a repeat that can match more than once (``*``, ``+``, ``{m,n}`` with n > 1)
+  containing any other repeat, even ``?`` (``(a+)+``, ``(a?a?)*``, ``(\\w+\\s?)*``);
+* such a repeat containing an alternation of more than single characters
+  (``(a|aa)+``, ``(?:foo|bar)*``; ``(a|b)+`` is parsed as ``[ab]+`` and allowed).
+
+The rule is conservative (``(aa?)*`` and ``(?:\\.[a-z]+)+`` are refused though
+harmless; write them without the nested repeat). What passes is polynomial,
+not linear: every repeat body is then a fixed sequence of single steps, so a
+repeat only chooses a count, and a pattern with k repeats that can match more
+than once costs at most c * n^(k+1) steps on an n-character value (c depends
+on the pattern only: its alternations and optional parts). ``.*.*.*.*x`` took
+9 s on 200 characters. That residue depends on how long
+the values are, which only the application controls: see the README.
+
 Everything here is pure: no I/O, standard library only.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import math
 import re
 from collections.abc import Callable
+from typing import Any
+
+#: ``re``'s own parser (``re._parser`` since 3.11, ``sre_parse`` before): the tree checked is
+#: the one ``re`` compiles.
+try:
+    _re_parser: Any = importlib.import_module("re._parser")
+except ImportError:  # Python 3.10
+    _re_parser = importlib.import_module("sre_parse")
 
 #: Feature types the SDK's getters ask for (``get_flag``, ``get_string``, ...).
 FEATURE_TYPES = frozenset({"BOOLEAN", "STRING", "NUMBER", "JSON"})
@@ -270,7 +304,53 @@ def _regex_element_problem(value: object) -> str | None:
         re.compile(str(value))
     except Exception as exc:  # whatever compile raises, re.search raises in the SDK
         return f"not a valid regular expression ({type(exc).__name__}): {_quote(value)}"
+    unbounded = regex_unbounded(str(value))
+    if unbounded is not None:
+        return (f"regular expression {_quote(value)} {unbounded}: its matching time on a "
+                "user's value has no bound (exponential backtracking)")
     return None
+
+
+_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
+
+
+def regex_unbounded(pattern: str) -> str | None:
+    """Why ``re`` cannot bound the time ``pattern`` takes (see the module docstring), or None.
+
+    The pattern must compile.
+    """
+    return _tree_problem(_re_parser.parse(pattern), inside_repeat=False)
+
+
+def _tree_problem(items: Any, inside_repeat: bool) -> str | None:
+    for op, av in items:
+        name = str(op)
+        if name in ("GROUPREF", "GROUPREF_EXISTS"):
+            return "holds a backreference"
+        if name in _REPEATS:
+            low, high, body = av
+            if inside_repeat:
+                return "nests a repeat inside a repeat"
+            problem = _tree_problem(body, inside_repeat=high > 1)
+        elif name == "BRANCH":
+            if inside_repeat:
+                return "repeats an alternation"
+            problem = _first(_tree_problem(branch, inside_repeat) for branch in av[1])
+        elif name == "SUBPATTERN":
+            problem = _tree_problem(av[-1], inside_repeat)
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            problem = _tree_problem(av[1], inside_repeat)
+        elif name == "ATOMIC_GROUP":
+            problem = _tree_problem(av, inside_repeat)
+        else:
+            problem = None  # literals, classes, anchors: one step each
+        if problem is not None:
+            return problem
+    return None
+
+
+def _first(problems: Any) -> str | None:
+    return next((p for p in problems if p is not None), None)
 
 
 def _ip_element_problem(value: object) -> str | None:

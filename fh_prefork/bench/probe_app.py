@@ -1,6 +1,7 @@
 """A tiny WSGI app that reports which flags this worker serves: for the demo, bench and tests.
 
-``GET /flags?key=A&key=B`` -> ``{"pid", "flags": {key: {"value", "version", "exists"}}}``
+``GET /flags?key=A&key=B[&user=U]`` -> ``{"pid", "flags": {key: {"value", "version", "exists"}}}``
+(with ``user``, evaluated for that user key: rollout strategies apply)
 ``GET /state`` -> ``{"pid", "features": {key: {"id", "version", "value"}}}``: every
 feature this worker holds (deleted ones are absent), for whole-state checks.
 ``GET /status`` -> ``fh_prefork.status()``; ``GET /ping`` -> ``ok``.
@@ -23,8 +24,10 @@ if os.environ.get("PROBE_CONFIG_AT_IMPORT") == "1":
     IMPORT_TIME_CONFIG = fh_prefork.config()
 
 
-def flags(keys: Iterable[str]) -> dict[str, Any]:
+def flags(keys: Iterable[str], user: str | None = None) -> dict[str, Any]:
     ctx = fh_prefork.context()
+    if user is not None:
+        ctx = ctx.user_key(user)
     out = {}
     for key in keys:
         state = ctx.feature(key)
@@ -48,7 +51,7 @@ def application(environ: dict[str, Any],
     path = environ.get("PATH_INFO", "/")
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/flags":
-        body: Any = flags(query.get("key", []))
+        body: Any = flags(query.get("key", []), (query.get("user") or [None])[0])
     elif path == "/state":
         body = held_state()
     elif path == "/status":
