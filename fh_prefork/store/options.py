@@ -16,7 +16,9 @@ def _opt(default: Any, help: str, shown: str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "shown": shown})
 
 
-_KEY_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+#: memcached keys are printable ASCII without spaces; pymemcache refuses others on every call,
+#: which would look like an outage, so they are refused here, once.
+_KEY_UNSAFE = re.compile(r"[^\x21-\x7e]")
 #: memcached's own key length limit; the file store uses the same rule so keys are portable.
 MAX_KEY_BYTES = 250
 
@@ -53,7 +55,8 @@ class SessionStoreOptions:
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ValueError("prefix must be a non-empty string")
         if _KEY_UNSAFE.search(self.prefix):
-            raise ValueError(f"prefix {self.prefix!r} contains spaces or control characters")
+            raise ValueError(f"prefix {self.prefix!r} contains spaces or control characters "
+                             "(or non-ASCII ones: memcached keys are ASCII)")
         _positive_int("backoff_timeout", self.backoff_timeout, allow_zero=True)
         _positive_int("retry_update_count", self.retry_update_count)
         _positive_int("max_item_bytes", self.max_item_bytes)
@@ -131,7 +134,8 @@ class FileSessionStoreOptions(SessionStoreOptions):
 def validate_key(key: str) -> str:
     """Raise ``ValueError`` unless ``key`` is a valid memcache key (also used for file names)."""
     if _KEY_UNSAFE.search(key):
-        raise ValueError(f"store key {key!r} contains spaces or control characters")
+        raise ValueError(f"store key {key!r} contains spaces or control characters "
+                         "(or non-ASCII ones: memcached keys are ASCII)")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"store key {key[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
     return key

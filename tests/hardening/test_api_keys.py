@@ -55,3 +55,13 @@ def test_edge_paths_are_encoded_for_a_key_given_in_code() -> None:
     edge = SupervisedEdge("http://127.0.0.1:9/", ["p/e/c#x?y*s e"], ListeningRepository())
     assert edge._sse_path == "/features/p/e/c%23x%3Fy*s%20e"
     assert "apiKey=p/e/c%23x%3Fy*s%20e&" in edge._poll_path
+
+
+def test_master_refuses_a_non_ascii_prefix_instead_of_reporting_memcached_down(
+        memcached: Any, tmp_path: Path) -> None:
+    result = run_master("gunicorn", {"FH_PREFORK_PREFIX": "flägs",
+                                     "FH_PREFORK_STORE": memcached.url}, tmp_path)
+    output = result.stdout + result.stderr
+    ours = [line for line in output.splitlines() if line.startswith("fh_prefork:")]
+    assert result.returncode != 0 and len(ours) == 1, output
+    assert "FH_PREFORK_PREFIX" in ours[0] and "non-ASCII" in ours[0], ours[0]
