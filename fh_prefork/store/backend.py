@@ -16,6 +16,7 @@ and never mistakes the deletion for a loss to be written back.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,11 +63,43 @@ class StoreBackend(Protocol):
         ...
 
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
-        """Make the change token agree with data just read; return the token for it."""
+        """Make the change token agree with data just read; return the token for it.
+
+        Only asked of a backend whose change tokens are fingerprints (a backend
+        sets ``fingerprint_tokens = False`` when they are not, e.g. a file's
+        identity, and is then never asked).
+        """
         ...
 
     def close(self) -> None:
         ...
+
+
+# -- push (optional) --------------------------------------------------------------------------
+
+
+class ChangeNotifier(Protocol):
+    """Wakes a store when another writer changed the data: the optional push part.
+
+    A backend that can push offers ``notifier(wake) -> ChangeNotifier | None``
+    (None: not on this platform). ``wake(full)`` is called on the notifier's
+    own thread and must only mark: the store thread then runs a refresh tick
+    (a cheap change-token check, so a store's own writes cost nothing), or a
+    full read when ``full`` (notifications may have been lost, e.g. while a
+    subscriber reconnected). Notifications may be late, duplicated or lost:
+    the store's refresh timer stays on as the safety poll.
+    """
+
+    def start(self) -> None:
+        ...
+
+    def close(self) -> None:
+        """Stop promptly (well under a second); no ``wake`` after it returns."""
+        ...
+
+
+#: What a backend's optional ``notifier`` method is called with: ``wake(full)``.
+Wake = Callable[[bool], None]
 
 
 # -- leader lease (FH_PREFORK_EDGE_MODE=leader) ------------------------------------------------

@@ -43,7 +43,7 @@ from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from . import faults
-from .backend import Snapshot, StoreBackend, StoreUnavailable
+from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
 from .options import SessionStoreOptions
 from .reconcile import Plan, reconcile
 
@@ -129,6 +129,8 @@ class SessionStore(RawUpdateFeatureListener):
         self._closing = False
         self._closed = False
         self._refresh_requested = False
+        self._notified = False              # push: the backend says the data changed
+        self._notified_full = False         # push: read in full (notifications were lost)
         self._stored_count = 0
         self._tombstone_count = 0
         self._change_token: str | None = None
@@ -156,6 +158,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
         self._thread.start()
+        self._notifier = self._start_notifier() if options.push else None
 
     # -- RawUpdateFeatureListener: called on the notifying thread, must only mark ------------
 
@@ -195,6 +198,8 @@ class SessionStore(RawUpdateFeatureListener):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._notifier is not None:
+            self._notifier.close()
         self._repository.remove_raw_update_listener(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=max(flush_timeout, 0) + 2.0)
@@ -337,7 +342,7 @@ class SessionStore(RawUpdateFeatureListener):
                         if now >= task_due:
                             break
                         due = min(due, task_due)
-                    if self._refresh_requested or now >= next_tick:
+                    if self._refresh_requested or self._notified or now >= next_tick:
                         break
                     if self._dirty and (retry_at is None or now >= retry_at):
                         break
@@ -350,9 +355,11 @@ class SessionStore(RawUpdateFeatureListener):
                 now = time.monotonic()
                 if self._is_dirty() and (retry_at is None or now >= retry_at):
                     retry_at = None if self._flush() else time.monotonic() + self._period() / 4
-                if self._refresh_requested or now >= next_tick:
-                    full = self._refresh_requested
-                    self._refresh_requested = False
+                if self._refresh_requested or self._notified or now >= next_tick:
+                    with self._cond:
+                        full = self._refresh_requested or self._notified_full
+                        self._refresh_requested = False
+                        self._notified = self._notified_full = False
                     if now >= next_tick:
                         next_tick = now + self._period()
                     self._tick(full)
@@ -363,6 +370,28 @@ class SessionStore(RawUpdateFeatureListener):
             finally:
                 with self._cond:
                     self._cond.notify_all()
+
+    def _start_notifier(self) -> ChangeNotifier | None:
+        """Push: the backend's notifier, if it has one, wakes this store's thread."""
+        make = getattr(self._backend, "notifier", None)
+        if not callable(make):
+            return None
+        try:
+            notifier: ChangeNotifier | None = make(self._on_notify)
+            if notifier is not None:
+                notifier.start()
+        except Exception as err:  # push is an optimisation: the refresh timer still runs
+            self._log.warning("fh_prefork: no change notifications from %s, polling only: %s",
+                              self._backend.description, err)
+            return None
+        return notifier
+
+    def _on_notify(self, full: bool) -> None:
+        """Called on the notifier's thread: only marks; the store thread does the I/O."""
+        with self._cond:
+            self._notified = True
+            self._notified_full = self._notified_full or full
+            self._cond.notify_all()
 
     def _period(self) -> float:
         j = self.options.refresh_jitter
@@ -497,7 +526,8 @@ class SessionStore(RawUpdateFeatureListener):
         fingerprint = fs.fingerprint(plan.live.values())
         self._fingerprint = fingerprint
         self._change_token = snapshot.change_token
-        if snapshot.change_token not in decoded.consistent_fingerprints():
+        if (getattr(self._backend, "fingerprint_tokens", True)
+                and snapshot.change_token not in decoded.consistent_fingerprints()):
             self._change_token = self._settle(snapshot, fingerprint)
         self._set_problem(None)
         self._note_success()

@@ -47,7 +47,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from ..apikey import environment_id, require_client_evaluated
 from . import faults
 from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable
 from .core import SessionStore
+from .inotify import DirectoryWatch, watch_files
 from .options import FileSessionStoreOptions, validate_key
 
 log = logging.getLogger("fh_prefork")
@@ -228,6 +229,8 @@ class FileBackend:
     """Moves the store's bytes in and out of one private file."""
 
     source = SOURCE
+    #: change tokens are the file's identity, not a fingerprint: nothing to settle
+    fingerprint_tokens = False
 
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
@@ -324,6 +327,10 @@ class FileBackend:
 
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
         return snapshot.change_token
+
+    def notifier(self, wake: Callable[[bool], None]) -> DirectoryWatch | None:
+        """Push: the kernel's notifications on the folder (Linux inotify; None elsewhere)."""
+        return watch_files(self.directory, [self.path.name], wake)
 
     def close(self) -> None:
         if self._lock_fd >= 0:

@@ -50,6 +50,9 @@ class SessionStoreOptions:
     tombstone_seconds: float = _opt(7 * 24 * 3600.0, "how long a deletion is remembered "
                                     "(see How it works)", "7 days")
     max_tombstones: int = _opt(1000, "deletions remembered at most, oldest dropped first")
+    push: bool = _opt(True, "wake at once on the backend's change notifications (Redis "
+                      "pub/sub, inotify on the embedded store); the refresh timer stays on as "
+                      "the safety poll")
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str) or not self.prefix:
@@ -62,6 +65,8 @@ class SessionStoreOptions:
         _positive_int("max_item_bytes", self.max_item_bytes)
         _positive_int("verify_every", self.verify_every)
         _positive_int("max_tombstones", self.max_tombstones)
+        if not isinstance(self.push, bool):
+            raise ValueError(f"push must be True or False, got {self.push!r}")
         if not isinstance(self.tombstone_seconds, (int, float)) or isinstance(
             self.tombstone_seconds, bool
         ) or not self.tombstone_seconds > 0:

@@ -233,8 +233,8 @@ class RedisBackend:
     def __init__(self, client: Any | Callable[[], Any], data_key: str, description: str,
                  cluster: bool) -> None:
         self._client_or_factory = client
-        self._client: Any = None if callable(client) and not hasattr(client, "execute_command") \
-            else client
+        self._given = hasattr(client, "execute_command")   # a client, not a factory of them
+        self._client: Any = client if self._given else None
         self.cluster = cluster
         self.data_key = validate_key(data_key)
         self.sha_key = validate_key(f"{data_key}_sha")
@@ -337,8 +337,20 @@ class RedisBackend:
     # -- push ---------------------------------------------------------------------------------
 
     def notifier(self, wake: Callable[[bool], None]) -> RedisNotifier:
-        """A subscriber to this store's channel; ``wake(full)`` runs on its thread."""
-        return RedisNotifier(self._connect, self.channel, wake, self.cluster, self.description)
+        """A subscriber to this store's channel on a client of its own; ``wake(full)`` runs
+        on its thread (the store thread's client is never touched from there)."""
+        return RedisNotifier(self._notifier_client, self.channel, wake)
+
+    def _notifier_client(self) -> Any:
+        given = self._client_or_factory
+        if not self._given:
+            return given()     # a URL: a fresh client, same settings (never the URL text)
+        if self.cluster:
+            return given       # a given cluster client: redis-py's pubsub has its own connection
+        redis = _redis()
+        pool = given.connection_pool
+        return redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **pool.connection_kwargs))
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -389,13 +401,12 @@ class RedisNotifier:
     POLL = 0.2          # s, longest blocking read: bounds how long close() waits
     BACKOFF_MAX = 5.0   # s
 
-    def __init__(self, connect: Callable[[], Any], channel: str, wake: Callable[[bool], None],
-                 cluster: bool, description: str) -> None:
+    def __init__(self, connect: Callable[[], Any], channel: str,
+                 wake: Callable[[bool], None]) -> None:
         self._connect = connect
+        self._client: Any = None
         self._channel = channel
         self._wake = wake
-        self._cluster = cluster
-        self._description = description
         self._stop = threading.Event()
         self.connected = False
         self.reconnects = 0
@@ -407,20 +418,9 @@ class RedisNotifier:
         self._thread.start()
 
     def _subscribe(self) -> Any:
-        redis = _redis()
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        base = self._connect()
-        if self._cluster:
-            pubsub = base.pubsub()
-        else:  # a connection of its own, from the same parsed settings (never the URL text)
-            kwargs = dict(base.connection_pool.connection_kwargs)
-            kwargs["retry"] = Retry(NoBackoff(), 0)
-            kwargs.pop("socket_timeout", None)   # an idle subscriber is not a hung server
-            pool = redis.ConnectionPool(connection_class=base.connection_pool.connection_class,
-                                        **kwargs)
-            pubsub = redis.Redis(connection_pool=pool).pubsub(ignore_subscribe_messages=True)
+        if self._client is None:
+            self._client = self._connect()
+        pubsub = self._client.pubsub()
         pubsub.subscribe(self._channel)
         return pubsub
 
@@ -443,6 +443,8 @@ class RedisNotifier:
                 if not first:
                     self.reconnects += 1
                     self._wake(True)   # what was published while we were away is lost
+                else:   # a write between the store's first read and this subscription
+                    self._wake(False)  # was published to nobody: one cheap token check
                 first = False
                 delay = 0.05
                 while not self._stop.is_set():
@@ -466,6 +468,11 @@ class RedisNotifier:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+        if not self._thread.is_alive() and self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
 
 
 class RedisSessionStore(SessionStore):

@@ -1,0 +1,156 @@
+"""Push: a write wakes every other store at once, not at its next refresh.
+
+Redis publishes on the channel named after the data key; the embedded store has
+the kernel's file notifications (inotify); memcached keeps polling. Every store
+here refreshes once a minute, so only a notification explains an update seen
+within seconds. Bounds are loose (a loaded 2-core machine); the figures are in
+``fh-prefork bench --only push``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from fh_prefork.listener import ListeningRepository
+from fh_prefork.store import SessionStore, open_store
+from tests.conftest import make_config
+from tests.support.procs import wait_for
+from tests.support.redis import Redis
+
+SLOW = 60.0   # s between refresh ticks: polling cannot explain anything below
+BOUND = 3.0   # s, loose
+
+
+def feat(key: str, version: int) -> dict[str, Any]:
+    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
+            "value": True, "strategies": []}
+
+
+def repo(config: Any) -> ListeningRepository:
+    r = config.repository()
+    assert isinstance(r, ListeningRepository)
+    return r
+
+
+def version(config: Any, key: str) -> int:
+    return int(repo(config).feature(key).get_version or 0)
+
+
+@pytest.fixture(params=["file", "redis"])
+def push_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_server").url)
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def stores(prefix: str) -> Any:
+    built: list[SessionStore] = []
+
+    def make(url: str, **opts: Any) -> tuple[Any, SessionStore]:
+        config = make_config()
+        opts.setdefault("prefix", prefix)
+        opts.setdefault("refresh_timeout", SLOW)
+        store = open_store(url, config, opts)
+        assert store is not None
+        built.append(store)
+        return config, store
+
+    yield make
+    for store in built:
+        store.close(flush_timeout=0)
+
+
+def test_a_write_wakes_the_other_stores_at_once(push_url: str, stores: Any) -> None:
+    writer_cfg, writer = stores(push_url)
+    readers = [stores(push_url) for _ in range(3)]
+    wait_for(lambda: all(getattr(s._notifier, "connected", True) for _, s in readers), BOUND,
+             what="every reader subscribed")
+    for v in range(1, 6):
+        repo(writer_cfg).notify("feature", feat("A", v))
+        wait_for(lambda v=v: all(version(c, "A") == v for c, _ in readers), BOUND,
+                 interval=0.002, what=f"every reader at version {v}")
+
+
+def test_push_off_or_memcached_polls(stores: Any, memcached: Any, tmp_path: Path) -> None:
+    _, off = stores(f"file://{tmp_path}/store", push=False)
+    _, mc = stores(memcached.url)
+    assert off._notifier is None and mc._notifier is None
+
+
+def test_idle_costs_nothing_but_the_safety_poll(push_url: str, stores: Any) -> None:
+    cfg, store = stores(push_url)
+    other_cfg, other = stores(push_url)
+    repo(cfg).notify("features", [feat("A", 1)])
+    assert store.flush(2)
+    wait_for(lambda: version(other_cfg, "A") == 1, BOUND, what="the other store's read")
+    time.sleep(0.3)   # the notification's tick finishes
+    before = (store.counters.reads, other.counters.reads, other.counters.refreshes)
+    time.sleep(0.5)   # idle: nothing may be read (the refresh period is a minute)
+    assert (store.counters.reads, other.counters.reads, other.counters.refreshes) == before
+
+
+def test_close_interrupts_a_blocked_wait_promptly(push_url: str, stores: Any) -> None:
+    _, store = stores(push_url)
+    notifier = store._notifier
+    assert notifier is not None
+    started = time.monotonic()
+    store.close(flush_timeout=0)
+    took = time.monotonic() - started
+    print(f"close with a notifier on {push_url.split(':')[0]}: {took:.3f} s")
+    assert took < 1.5
+    assert not notifier._thread.is_alive()
+
+
+def test_a_deleted_data_file_is_written_back_at_once(stores: Any, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/store"
+    cfg, store = stores(url)
+    _, other = stores(url)
+    repo(cfg).notify("features", [feat("A", 1), feat("B", 1)])
+    assert store.flush(2)
+    data = next((tmp_path / "store").glob("*_env-test.json"))
+    data.unlink()
+    wait_for(data.exists, BOUND, what="the data file written back (not at the next minute)")
+
+
+def test_redis_subscriber_reconnects_and_reads_in_full(own_redis: Redis, stores: Any) -> None:
+    cfg, store = stores(own_redis.url)
+    _, other = stores(own_redis.url)
+    repo(cfg).notify("features", [feat("A", 1), feat("B", 1)])
+    assert store.flush(2)
+    wait_for(lambda: other._notifier is not None and other._notifier.connected, BOUND,
+             what="the subscriber connected")
+    reads = other.counters.reads
+    own_redis.restart()                        # empty, every connection dropped
+    wait_for(lambda: other._notifier.reconnects >= 1, 10, what="the subscriber back")
+    wait_for(lambda: other.counters.reads > reads, BOUND, what="a full read once reconnected")
+    client = redis.Redis.from_url(own_redis.url)
+    try:   # both held the state: the emptied server is refilled, long before a refresh tick
+        wait_for(lambda: client.get(f"{store._backend.data_key}") is not None, BOUND,
+                 what="the state written back into the restarted Redis")
+    finally:
+        client.close()
+
+
+def test_a_writer_that_does_not_publish_is_seen_at_the_safety_poll(
+        redis_server: Redis, stores: Any, prefix: str) -> None:
+    """The JavaScript store never publishes: its writes arrive at the refresh timer."""
+    cfg, store = stores(redis_server.url, refresh_timeout=0.2)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        import json
+
+        from fh_prefork import features as fs
+        value = [feat("JS", 3)]
+        client.set(f"{prefix}_env-test", json.dumps(value))
+        client.set(f"{prefix}_env-test_sha", fs.fingerprint(value))
+    finally:
+        client.close()
+    wait_for(lambda: version(cfg, "JS") == 3, BOUND, what="the unpublished write")
+
+
