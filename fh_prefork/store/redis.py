@@ -342,7 +342,7 @@ class RedisBackend:
         return RedisNotifier(self._notifier_client, self.channel, wake)
 
     def _notifier_client(self) -> Any:
-        given = self._client_or_factory
+        given: Any = self._client_or_factory
         if not self._given:
             return given()     # a URL: a fresh client, same settings (never the URL text)
         if self.cluster:
