@@ -17,13 +17,18 @@ Sections (``--only`` picks some):
 * ``edge``: Edge connections with ``FH_PREFORK_EDGE_MODE=every`` vs ``leader``.
 * ``openfeature``: an OpenFeature resolution through ``fh_prefork.openfeature``
   (the SDK client, and the provider alone) vs a direct ``fh_prefork.context()`` read.
+* ``push``: leader mode on one host, an update handed to the leader's store until
+  every follower process serves it: with push (Redis pub/sub, inotify) at a 5 s
+  refresh, so polling cannot explain it, and with polling at the leader-mode
+  default 1 s for comparison (``fh_prefork/bench/push.py``).
 
 Every process started here is stopped by pid; every wait is bounded.
 """
 
 from __future__ import annotations
 
-SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge", "openfeature")
+SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge", "openfeature",
+            "push")
 
 import asyncio  # noqa: E402  # SECTIONS stays importable first, for the CLI's parser
 import json  # noqa: E402
@@ -601,6 +606,57 @@ def section_openfeature(b: Bench) -> None:
 
 # -- driver -------------------------------------------------------------------------------------
 
+def section_push(b: Bench) -> None:
+    from . import redis as redis_mod
+    from .push import measure
+
+    followers = 6
+    push_updates, poll_updates = (10, 4) if b.quick else (40, 12)
+    server: Any = None
+    if redis_mod.available():
+        try:
+            import redis  # noqa: F401  # the optional extra
+            server = redis_mod.RedisServer().start()
+        except ImportError:
+            _progress("redis-py is not installed (the redis extra): redis rows are skipped")
+    else:
+        _progress("redis-server is not installed: redis rows are skipped")
+    # the embedded store where a worker keeps it by default: a memory-backed folder
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(prefix="fh-prefork-push-", dir=shm)
+    runs: list[tuple[str, str, bool, float, int]] = [
+        ("file", f"file://{folder}/push", True, 5.0, push_updates)]
+    if server is not None:
+        runs.append(("redis", server.url, True, 5.0, push_updates))
+    runs.append(("file", f"file://{folder}/poll", False, 1.0, poll_updates))
+    if server is not None:
+        runs.append(("redis", server.url, False, 1.0, poll_updates))
+    if b.memcache_url:
+        runs.append(("memcache", b.memcache_url, False, 1.0, poll_updates))
+    rows = []
+    try:
+        for backend, url, push, refresh, updates in runs:
+            _progress(f"push: {backend} {'push' if push else 'polling'}, refresh {refresh:g} s, "
+                      f"{updates} updates")
+            r = measure(url, backend, followers=followers, updates=updates, refresh=refresh,
+                        push=push)
+            ms = [x * 1000 for x in r.latencies]
+            rows.append({"backend": backend, "mode": "push" if push else "polling",
+                         "refresh": refresh, "followers": followers, "updates": updates,
+                         "p50": percentile(ms, 50), "p99": percentile(ms, 99),
+                         "max": max(ms) if ms else float("nan"), "missed": r.missed})
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    b.results["push"] = {"rows": rows}
+    b.emit(table(f"Push: update handed to the leader -> every one of {followers} followers "
+                 "serves it (leader mode, one host)",
+                 [("backend", "backend"), ("mode", "mode"), ("refresh s", "refresh"),
+                  ("followers", "followers"), ("updates", "updates"), ("p50 ms", "p50"),
+                  ("p99 ms", "p99"), ("max ms", "max"), ("missed", "missed")], rows))
+
+
 RUNNERS: dict[str, Callable[[Bench], None]] = {
     "storm": lambda b: section_storm(b, "distinct"),
     "same": lambda b: section_storm(b, "same"),
@@ -610,6 +666,7 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
     "read": section_read,
     "edge": section_edge,
     "openfeature": section_openfeature,
+    "push": section_push,
 }
 
 

@@ -1,0 +1,134 @@
+"""Push latency: an update reaches one process's store, how soon every other serves it.
+
+The leader-mode path on one host: one *leader* process receives each update (as
+from its Edge stream) and writes the store; N *follower* processes never talk to
+Edge and learn everything from the store, each with its own store and thread,
+exactly as a gunicorn worker's. A follower's time is when its repository applied
+the update (a raw-update listener: from then on its requests serve it); the
+update's latency is the last follower's time minus the moment the leader was
+handed the update. ``CLOCK_MONOTONIC`` is system-wide on Linux, so the
+processes' clocks compare.
+
+The refresh period is 5 s by default, so polling cannot explain a latency far
+below it: with push, Redis pub/sub or inotify wake the followers; without
+(``push=False``, and memcached), they wait for their next jittered tick.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+API_KEY = "push/env-push/client*push"
+FLAG = "PUSH_FLAG"
+
+
+def _feature(version: int) -> dict[str, Any]:
+    return {"id": f"id-{FLAG}", "key": FLAG, "l": False, "version": version, "type": "BOOLEAN",
+            "value": version % 2 == 0, "strategies": []}
+
+
+def _open(url: str, prefix: str, refresh: float, push: bool) -> tuple[Any, Any]:
+    from featurehub_sdk.featurehub_config import FeatureHubConfig
+
+    from ..store import open_store
+
+    config = FeatureHubConfig("http://127.0.0.1:9/", [API_KEY])
+    store = open_store(url, config, {"prefix": prefix, "refresh_timeout": refresh,
+                                     "push": push})
+    assert store is not None
+    return config, store
+
+
+def _follower(index: int, url: str, prefix: str, refresh: float, push: bool, ready: Any,
+              out: Any, stop: Any) -> None:
+    from ..listener import RawUpdateFeatureListener
+
+    config, store = _open(url, prefix, refresh, push)
+
+    class Seen(RawUpdateFeatureListener):
+        def process_updates(self, features: list[dict[str, Any]], source: str) -> None:
+            now = time.monotonic()
+            for f in features:
+                if f.get("key") == FLAG:
+                    out.put((index, int(f["version"]), now))
+
+        def process_update(self, feature: dict[str, Any], source: str) -> None:
+            self.process_updates([feature], source)
+
+        def delete_feature(self, feature: dict[str, Any], source: str) -> None:
+            pass
+
+    config.repository().register_raw_update_listener(Seen())
+    deadline = time.monotonic() + 10
+    notifier = store._notifier
+    while notifier is not None and not getattr(notifier, "connected", True) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)  # bounded: a Redis subscriber confirming its subscription
+    ready.release()
+    stop.wait(120)
+    store.close(flush_timeout=0)
+
+
+@dataclass
+class PushResult:
+    backend: str
+    push: bool
+    followers: int
+    refresh: float
+    latencies: list[float] = field(default_factory=list)   # s, per update: the last follower
+    missed: int = 0                                         # updates some follower never saw
+
+
+def measure(url: str, backend: str, *, followers: int = 6, updates: int = 30,
+            refresh: float = 5.0, push: bool = True, gap: float = 0.15,
+            bound: float | None = None) -> PushResult:
+    """Send ``updates`` updates through a leader; time until every follower applied each."""
+    prefix = f"push{os.getpid()}x{time.time_ns() % 10**10}"
+    bound = bound if bound is not None else 2.5 * refresh + 2
+    ctx = mp.get_context("spawn")
+    ready, stop, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    config, leader = _open(url, prefix, refresh, push)
+    config.repository().notify("features", [_feature(1)])
+    assert leader.flush(5), "the leader could not write the first state"
+    procs = [ctx.Process(target=_follower, name=f"push-{i}", daemon=True,
+                         args=(i, url, prefix, refresh, push, ready, out, stop))
+             for i in range(followers)]
+    result = PushResult(backend, push, followers, refresh)
+    try:
+        for p in procs:
+            p.start()
+        for _ in procs:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a follower did not start within 60 s")
+        for version in range(2, updates + 2):
+            time.sleep(gap * random.uniform(0.5, 1.5))  # spread updates across tick phases
+            seen: dict[int, float] = {}
+            sent = time.monotonic()
+            config.repository().notify("feature", _feature(version))
+            deadline = sent + bound
+            while len(seen) < followers and time.monotonic() < deadline:
+                try:
+                    index, got, when = out.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if got >= version:
+                    seen.setdefault(index, when)
+            if len(seen) < followers:
+                result.missed += 1
+            else:
+                result.latencies.append(max(seen.values()) - sent)
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        leader.close(flush_timeout=0)
+    return result
