@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 from pymemcache.client.base import Client
@@ -87,12 +87,13 @@ def parse_url(connection: str) -> tuple[list[Server], TlsSettings | None]:
 def _parse_tls(connection: str, query: str) -> TlsSettings | None:
     if not query:
         return None
-    params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = sorted(set(params) - set(_TLS_PARAMS))
-    if unknown or any(len(v) != 1 for v in params.values()):
-        raise ValueError(f"memcache address {connection!r}: unknown or repeated parameter(s) "
-                         f"{', '.join(unknown) or 'repeated'}; known: {', '.join(_TLS_PARAMS)}")
-    one = {k: unquote(v[0]) for k, v in params.items()}
+    one: dict[str, str] = {}
+    for part in query.split("&"):  # not parse_qs: a '+' in a path stays a '+'
+        name, _, value = part.partition("=")
+        if name not in _TLS_PARAMS or name in one:
+            raise ValueError(f"memcache address {connection!r}: unknown or repeated parameter "
+                             f"{name!r}; known: {', '.join(_TLS_PARAMS)}")
+        one[name] = unquote(value)
 
     def flag(name: str, default: bool) -> bool:
         value = one.get(name, "").lower()
