@@ -31,6 +31,7 @@ SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge", "o
             "push")
 
 import asyncio  # noqa: E402  # SECTIONS stays importable first, for the CLI's parser
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -96,6 +97,7 @@ class Bench:
     quick: bool
     tmp: str
     memcache_url: str | None = None
+    redis_url: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)
 
@@ -103,6 +105,8 @@ class Bench:
         found = [("file", f"file://{self.tmp}/store-{time.time_ns()}")]
         if self.memcache_url:
             found.insert(0, ("memcache", self.memcache_url))
+        if self.redis_url:
+            found.append(("redis", self.redis_url))
         return found
 
     def emit(self, text: str) -> None:
@@ -613,24 +617,20 @@ def section_push(b: Bench) -> None:
     followers = 6
     push_updates, poll_updates = (10, 4) if b.quick else (40, 12)
     server: Any = None
-    if redis_mod.available():
-        try:
-            import redis  # noqa: F401  # the optional extra
-            server = redis_mod.RedisServer().start()
-        except ImportError:
-            _progress("redis-py is not installed (the redis extra): redis rows are skipped")
-    else:
-        _progress("redis-server is not installed: redis rows are skipped")
+    redis_url = b.redis_url
+    if redis_url is None and redis_mod.available() and importlib.util.find_spec("redis"):
+        server = redis_mod.RedisServer().start()
+        redis_url = server.url
     # the embedded store where a worker keeps it by default: a memory-backed folder
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     folder = tempfile.mkdtemp(prefix="fh-prefork-push-", dir=shm)
     runs: list[tuple[str, str, bool, float, int]] = [
         ("file", f"file://{folder}/push", True, 5.0, push_updates)]
-    if server is not None:
-        runs.append(("redis", server.url, True, 5.0, push_updates))
+    if redis_url is not None:
+        runs.append(("redis", redis_url, True, 5.0, push_updates))
     runs.append(("file", f"file://{folder}/poll", False, 1.0, poll_updates))
-    if server is not None:
-        runs.append(("redis", server.url, False, 1.0, poll_updates))
+    if redis_url is not None:
+        runs.append(("redis", redis_url, False, 1.0, poll_updates))
     if b.memcache_url:
         runs.append(("memcache", b.memcache_url, False, 1.0, poll_updates))
     rows = []
@@ -673,12 +673,14 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
 def run_bench(quick: bool = False, json_path: str = "bench-results.json",
               only: Sequence[str] | None = None) -> int:
     from . import memcached as memcached_mod
+    from . import redis as redis_mod
 
     chosen = [s for s in SECTIONS if not only or s in only]
     tmp = tempfile.mkdtemp(prefix="fh-prefork-bench-")
     os.chmod(tmp, 0o700)
     started = time.monotonic()
     server: Any = None
+    redis_server: Any = None
     bench = Bench(quick=quick, tmp=tmp)
     failures: dict[str, str] = {}
     command = "fh-prefork " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("fh-prefork") \
@@ -690,6 +692,12 @@ def run_bench(quick: bool = False, json_path: str = "bench-results.json",
             bench.memcache_url = server.url
         else:
             _progress("memcached is not installed: memcache rows are skipped")
+        if redis_mod.available() and importlib.util.find_spec("redis") is not None:
+            redis_server = redis_mod.RedisServer().start()
+            bench.redis_url = redis_server.url
+        else:
+            _progress("redis-server or redis-py (the redis extra) is missing: redis rows "
+                      "are skipped")
         for name in chosen:
             section_started = time.monotonic()
             try:
@@ -704,6 +712,8 @@ def run_bench(quick: bool = False, json_path: str = "bench-results.json",
     finally:
         if server is not None:
             server.stop()
+        if redis_server is not None:
+            redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     total = time.monotonic() - started
     document = {
@@ -711,6 +721,7 @@ def run_bench(quick: bool = False, json_path: str = "bench-results.json",
                  "seconds": round(total, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "python": platform.python_version(), "platform": platform.platform(),
                  "cpus": os.cpu_count(), "memcached": bench.memcache_url is not None,
+                 "redis": bench.redis_url is not None,
                  "failures": failures},
         "sections": bench.results,
     }

@@ -90,7 +90,7 @@ def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any
 
 def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str | None = None,
               crash_indexes: tuple[int, ...] = (),
-              crash_point: str = "before_write", event: str = "features") -> StormResult:
+              crash_point: str = "before_write", event: str | None = None) -> StormResult:
     """Run one storm against the store at ``url`` and check what the store ends with.
 
     ``mode="distinct"``: every process writes its own feature plus one shared
@@ -98,10 +98,14 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
     20-feature update (the "every worker got the same Edge event" case).
     ``crash_indexes`` die with SIGKILL at ``crash_point`` during their write.
     ``event``: how the update arrives, as Edge's full list (``"features"``: a
-    feature it lacks was deleted) or as one ``"feature"`` event per feature
-    (for storms shared with a foreign writer whose features our Edge never sent).
+    feature it lacks was deleted) or as one ``"feature"`` event per feature. By
+    default "same" sends the full list (every process gets the same one) and
+    "distinct" per-feature events: a full list naming only a process's own
+    feature would say every other process's feature was deleted, and a store
+    that has already shown it those features (push) would rightly tombstone them.
     """
     prefix = prefix or f"storm{os.getpid()}x{time.time_ns() % 10**9}"
+    event = event or ("features" if mode == "same" else "feature")
     ctx = mp.get_context("spawn")  # fresh interpreters: nothing shared but the store
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
