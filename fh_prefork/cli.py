@@ -164,6 +164,22 @@ def _read_memcache(url: str, key: str, timeout: float) -> dict[str, Any]:
             "location": f"{url} key {key}"}
 
 
+def _read_redis(url: str, key: str, timeout: float) -> dict[str, Any]:
+    from .store.options import RedisSessionStoreOptions
+    from .store.redis import describe_url, make_client
+
+    client = make_client(url, RedisSessionStoreOptions(connect_timeout=timeout, timeout=timeout))
+    try:  # one GET per key: on a cluster they live in different slots
+        value, sha, leader = (client.get(k) for k in (key, f"{key}_sha", f"{key}_leader"))
+    finally:
+        try:
+            client.close()
+        except Exception:
+            pass
+    return {"value": value, "sha": sha, "leader": leader, "mtime": None,
+            "location": f"{describe_url(url)} key {key}"}   # never the password
+
+
 def _read_file(url: str, key: str) -> dict[str, Any]:
     from .store.file import parse_file_url
 
@@ -213,18 +229,23 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
                   timeout: float = 1.0) -> dict[str, Any]:
     """What a store holds for one environment, read directly (JSON only, never unpickled)."""
     from .apikey import environment_id
+    from .store.redis import describe_url, is_redis_url
 
     env = environment_id(api_key)
     key = f"{prefix}_{env}"
-    report: dict[str, Any] = {"store": store, "environment_id": env, "key": key,
+    shown = describe_url(store) if is_redis_url(store) else store   # never a password
+    report: dict[str, Any] = {"store": shown, "environment_id": env, "key": key,
                               "reachable": False, "present": False, "features": [],
                               "feature_count": 0, "bytes": None, "fingerprint": None,
                               "stored_fingerprint": None, "fingerprint_ok": None,
                               "age_seconds": None, "leader": None, "problems": []}
     now = time.time()
     try:
-        raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
-               else _read_file(store, key))
+        if is_redis_url(store):
+            raw = _read_redis(store, key, timeout)
+        else:
+            raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
+                   else _read_file(store, key))
     except Exception as err:  # socket, timeout, permission, refusal: all mean "unreadable"
         report["problems"].append(f"store unreachable or unreadable: {type(err).__name__}: "
                                   f"{err}")

@@ -161,3 +161,28 @@ def test_unreachable_redis_constructor_returns_fast_and_keeps_updates(prefix: st
                 "key"] == "A"
     finally:
         store.close(flush_timeout=0)
+
+
+def test_status_command_reads_redis_without_showing_the_password(prefix: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "fh-prefork")
+    with Redis(password="s3cret-pw") as server:
+        config = make_config()
+        store = open_store(server.url, config, {"prefix": prefix})
+        assert store is not None
+        try:
+            repo(config).notify("features", [feat("A", 1)])
+            assert store.flush(2)
+        finally:
+            store.close()
+        done = subprocess.run([exe, "status", "--json", "--store", server.url, "--api-key",
+                               "portfolio/env-test/client*secret", "--prefix", prefix],
+                              capture_output=True, text=True, timeout=30)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["feature_count"] == 1 and report["fingerprint_ok"]
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert report["store"].startswith("redis://:***@127.0.0.1:")
