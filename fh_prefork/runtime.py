@@ -93,7 +93,9 @@ class Worker:
         self.store: SessionStore | None = None
         self.store_error: str | None = None
         try:
-            self.store = open_store(settings.store, self.config, settings.store_options())
+            # a master reads once and closes: no change notifications to start and stop
+            self.store = open_store(settings.store, self.config,
+                                    {**settings.store_options(), "push": role != MASTER})
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
