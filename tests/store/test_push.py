@@ -41,10 +41,12 @@ def version(config: Any, key: str) -> int:
     return int(repo(config).feature(key).get_version or 0)
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "redis-cluster"])
 def push_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_server").url)
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
     return f"file://{tmp_path}/store"
 
 
