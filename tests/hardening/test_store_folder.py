@@ -40,7 +40,8 @@ def as_nobody(*command: str) -> None:
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A folder like /dev/shm: every user may create entries (mode 1777), outside pytest's
-    own 0700 temp tree so the other user can reach it."""
+    own 0700 temp tree so the other user can reach it. Ask for it before start_cluster, so
+    the servers are stopped before it is removed."""
     folder = Path(tempfile.mkdtemp(prefix="fh-hardening-", dir="/tmp"))
     folder.chmod(0o1777)
     yield folder
@@ -57,7 +58,7 @@ def store_version(folder: Path, prefix: str, key: str = "FLAG") -> int | None:
 
 @pytest.mark.parametrize("squat", ["folder", "symlink"])
 def test_squatted_default_folder_gives_a_fresh_private_one(
-        start_cluster: StartCluster, edge: EdgeSimulator, shared_tmp: Path, squat: str) -> None:
+        shared_tmp: Path, start_cluster: StartCluster, edge: EdgeSimulator, squat: str) -> None:
     usual = shared_tmp / "fh-prefork"
     if squat == "folder":
         as_nobody("mkdir", "-m", "0777", str(usual))
@@ -101,7 +102,7 @@ def test_parents_are_created_private_under_umask_000(
 
 @pytest.mark.parametrize("swap", ["folder", "symlink"])
 def test_a_swapped_folder_cannot_redirect_reads_or_writes(
-        start_cluster: StartCluster, edge: EdgeSimulator, shared_tmp: Path, swap: str) -> None:
+        shared_tmp: Path, start_cluster: StartCluster, edge: EdgeSimulator, swap: str) -> None:
     parent = shared_tmp / "parent"
     as_nobody("mkdir", "-m", "0755", str(parent))   # the other user owns the folder's parent
     folder = parent / "store"
