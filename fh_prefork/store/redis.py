@@ -180,9 +180,12 @@ def make_client(url: str, options: RedisSessionStoreOptions) -> Any:
     from redis.retry import Retry
 
     plain, cluster = split_url(url)
+    # health checks: a connection idle for 30 s is PINGed before use, so a subscriber whose
+    # server vanished without a reset (paused, partitioned) notices and reconnects
     common: dict[str, Any] = dict(socket_timeout=options.timeout,
                                   socket_connect_timeout=options.connect_timeout,
-                                  retry=Retry(NoBackoff(), 0), decode_responses=False)
+                                  retry=Retry(NoBackoff(), 0), decode_responses=False,
+                                  health_check_interval=30)
     if cluster:
         from redis.cluster import RedisCluster
 
@@ -439,6 +442,8 @@ class RedisNotifier:
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError("no subscribe confirmation")
+                if self._stop.is_set():
+                    break
                 self.connected = True
                 if not first:
                     self.reconnects += 1
