@@ -100,10 +100,10 @@ def generated_readme(text: str) -> str:
     for name, make in GENERATED.items():
         pattern = re.compile(rf"(<!-- generated: {name} .*?-->\n).*?(<!-- end: {name} -->)",
                              re.S)
-        if not pattern.search(text):
+        found = pattern.search(text)
+        if found is None:
             raise ValueError(f"README has no generated block {name!r}")
-        table = make()
-        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+        text = text[:found.end(1)] + make() + text[found.start(2):]
     return text
 
 

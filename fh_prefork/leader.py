@@ -317,6 +317,11 @@ class EdgeSwitch(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             self._closed = True
         self.stop(timeout)
 
+    def connected(self) -> bool:
+        """An Edge connection is open and streaming (this worker leads, or fell back)."""
+        edge = self._edge
+        return edge is not None and edge.status().get("state") == "connected"
+
     def status(self) -> dict[str, Any]:
         edge = self._edge
         status: dict[str, Any] = edge.status() if edge is not None else {"state": "standby"}

@@ -72,6 +72,9 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._junk_log = RateLimitedLog(log)
         #: feature states applied and deletions made, by source (for metrics and status)
         self.applied: dict[str, int] = {}
+        #: the ids Edge's stream says exist now: its last full list, plus the features it sent
+        #: since, minus the ones it deleted (None until a full list arrived)
+        self.edge_ids: set[str] | None = None
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -95,6 +98,9 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                                        source)
                 return
             with self._notify_lock:
+                if source == EDGE_SOURCE:
+                    self.edge_ids = {item["id"] for item in data
+                                     if isinstance(item, dict) and isinstance(item.get("id"), str)}
                 applied = [f for f in (self._apply_one(item, source) for item in data) if f]
                 deleted = self._delete_unlisted(data) if source == EDGE_SOURCE else []
                 self._ready = True
@@ -103,11 +109,16 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                     self._tell("delete_feature", gone, source)
         elif status == "feature":
             with self._notify_lock:
+                if source == EDGE_SOURCE and self.edge_ids is not None and isinstance(
+                        data, dict) and isinstance(data.get("id"), str):
+                    self.edge_ids.add(data["id"])
                 applied_one = self._apply_one(data, source)
                 if applied_one is not None:
                     self._tell("feature", applied_one, source)
         elif status == "delete_feature":
             with self._notify_lock:
+                if source == EDGE_SOURCE and self.edge_ids is not None and isinstance(data, dict):
+                    self.edge_ids.discard(data.get("id"))
                 gone_one = self._delete(data, source)
                 if gone_one is not None:
                     self._tell("delete_feature", gone_one, source)
@@ -133,6 +144,18 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             applied = [f for f in (self._apply_one(item, source) for item in features) if f]
             if applied:
                 self._tell("features", applied, source)
+
+    def bury(self, fid: str, key: str, version: int, source: str) -> None:
+        """Record that feature ``fid`` is deleted at ``version``, and delete it here if held."""
+        with self._notify_lock:
+            gone = self._delete({"id": fid, "key": key, "version": version}, source)
+            if gone is not None:
+                self._tell("delete_feature", gone, source)
+
+    def edge_view(self) -> frozenset[str] | None:
+        """A copy of :attr:`edge_ids` (None before Edge's first full list)."""
+        with self._notify_lock:
+            return None if self.edge_ids is None else frozenset(self.edge_ids)
 
     def tombstones(self) -> ts.Tombstones:
         """The deletions this process remembers (a copy)."""

@@ -99,7 +99,7 @@ class Worker:
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
-                      settings.store, err)
+                      settings.store_display, err)
         self.edge: SupervisedEdge | None = None
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
@@ -111,6 +111,8 @@ class Worker:
         elif isinstance(self.edge_service, SupervisedEdge):
             self.edge = self.edge_service
             self.edge.start()
+        if self.store is not None and role != MASTER:
+            self.store.edge_connected = self._edge_connected
         self.publisher: workers.Publisher | None = None
         if role != MASTER and self.store is not None:
             parent = psutil.Process(self.pid).parent()
@@ -130,7 +132,7 @@ class Worker:
         if self.store is None or not supports_lease(backend):
             log.warning("fh_prefork: leader mode needs a shared store (%s); worker %d connects "
                         "to Edge itself",
-                        self.store_error or f"store {self.settings.store}",
+                        self.store_error or f"store {self.settings.store_display}",
                         self.pid)
             switch.start()
             return
@@ -152,6 +154,12 @@ class Worker:
                                  follow_seconds=refresh, jitter=self.settings.refresh_jitter,
                                  on_role=on_role, state_problem=state_problem)
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
+
+    def _edge_connected(self) -> bool:
+        """This worker hears Edge right now (its own stream, or the leader's in leader mode)."""
+        if self.switch is not None:
+            return self.switch.connected()
+        return self.edge is not None and self.edge.status().get("state") == "connected"
 
     @property
     def edge_role(self) -> str | None:
@@ -193,7 +201,7 @@ class Worker:
             "master_pid": parent.pid if parent is not None and self.role == WORKER else None,
             "started_at": self.started_at,
             "forked_from": _forked_from,
-            "store_url": self.settings.store,
+            "store_url": self.settings.store_display,
             "store": store,
             "store_error": self.store_error,
             "edge_transport": self.settings.edge,

@@ -141,6 +141,10 @@ class SessionStore(RawUpdateFeatureListener):
         self._problem: str | None = None       # why the store cannot give us the state
         self._problem_since: float | None = None   # monotonic
         self._ticks_since_read = 0
+        #: () -> whether this process's Edge connection is up; set by the runtime, so the
+        #: store can judge stored features by what Edge lists (see _judge_by_edge)
+        self.edge_connected: Callable[[], bool] | None = None
+        self._absent_since: dict[str, float] = {}   # id -> monotonic, absent from Edge since
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
@@ -460,6 +464,7 @@ class SessionStore(RawUpdateFeatureListener):
             self.counters.reads += 1
             self._ticks_since_read = 0
             decoded = self._decode(snapshot)
+            self._judge_by_edge(decoded)
             stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, fs.MAX_READ_BYTES)
             plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
                              self._held(), self._repository.tombstones(), now=time.time(),
@@ -498,6 +503,36 @@ class SessionStore(RawUpdateFeatureListener):
                           "retrying on the next tick", self.options.retry_update_count,
                           self._backend.description)
         return _RETRY
+
+    def _judge_by_edge(self, stored: fs.Decoded) -> None:
+        """Delete what the store keeps holding although this process's live Edge stream lacks it.
+
+        A delete that reached no stream (every connection was down, or in
+        leader mode the leader was being replaced) is visible only as absence
+        from Edge's next full list; followers never hear one, and a process
+        that did not hold the feature then cannot delete it, so the others
+        keep writing it back. A process whose Edge connection is up judges the
+        store: a feature Edge's stream has not listed or sent for
+        ``edge_absence_seconds`` while connected does not exist on Edge.
+        (Edge sends a new feature to every stream within milliseconds; the
+        grace covers a peer's stream, or a foreign store's, being ahead of ours.)
+        """
+        view = self._repository.edge_view()
+        if self.edge_connected is None or view is None or not self.edge_connected():
+            self._absent_since.clear()
+            return
+        now = time.monotonic()
+        local = self._repository.tombstones()
+        absent = {fid: f for fid, f in stored.placed.items()
+                  if fid not in view and not (fid in local and local[fid].covers(f))}
+        for fid in list(self._absent_since):
+            if fid not in absent:
+                del self._absent_since[fid]
+        for fid, feature in absent.items():
+            since = self._absent_since.setdefault(fid, now)
+            if now - since >= self.options.edge_absence_seconds:
+                del self._absent_since[fid]
+                self._repository.bury(fid, feature["key"], feature["version"], source="edge")
 
     def _held(self) -> list[fs.FeatureState]:
         return [f for f in self._repository.feature_states() if fs.identity_problem(f) is None]

@@ -50,6 +50,9 @@ class SessionStoreOptions:
     tombstone_seconds: float = _opt(7 * 24 * 3600.0, "how long a deletion is remembered "
                                     "(see How it works)", "7 days")
     max_tombstones: int = _opt(1000, "deletions remembered at most, oldest dropped first")
+    edge_absence_seconds: float = _opt(10.0, "a stored feature that a connected Edge stream "
+                                       "has not listed for this long is deleted (a delete no "
+                                       "stream heard)", "10 s")
     push: bool = _opt(True, "wake at once on the backend's change notifications (Redis "
                       "pub/sub, inotify on the embedded store); the refresh timer stays on as "
                       "the safety poll")
@@ -72,6 +75,11 @@ class SessionStoreOptions:
         ) or not self.tombstone_seconds > 0:
             raise ValueError(f"tombstone_seconds must be a number of seconds > 0, "
                              f"got {self.tombstone_seconds!r}")
+        if not isinstance(self.edge_absence_seconds, (int, float)) or isinstance(
+            self.edge_absence_seconds, bool
+        ) or not self.edge_absence_seconds >= 0:
+            raise ValueError(f"edge_absence_seconds must be a number of seconds >= 0, "
+                             f"got {self.edge_absence_seconds!r}")
         if not isinstance(self.refresh_timeout, (int, float)) or isinstance(
             self.refresh_timeout, bool
         ) or not self.refresh_timeout > 0:

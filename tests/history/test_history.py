@@ -285,9 +285,9 @@ class History:
                 return f" [worker {victim} already gone]"
             return f" [pid {victim}]"
         if step.kind == "ttin":
-            self.cluster.send(signal.SIGTTIN)
+            handled = self.signal_handled(signal.SIGTTIN, "ttin")
             self.workers += 1
-            return f" [-> {self.workers} workers]"
+            return f" [-> {self.workers} workers]" + ("" if handled else " [not handled]")
         if step.kind == "ttou":
             return self.ttou()
         if step.kind == "settle":
@@ -300,9 +300,26 @@ class History:
     def brief_diff(self) -> str:
         return describe(*self.last).replace("\n", "; ")
 
+    def signal_handled(self, sig: int, name: str) -> bool:
+        """Send ``sig`` to the master and wait until it logged handling it.
+
+        Two signals of one kind that arrive before the master's handler runs
+        are one signal to the kernel: a second TTIN sent at once is lost, and
+        the worker count the schedule expects would never be reached.
+        """
+        line = f"Handling signal: {name}"
+        before = self.cluster.log_text().count(line)
+        self.cluster.send(sig)
+        deadline = time.monotonic() + TTOU_BOUND
+        while self.cluster.log_text().count(line) <= before:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)  # polling interval of a bounded wait
+        return True
+
     def ttou(self) -> str:
         before = set(self.cluster.worker_pids())
-        self.cluster.send(signal.SIGTTOU)
+        self.signal_handled(signal.SIGTTOU, "ttou")
         self.workers -= 1
         deadline = time.monotonic() + TTOU_BOUND
         while True:

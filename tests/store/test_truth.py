@@ -216,3 +216,45 @@ def test_one_bad_stored_entry_costs_only_itself(make_store: StoreFactory) -> Non
     after = stored(store)
     assert after is not None and after["F0"] == 2
     assert after["BAD"] == 1 and after["ODD"] == 1, "foreign entries are kept, not deleted"
+
+
+def test_a_store_feature_a_connected_edge_stream_never_lists_is_deleted_after_the_grace(
+        make_store: StoreFactory) -> None:
+    """A delete that reached no stream: the followers that held the feature write it back,
+    and the leader, which never held it, hears no delete for it. Only the leader's Edge
+    stream, which does not list it, says it is gone."""
+    leader_cfg, follower_cfg = make_config(), make_config()
+    leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    connected = [True]
+    leader.edge_connected = lambda: connected[0]
+    repo_of(leader_cfg).notify("features", [feat(k, v) for k, v in FIVE.items() if k != "F4"])
+    follower = make_store(follower_cfg, refresh_timeout=0.05)
+    repo_of(follower_cfg).notify("features", five(), source="replayed-earlier")
+    assert follower.flush(2.0)
+    expected = {k: v for k, v in FIVE.items() if k != "F4"}
+    wait_for(lambda: stored(leader) == expected and held(follower_cfg) == expected
+             and held(leader_cfg) == expected, 5, what="F4 gone from the store and the follower")
+    assert "id-F4" in stored_tombstones(leader)
+
+
+def test_absence_from_edge_is_not_judged_while_the_stream_is_down_or_within_the_grace(
+        make_store: StoreFactory) -> None:
+    leader_cfg, other_cfg = make_config(), make_config()
+    leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    connected = [False]
+    leader.edge_connected = lambda: connected[0]
+    repo_of(leader_cfg).notify("features", five())
+    other = make_store(other_cfg, refresh_timeout=0.05)
+    repo_of(other_cfg).notify("feature", feat("NEW", 1), source="a-peer-whose-stream-is-ahead")
+    assert other.flush(2.0)
+    expected = {**FIVE, "NEW": 1}
+    wait_for(lambda: held(leader_cfg) == expected, 3, what="NEW reaches the leader")
+    for _ in range(10):                       # Edge down: nothing is judged
+        assert leader.refresh(2.0)
+    assert stored(leader) == expected
+    connected[0] = True
+    assert leader.refresh(2.0)
+    repo_of(leader_cfg).notify("feature", feat("NEW", 1))  # our stream catches up in time
+    time.sleep(0.6)
+    assert leader.refresh(2.0) and leader.refresh(2.0)
+    assert stored(leader) == expected and held(other_cfg) == expected
