@@ -20,7 +20,7 @@ GOOD = {
 
 CASES = {
     "malformed-store-url": ({"FH_PREFORK_STORE": "memcache://host:notaport"}, "FH_PREFORK_STORE"),
-    "unknown-scheme": ({"FH_PREFORK_STORE": "redis://localhost:6379"}, "FH_PREFORK_STORE"),
+    "unknown-scheme": ({"FH_PREFORK_STORE": "bogus://localhost:6379"}, "FH_PREFORK_STORE"),
     "invalid-prefix": ({"FH_PREFORK_PREFIX": "bad prefix"}, "FH_PREFORK_PREFIX"),
     "zero-refresh": ({"FH_PREFORK_REFRESH_SECONDS": "0"}, "FH_PREFORK_REFRESH_SECONDS"),
     "negative-refresh": ({"FH_PREFORK_REFRESH_SECONDS": "-1"}, "FH_PREFORK_REFRESH_SECONDS"),
