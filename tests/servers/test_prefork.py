@@ -35,19 +35,28 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
 PROPAGATION_BOUND = 2 * REFRESH * 1.2 + 1.5
 
 
+def store_env(store: str, tmp_path: Path, request: pytest.FixtureRequest
+              ) -> dict[str, str | None] | None:
+    """memcache: the server_env's own; default: the embedded store; redis: a shared Redis."""
+    if store == "default":
+        return default_store_env(tmp_path)
+    if store == "redis":
+        return {"FH_PREFORK_STORE": request.getfixturevalue("redis_server").url}
+    return None
+
+
 def start_variant(start_cluster: StartCluster, name: str, workers: int = 4,
                   store: dict[str, str | None] | None = None) -> Cluster:
     kind, args, env = VARIANTS[name]
     return start_cluster(kind, workers, args, {**env, **(store or {})})
 
 
-@pytest.mark.parametrize("store", ["memcache", "default"])
+@pytest.mark.parametrize("store", ["memcache", "default", "redis"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_worker_serves_and_an_update_to_one_stream_reaches_all(
         start_cluster: StartCluster, edge: EdgeSimulator, variant: str, store: str,
-        tmp_path: Path) -> None:
-    cluster = start_variant(start_cluster, variant,
-                            store=default_store_env(tmp_path) if store == "default" else None)
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cluster = start_variant(start_cluster, variant, store=store_env(store, tmp_path, request))
     workers = cluster.worker_pids()
     assert len(workers) == 4
     # a store that nobody wrote yet: the first flags come from each worker's Edge stream
@@ -74,7 +83,8 @@ def test_every_worker_serves_and_an_update_to_one_stream_reaches_all(
     statuses = cluster.statuses()
     for pid, status in statuses.items():
         assert status["role"] == "worker" and status["pid"] == pid
-        expected = "file://" + str(tmp_path) if store == "default" else "memcache://"
+        expected = {"default": "file://" + str(tmp_path), "redis": "redis://"}.get(
+            store, "memcache://")
         assert status["store"]["backend"].startswith(expected), status["store"]
         assert status["edge_state"] == "connected", status
         assert status["store"]["counters"]["refreshes"] >= 1, status
@@ -97,13 +107,12 @@ def test_master_that_read_flags_keeps_no_thread_or_connection(
         assert status["threads"] <= 3 + 4, status  # main (+ gthread pool) + edge + store
 
 
-@pytest.mark.parametrize("store", ["memcache", "default"])
+@pytest.mark.parametrize("store", ["memcache", "default", "redis"])
 @pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
 def test_same_update_to_every_worker_is_written_once(
         start_cluster: StartCluster, edge: EdgeSimulator, kind: str, store: str,
-        tmp_path: Path) -> None:
-    cluster = start_cluster(kind, 6, env=default_store_env(tmp_path) if store == "default"
-                            else None)
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cluster = start_cluster(kind, 6, env=store_env(store, tmp_path, request))
     assert edge.wait_for_streams(6, timeout=10)
 
     def settled() -> dict[int, dict[str, Any]] | None:
