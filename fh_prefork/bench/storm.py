@@ -19,6 +19,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..store import SessionStore, open_store
+from ..testing import faults
 
 API_KEY = "storm/env-storm/client*storm"
 SHARED_ID = "id-SHARED"
@@ -63,9 +64,9 @@ def _open(url: str, prefix: str, refresh: float) -> tuple[Any, SessionStore]:
 
 def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any,
             fault: str | None, event: str = "features") -> None:
-    if fault:
-        os.environ["FH_PREFORK_FAULT"] = fault
     config, store = _open(url, prefix, 3600.0)
+    if fault:
+        faults.kill_at(store, fault)
     rng = random.Random(os.getpid() ^ int(time.time_ns()))
     if mode == "same":
         update = [feature(f"SAME{i:02}", 1) for i in range(20)]

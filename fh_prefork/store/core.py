@@ -42,7 +42,6 @@ from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
-from . import faults
 from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
 from .options import SessionStoreOptions
 from .reconcile import Plan, reconcile
@@ -491,7 +490,6 @@ class SessionStore(RawUpdateFeatureListener):
                 return self._too_large(len(payload), snapshot)
             tombs = (ts.encode(plan.tombstones.values())
                      if plan.tombstones_changed or bad_tombs else None)
-            faults.hit("before_write")
             self.counters.write_attempts += 1
             token = self._backend.write(payload, fingerprint, snapshot, tombs)
             if token is not None:

@@ -54,7 +54,6 @@ from typing import Any
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from ..apikey import environment_id, require_client_evaluated
-from . import faults
 from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable
 from .core import SessionStore
 from .inotify import DirectoryWatch, watch_files
@@ -482,8 +481,6 @@ class FileBackend:
                 os.fsync(f.fileno())
                 mtime = max(time.time_ns(), old_mtime_ns + 1)
                 os.utime(f.fileno(), ns=(mtime, mtime))
-            if path == self.path:
-                faults.hit("between_data_and_fingerprint")
             os.rename(tmp, path.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
             return _token(self._stat(path))
         except OSError as err:

@@ -38,7 +38,6 @@ from pymemcache.client.hash import HashClient
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from . import faults
 from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable
 from .core import SessionStore
 from .options import MemcacheSessionStoreOptions, validate_key
@@ -231,7 +230,6 @@ class MemcacheBackend:
             return None
         if not self._store(self.data_key, value, previous.value is None, previous.cas_token):
             return None
-        faults.hit("between_data_and_fingerprint")
         self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
         return fingerprint
 

@@ -43,7 +43,6 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from . import faults
 from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable
 from .core import SessionStore
 from .options import RedisSessionStoreOptions, validate_key
@@ -283,7 +282,6 @@ class RedisBackend:
             return None
         if not self._cas(self.data_key, data_digest, value):
             return None
-        faults.hit("between_data_and_fingerprint")
         self._call("set", self.sha_key, fingerprint.encode("ascii"))
         self._publish(fingerprint)
         return fingerprint

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from pymemcache.serde import pickle_serde
 from fh_prefork import MemcacheSessionStore
 from fh_prefork import features as fs
 from fh_prefork.listener import ListeningRepository
+from fh_prefork.testing import faults
 from tests.conftest import make_config
 from tests.support.memcached import Memcached
 from tests.support.procs import free_port, wait_for
@@ -143,9 +143,9 @@ def test_server_evaluated_key_is_refused(memcached: Memcached) -> None:
 
 
 def _die_between_data_and_fingerprint(address: str, prefix: str) -> None:
-    os.environ["FH_PREFORK_FAULT"] = "between_data_and_fingerprint"
     config = make_config()
     store = MemcacheSessionStore(address, config, {"prefix": prefix})
+    faults.kill_at(store, "between_data_and_fingerprint")
     config.repository().notify("feature", feat("CRASH", 1))
     store.flush(10)  # never returns: the process is killed at the fault point
 

@@ -12,7 +12,8 @@ import pytest
 
 from fh_prefork import features as fs
 from fh_prefork.listener import ListeningRepository
-from fh_prefork.store import SessionStore, faults
+from fh_prefork.store import SessionStore
+from fh_prefork.testing import faults
 from tests.conftest import make_config
 from tests.support.procs import wait_for
 from tests.support.stores import peek
@@ -128,16 +129,15 @@ def test_competing_writer_between_read_and_cas_both_survive(
         if injected:
             return
         injected.append(True)
-        faults.install("before_write", None)  # the rival's own write must not recurse
         repo_of(rival_config).notify("feature", feat("RIVAL", 1))
         assert rival.flush(2.0)
 
-    faults.install("before_write", compete)
+    undo = faults.inject(store, "before_write", compete)
     try:
         repo_of(config).notify("feature", feat("MINE", 1))
         assert store.flush(5.0)
     finally:
-        faults.install("before_write", None)
+        undo()
     assert injected
     assert stored(store) == {"id-MINE": 1, "id-RIVAL": 1}
     assert store.counters.cas_conflicts >= 1 and store.counters.retries >= 1
