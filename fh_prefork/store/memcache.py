@@ -33,8 +33,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
-from pymemcache.client.base import Client
-from pymemcache.client.hash import HashClient
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
@@ -158,6 +156,10 @@ def parse_servers(connection: str) -> list[Server]:
 def make_client(servers: list[Server], options: MemcacheSessionStoreOptions,
                 tls: TlsSettings | None = None) -> Any:
     """A pymemcache client with bounded timeouts and no serde (bytes only); TLS if given."""
+    # imported here: users of the embedded store or Redis never load pymemcache
+    from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
+
     common: dict[str, Any] = dict(connect_timeout=options.connect_timeout,
                                   timeout=options.timeout, no_delay=True, default_noreply=False)
     if tls is not None:
@@ -176,6 +178,8 @@ def check_client(client: Any) -> None:
     would load and run data written by any process that can reach memcached.
     Bytes must come back untouched.
     """
+    from pymemcache.client.hash import HashClient
+
     serdes = [getattr(client, "serde", None)]
     if isinstance(client, HashClient):
         serde = client.default_kwargs.get("serde")
