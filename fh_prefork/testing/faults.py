@@ -28,11 +28,12 @@ def inject(store: Any, point: str, hook: Callable[[], None]) -> Callable[[], Non
     backend = store._backend
     if point == "before_write":
         return _wrap(backend, "write", lambda *a, **k: True, hook)
-    if hasattr(backend, "_client") and hasattr(backend, "sha_key"):  # memcached
-        return _wrap(backend._client, "set", lambda key, *a, **k: key == backend.sha_key, hook)
-    if hasattr(backend, "sha_key") and hasattr(backend, "_call"):      # Redis (Cluster)
+    if hasattr(backend, "channel") and hasattr(backend, "_call"):      # Redis (Cluster)
+        # first: a Redis backend has _client and sha_key too, and its client is built lazily
         return _wrap(backend, "_call", lambda name, key=None, *a, **k:
                      name == "set" and key == backend.sha_key, hook)
+    if hasattr(backend, "_client") and hasattr(backend, "sha_key"):  # memcached
+        return _wrap(backend._client, "set", lambda key, *a, **k: key == backend.sha_key, hook)
     if hasattr(backend, "_replace"):                                     # embedded store
         return _wrap(backend, "_replace", lambda path, *a, **k: path == backend.path, hook)
     raise ValueError(f"no {point} point on {type(backend).__name__}")
