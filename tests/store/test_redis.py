@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from fh_prefork import RedisSessionStore
 from fh_prefork import features as fs
@@ -186,3 +187,43 @@ def test_status_command_reads_redis_without_showing_the_password(prefix: str) ->
     assert report["feature_count"] == 1 and report["fingerprint_ok"]
     assert "s3cret-pw" not in done.stdout + done.stderr
     assert report["store"].startswith("redis://:***@127.0.0.1:")
+
+
+def test_cluster_writer_dying_between_data_and_sha_is_repaired(redis_cluster: RedisCluster,
+                                                               prefix: str) -> None:
+    """On a cluster the data and _sha are two writes: a stale _sha is repaired on a read."""
+    from fh_prefork.store.backend import StoreUnavailable
+    from fh_prefork.testing.faults import inject
+
+    class Died(StoreUnavailable):
+        pass
+
+    def die() -> None:
+        raise Died("killed between the data and the fingerprint")
+
+    cfg, other_cfg = make_config(), make_config()
+    store = open_store(redis_cluster.url, cfg, {"prefix": prefix, "refresh_timeout": 60,
+                                                "push": False})
+    other = open_store(redis_cluster.url, other_cfg, {"prefix": prefix, "refresh_timeout": 60,
+                                                      "push": False})
+    assert store is not None and other is not None
+    try:
+        repo(cfg).notify("features", [feat("A", 1)])
+        assert store.flush(2)
+        inject(store, "between_data_and_fingerprint", die)
+        repo(cfg).notify("feature", feat("A", 2))
+        assert not store.flush(1), "the write died after the data, before _sha"
+        client = redis.cluster.RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""))
+        try:
+            key = f"{prefix}_env-test"
+            assert json.loads(client.get(key))[0]["version"] == 2
+            assert client.get(f"{key}_sha") == fs.fingerprint([feat("A", 1)]).encode()
+            assert other.refresh(3)     # a full read finds _sha matching no formula...
+            assert repo(other_cfg).feature("A").get_version == 2
+            assert client.get(f"{key}_sha") == fs.fingerprint([feat("A", 2)]).encode(), \
+                "...and repairs it"
+        finally:
+            client.close()
+    finally:
+        store.close(flush_timeout=0)
+        other.close(flush_timeout=0)
