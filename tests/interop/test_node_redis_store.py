@@ -83,7 +83,7 @@ def test_what_node_writes_our_workers_serve(
             for pid, f in served.items()} == {pid: (4, False, 2) for pid in served}
 
     # a later write by Node reaches every worker at its next refresh
-    node(node_store, "write", redis_server.url, prefix, env_id, json.dumps([feat("FLAG", 5)]))
+    node(node_store, "update", redis_server.url, prefix, env_id, json.dumps(feat("FLAG", 5)))
     wait_for(lambda: all(f["FLAG"]["version"] == 5 and f["FLAG"]["value"] is True
                          for f in cluster.flags("FLAG").values()), 15,
              what="every worker serving Node's update")
@@ -149,3 +149,42 @@ def test_mixed_storm_loses_none_of_our_updates(node_store: Path, redis_server: R
 
 
 
+
+
+def test_javascript_locale_order_fingerprint_is_read_and_repaired(
+        node_store: Path, redis_server: Redis, prefix: str) -> None:
+    """The JavaScript store sorts ids with localeCompare ('id-_x' < 'id-A' < 'id-b' < 'id-Z');
+    ours sorts by code point ('id-A' < 'id-Z' < 'id-_x' < 'id-b'). Its _sha then matches
+    neither of our formulas when the array is in a third order: we serve the features all
+    the same, repair _sha to ours, and Node still reads and writes the state."""
+    from fh_prefork import features as fs
+
+    env_id = "env-test"
+    key = f"{prefix}_{env_id}"
+    written = [{**feat(k, 1), "id": i} for k, i in
+               (("B", "id-b"), ("Z", "id-Z"), ("A", "id-A"), ("X", "id-_x"))]
+    node(node_store, "write", redis_server.url, prefix, env_id, json.dumps(written))
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        js_sha = client.get(f"{key}_sha").decode()
+        decoded = fs.decode(client.get(key), 10**6)
+        assert js_sha not in decoded.consistent_fingerprints(), "the orders really differ"
+        config = make_config()
+        store = open_store(redis_server.url, config, {"prefix": prefix, "refresh_timeout": 60})
+        assert store is not None
+        try:
+            repo = config.repository()
+            assert {k: repo.feature(k).get_version for k in "BZAX"} == dict.fromkeys("BZAX", 1)
+            assert store.refresh(3)
+            wait_for(lambda: client.get(f"{key}_sha") == fs.fingerprint(written).encode(), 5,
+                     what="_sha repaired to the code-point order")
+        finally:
+            store.close()
+        assert set(json.loads(node(node_store, "read", redis_server.url, prefix, env_id))) \
+            == set("BZAX")
+        node(node_store, "update", redis_server.url, prefix, env_id,
+             json.dumps({**feat("B", 2), "id": "id-b"}))
+        versions = {f["key"]: f["version"] for f in json.loads(client.get(key))}
+        assert versions == {"B": 2, "Z": 1, "A": 1, "X": 1}
+    finally:
+        client.close()

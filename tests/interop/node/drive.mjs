@@ -15,7 +15,8 @@
 // Usage: node drive.mjs MODE URL PREFIX ENVIRONMENT [ARG]
 //   read                  print {key: {version, value}} the store loaded from Redis
 //   sha                   print the store's fingerprint of the stored array and the _sha key
-//   write FEATURES_JSON   load, then hand the features to the store as an Edge update
+//   write FEATURES_JSON   load, then hand the store a full feature list (Edge's "features")
+//   update FEATURE_JSON   load, then hand the store one feature (Edge's "feature")
 //   storm COUNT [PAUSE]   single-feature updates JS0000.., one after another with PAUSE
 //                         ms between (5), until {prefix}_stop exists (and at least COUNT);
 //                         prints how many
@@ -51,6 +52,10 @@ if (mode === "read") {
   const raw = await store._client.get(`${prefix}_${environmentId}`);
   const stored = await store._client.get(`${prefix}_${environmentId}_sha`);
   process.stdout.write(JSON.stringify({ computed: store._computeSha(JSON.parse(raw)), stored }));
+} else if (mode === "update") {
+  // one feature, as a stream's single-feature event: the store merges it into what Redis holds
+  await store._handleProcessUpdate(JSON.parse(arg));
+  process.stdout.write("ok");
 } else if (mode === "write") {
   const features = JSON.parse(arg);
   // processUpdates is fire-and-forget; await the handler it calls, so the write is done
