@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from ..edge_simulator import EdgeSimulator, make_feature
+from ..testing.edge_simulator import EdgeSimulator, make_feature
 from .cluster import Cluster
 
 FLAG = "NEW_CHECKOUT"

@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from ..edge_simulator import EdgeSimulator, make_feature
+from ..testing.edge_simulator import EdgeSimulator, make_feature
 from .cluster import Cluster, wait_until
 
 API_KEY = "portfolio/env-bench/client*bench"

@@ -194,7 +194,7 @@ def _wait_serving(cluster: Any, version: int, timeout: float = 60) -> None:
 
 
 def section_propagation(b: Bench) -> None:
-    from ..edge_simulator import EdgeSimulator, make_feature
+    from ..testing.edge_simulator import EdgeSimulator, make_feature
     from .cluster import Cluster
 
     workers, updates = (3, 5) if b.quick else (6, 24)
@@ -248,8 +248,8 @@ def section_propagation(b: Bench) -> None:
 def _fill(url: str, prefix: str, n: int) -> None:
     from featurehub_sdk.featurehub_config import FeatureHubConfig
 
-    from ..edge_simulator import make_feature
     from ..store import open_store
+    from ..testing.edge_simulator import make_feature
 
     config = FeatureHubConfig("http://127.0.0.1:9/", [API_KEY])
     store = open_store(url, config, {"prefix": prefix, "refresh_timeout": 3600.0})
@@ -336,7 +336,7 @@ def section_cold(b: Bench) -> None:
 # -- memory and threads -------------------------------------------------------------------------
 
 def section_memory(b: Bench) -> None:
-    from ..edge_simulator import EdgeSimulator, make_feature
+    from ..testing.edge_simulator import EdgeSimulator, make_feature
     from .cluster import Cluster
 
     class PlainCluster(Cluster):
@@ -386,7 +386,7 @@ def section_read(b: Bench) -> None:
 
     import fh_prefork
 
-    from ..edge_simulator import EdgeSimulator, make_feature
+    from ..testing.edge_simulator import EdgeSimulator, make_feature
     from .cluster import wait_until
 
     number, repeat = (2000, 3) if b.quick else (50000, 7)
@@ -454,7 +454,7 @@ def _close_quietly(plain: Any) -> None:
 # -- Edge connections ---------------------------------------------------------------------------
 
 def section_edge(b: Bench) -> None:
-    from ..edge_simulator import EdgeSimulator, make_feature
+    from ..testing.edge_simulator import EdgeSimulator, make_feature
     from .cluster import Cluster
 
     workers = 3 if b.quick else 8
@@ -520,7 +520,7 @@ def section_openfeature(b: Bench) -> None:
         return
     import fh_prefork
 
-    from ..edge_simulator import EdgeSimulator, make_feature
+    from ..testing.edge_simulator import EdgeSimulator, make_feature
     from .cluster import wait_until
 
     number, repeat = (2000, 3) if b.quick else (50000, 7)

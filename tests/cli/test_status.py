@@ -13,8 +13,8 @@ import pytest
 from pymemcache.client.base import Client
 
 from fh_prefork.cli import main
-from fh_prefork.edge_simulator import make_feature
 from fh_prefork.store import open_store
+from fh_prefork.testing.edge_simulator import make_feature
 from tests.conftest import API_KEY, make_config
 from tests.support.memcached import Memcached
 from tests.support.procs import free_port

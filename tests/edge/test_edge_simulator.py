@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from fh_prefork.edge_simulator import EdgeSimulator, environment_id, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
 from tests.support.procs import wait_for
 
 KEY = "portfolio/env-1/client*secret"

@@ -15,7 +15,7 @@ from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
 from fh_prefork.apikey import redact
 from fh_prefork.edge import SupervisedEdge, edge_provider
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support import procs
 
 KEY = "portfolio/env-1/client*secret"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import free_port, kill_tree, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ def test_compose_file_is_consistent() -> None:
         assert env["FH_PREFORK_STORE"] == "memcache://memcached:11211"
         assert {"FEATUREHUB_EDGE_URL", "FEATUREHUB_API_KEY"} <= set(env)
         assert services[name]["depends_on"]["memcached"]["condition"] == "service_healthy"
-    assert "fh_prefork.edge_simulator" in services["edge"]["command"]
+    assert "fh_prefork.testing.edge_simulator" in services["edge"]["command"]
     ini = services["web-uwsgi"]["command"][-1]
     assert (ROOT / ini.removeprefix("/app/")).is_file()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 
 from .conftest import BIN, EXAMPLES, Server
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.proxy import FaultyProxy

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
 from tests.support.state import converged, describe, edge_state, worker_states

@@ -15,7 +15,7 @@ from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
 from tests.support.servers import pid_of_local_port

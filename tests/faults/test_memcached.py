@@ -16,7 +16,7 @@ from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.memcached import Memcached
 from tests.support.procs import free_port, wait_for

@@ -32,7 +32,7 @@ import pytest
 from pymemcache.client.base import Client
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.redis import Redis

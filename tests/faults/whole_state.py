@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.state import (
     State,
     converged,

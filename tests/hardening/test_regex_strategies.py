@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines
 

@@ -25,14 +25,14 @@ StartCluster = Callable[..., Cluster]
 
 
 class SimulatorProcess:
-    """``python -m fh_prefork.edge_simulator`` on a fixed port, restartable."""
+    """``python -m fh_prefork.testing.edge_simulator`` on a fixed port, restartable."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *args: str) -> SimulatorProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fh_prefork.edge_simulator",
+        self.proc = subprocess.Popen([sys.executable, "-m", "fh_prefork.testing.edge_simulator",
                                       "--port", str(self.port), "--keepalive", "1", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: port_open(self.port), 10, what="the simulator to listen")

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from fh_prefork.bench.cluster import Cluster, _bin
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines, versions
 

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fh_prefork.edge_simulator import make_feature
+from fh_prefork.testing.edge_simulator import make_feature
 
 BACKENDS = ("memcache", "file", "redis")
 KEYS = tuple(f"K{i}" for i in range(8))

@@ -51,7 +51,7 @@ import pytest
 from pymemcache.client.base import Client
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator
+from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.history.schedule import (
     ALL_KINDS,
     BACKEND_KINDS,

@@ -31,8 +31,8 @@ from fh_prefork.bench.failover import (
     pid_of_local_port,
     sole_leader,
 )
-from fh_prefork.edge_simulator import EdgeSimulator, environment_id, make_feature
 from fh_prefork.store.backend import Lease
+from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
 from tests.faults.whole_state import (
     file_reader,
     many_features,

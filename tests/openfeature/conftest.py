@@ -17,7 +17,7 @@ from openfeature.event import EventDetails, ProviderEvent  # noqa: E402
 from openfeature.exception import ProviderNotReadyError  # noqa: E402
 
 from fh_prefork import runtime  # noqa: E402
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
 
 API_KEY = "portfolio/env-of/client*secret"
 PROVIDER_NAME = "fh-prefork FeatureHub"

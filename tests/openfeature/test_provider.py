@@ -18,8 +18,8 @@ from openfeature.provider import ProviderStatus
 
 import fh_prefork
 from fh_prefork import runtime
-from fh_prefork.edge_simulator import EdgeSimulator
 from fh_prefork.openfeature import ERROR, NOT_READY, READY, STALE, FeatureHubProvider
+from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator
+from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.servers import pid_of_local_port
 

@@ -18,8 +18,8 @@ import pytest
 
 import fh_prefork
 from fh_prefork import runtime
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
 from fh_prefork.settings import SettingsError
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 
 API_KEY = "portfolio/env-rt/client*secret"

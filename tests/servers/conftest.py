@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 
 API_KEY = "portfolio/env-srv/client*secret"
 REFRESH = 0.5

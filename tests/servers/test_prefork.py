@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH, default_store_env
 from tests.support.procs import wait_for
 from tests.support.servers import stream_owners, versions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator
+from fh_prefork.testing.edge_simulator import EdgeSimulator
 
 
 def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:

@@ -15,7 +15,7 @@ from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
 from fh_prefork.bench.cluster import Cluster
-from fh_prefork.edge_simulator import EdgeSimulator
+from fh_prefork.testing.edge_simulator import EdgeSimulator
 
 #: key -> (id, version): the identity of a state, what "equal" means below
 State = dict[str, tuple[str, int]]

@@ -5,7 +5,7 @@ polling on ``GET /features?apiKey=...``) so that tests, ``fh-prefork demo`` and 
 examples can exercise real sockets without a FeatureHub installation, and it can misbehave on
 demand (go down, answer 500/404, close streams after every event) to prove the supervision.
 
-Run it standalone with ``python -m fh_prefork.edge_simulator --port 8085 --api-key KEY``; a
+Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085 --api-key KEY``; a
 simulator in another process is driven through the ``/_sim/...`` control API (see the
 README), which checks what it is given: a malformed feature is answered 400 with the reason,
 never installed for every worker to ignore. ``{"key": ..., "value": ...}`` is enough there:
@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-log = logging.getLogger("fh_prefork.edge_simulator")
+log = logging.getLogger("fh_prefork.testing.edge_simulator")
 
 __all__ = ["EdgeSimulator", "StreamInfo", "main", "make_feature"]
 
@@ -78,7 +78,7 @@ def control_feature(body: Any, current: Mapping[str, Any] | None) -> dict[str, A
     kept; the version is the current one plus one, at least :func:`clock_version`. Anything
     else must be a whole feature state as Edge sends it.
     """
-    from .features import feature_problem  # the check every worker applies on arrival
+    from ..features import feature_problem  # the check every worker applies on arrival
 
     if not isinstance(body, dict):
         raise ValueError(f"expected a JSON object, got {type(body).__name__}")
@@ -659,7 +659,7 @@ def _parse_feature_arg(text: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fh_prefork.edge_simulator``: serve until SIGINT/SIGTERM."""
+    """``python -m fh_prefork.testing.edge_simulator``: serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(description="Local FeatureHub Edge simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8085)
