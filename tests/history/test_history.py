@@ -19,7 +19,8 @@ Seeds:
   controls per combination (updates to every stream; creates, deletes and
   updates, some to one stream) that prove the harness: they pass on any store
   that works without faults. A passing run takes ~3-10 s, a failing one ~35-45 s
-  (the quiescence bound); the default set takes ~1.5 min when it passes.
+  (the quiescence bound); the default set (memcached, file, Redis) takes ~2.5 min when it
+  passes.
 * long mode: ``FH_PREFORK_HISTORY_SEEDS=<count>`` runs seeds
   ``range(start, start + count)``, ``start`` from ``FH_PREFORK_HISTORY_SEED_START``
   (default 0), e.g.::
