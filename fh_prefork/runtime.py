@@ -94,8 +94,9 @@ class Worker:
         self.store_error: str | None = None
         try:
             # a master reads once and closes: no change notifications to start and stop
-            self.store = open_store(settings.store, self.config,
-                                    {**settings.store_options(), "push": role != MASTER})
+            options = settings.store_options()
+            options["push"] = options.get("push", True) and role != MASTER
+            self.store = open_store(settings.store, self.config, options)
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",

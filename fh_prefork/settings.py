@@ -175,6 +175,12 @@ SETTINGS: tuple[Setting, ...] = (
             "lease time to live"),
     Setting("memcache_timeout", "FH_PREFORK_MEMCACHE_TIMEOUT", _positive_float, "0.5",
             "seconds bounding every memcached connect and read"),
+    Setting("redis_timeout", "FH_PREFORK_REDIS_TIMEOUT", _positive_float, "0.5",
+            "seconds bounding every Redis connect and command"),
+    Setting("push", "FH_PREFORK_PUSH", _choice("on", "off"), "on",
+            "on: a write wakes the other workers at once (Redis pub/sub; inotify on the "
+            "embedded store; memcached polls), the refresh timer stays as a safety poll; "
+            "off: the refresh timer only"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -196,6 +202,8 @@ class Settings:
     lease_seconds: float
     lease_renew_seconds: float
     memcache_timeout: float
+    redis_timeout: float
+    push: str
 
     @property
     def environment_id(self) -> str:
@@ -207,6 +215,9 @@ class Settings:
                                 "verify_every": self.verify_every}
         if self.store.startswith("memcache://"):
             opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
+        if is_redis_url(self.store):
+            opts.update(timeout=self.redis_timeout, connect_timeout=self.redis_timeout)
+        opts["push"] = self.push == "on"
         return opts
 
     @property

@@ -227,3 +227,14 @@ def test_cluster_writer_dying_between_data_and_sha_is_repaired(redis_cluster: Re
     finally:
         store.close(flush_timeout=0)
         other.close(flush_timeout=0)
+
+
+def test_push_and_redis_timeout_settings() -> None:
+    on = s.load({**BASE, "FH_PREFORK_STORE": "redis://h:1"})
+    assert on.store_options()["push"] is True
+    assert on.store_options()["timeout"] == on.store_options()["connect_timeout"] == 0.5
+    off = s.load({**BASE, "FH_PREFORK_STORE": "redis://h:1", "FH_PREFORK_PUSH": "off",
+                  "FH_PREFORK_REDIS_TIMEOUT": "0.2"})
+    assert off.store_options()["push"] is False and off.store_options()["timeout"] == 0.2
+    with pytest.raises(s.SettingsError, match="FH_PREFORK_PUSH"):
+        s.load({**BASE, "FH_PREFORK_PUSH": "sometimes"})
