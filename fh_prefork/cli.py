@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -123,15 +122,6 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 # -- status -----------------------------------------------------------------------------------
 
-def _load_json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return {"unreadable": True}
-
-
 def _describe_lease(lease: Any, now: float) -> dict[str, Any] | None:
     if lease is None:
         return None
@@ -145,84 +135,19 @@ def _describe_lease(lease: Any, now: float) -> dict[str, Any] | None:
     return shown
 
 
-def _read_memcache(url: str, key: str, timeout: float) -> dict[str, Any]:
-    from .store.memcache import make_client, parse_url
-    from .store.options import MemcacheSessionStoreOptions
-
-    servers, tls = parse_url(url)
-    options = MemcacheSessionStoreOptions(connect_timeout=timeout, timeout=timeout)
-    client = make_client(servers, options, tls)  # no serde: bytes only, never unpickled
+def _read(backend: Any) -> dict[str, Any]:
+    """One read through the backend that owns the layout (read-only: it creates nothing)."""
     try:
-        found = client.get_many([key, f"{key}_sha", f"{key}_leader"])
+        snapshot = backend.read()
+        lease = backend.lease_read()   # None when nobody holds it (a past term's record too)
+        written_at = getattr(backend, "written_at", lambda: None)()
     finally:
-        try:
-            client.close()
-        except Exception:
-            pass
-    return {"value": found.get(key), "sha": found.get(f"{key}_sha"),
-            "leader": found.get(f"{key}_leader"), "mtime": None,
-            "location": f"{url} key {key}"}
-
-
-def _read_redis(url: str, key: str, timeout: float) -> dict[str, Any]:
-    from .store.options import RedisSessionStoreOptions
-    from .store.redis import describe_url, make_client
-
-    client = make_client(url, RedisSessionStoreOptions(connect_timeout=timeout, timeout=timeout))
-    try:  # one GET per key: on a cluster they live in different slots
-        value, sha, leader = (client.get(k) for k in (key, f"{key}_sha", f"{key}_leader"))
-    finally:
-        try:
-            client.close()
-        except Exception:
-            pass
-    return {"value": value, "sha": sha, "leader": leader, "mtime": None,
-            "location": f"{describe_url(url)} key {key}"}   # never the password
-
-
-def _read_file(url: str, key: str) -> dict[str, Any]:
-    from .store.file import parse_file_url
-
-    directory = parse_file_url(url)
-    path = directory / f"{key}.json"
-    result: dict[str, Any] = {"value": None, "sha": None, "leader": None, "mtime": None,
-                              "location": f"file://{path}"}
-    try:
-        st = os.stat(directory, follow_symlinks=False)
-    except FileNotFoundError:
-        result["missing_folder"] = True
-        return result
-    if not stat.S_ISDIR(st.st_mode):
-        raise OSError(f"store folder {directory} is not a folder")
-    _check_private(directory, st, "folder")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
-        try:
-            fst = os.fstat(fd)
-            _check_private(path, fst, "file")
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                result["value"] = f.read()
-            result["mtime"] = fst.st_mtime
-        finally:
-            os.close(fd)
-    lease = directory / f"{key}.leader"
-    try:
-        result["leader"] = lease.read_bytes()
-    except OSError:
-        pass
-    return result
-
-
-def _check_private(path: Path, st: os.stat_result, what: str) -> None:
-    if st.st_uid != os.geteuid():
-        raise OSError(f"store {what} {path} is owned by uid {st.st_uid}, not by this user: "
-                      "the store refuses it")
-    if st.st_mode & 0o022:
-        raise OSError(f"store {what} {path} is writable by group or others "
-                      f"(mode {stat.S_IMODE(st.st_mode):o}): the store refuses it")
+        backend.close()
+    fingerprints = getattr(backend, "fingerprint_tokens", True)  # the file's are stat tokens
+    return {"value": snapshot.value, "sha": snapshot.change_token if fingerprints else None,
+            "fingerprints": fingerprints, "mtime": written_at,
+            "leader": lease.public() if lease is not None else None,
+            "location": backend.description}
 
 
 def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
@@ -240,12 +165,13 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
                               "stored_fingerprint": None, "fingerprint_ok": None,
                               "age_seconds": None, "leader": None, "problems": []}
     now = time.time()
+    from .store import open_backend
+
     try:
-        if is_redis_url(store):
-            raw = _read_redis(store, key, timeout)
-        else:
-            raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
-                   else _read_file(store, key))
+        raw = _read(open_backend(store, key, timeout))
+    except FileNotFoundError:
+        raw = {"missing_folder": True, "value": None, "sha": None, "leader": None,
+               "mtime": None, "location": store}
     except Exception as err:  # socket, timeout, permission, refusal: all mean "unreadable"
         report["problems"].append(f"store unreachable or unreadable: {type(err).__name__}: "
                                   f"{err}")
@@ -254,7 +180,7 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
         return report
     report["reachable"] = True
     report["location"] = raw["location"]
-    report["leader"] = _describe_lease(_load_json(raw["leader"]), now)
+    report["leader"] = _describe_lease(raw["leader"], now)
     value: bytes | None = raw["value"]
     if raw.get("missing_folder"):
         report["problems"].append("the store folder does not exist yet: nothing was stored")
@@ -281,8 +207,8 @@ def inspect_store(store: str, api_key: str, prefix: str = "featurehub",
     report["feature_count"] = len(feats)
     if decoded.problem is None:
         report["fingerprint"] = fs.fingerprint(decoded.placed.values())
-    if store.startswith("memcache://"):
-        stored = fs.decode_fingerprint(raw["sha"])
+    if raw["fingerprints"]:
+        stored = raw["sha"]
         report["stored_fingerprint"] = stored
         if decoded.problem is None:  # sorted (ours, JS) or array order (Ruby): both agree
             report["fingerprint_ok"] = stored in decoded.consistent_fingerprints()
@@ -393,18 +319,16 @@ def inspect_server(master_pid: int, timeout: float = 1.0) -> dict[str, Any]:
 def _store_fingerprint(store: str, environment: str, prefix: str,
                        timeout: float) -> str | None:
     """The fingerprint of what the store holds (sorted formula), or None when unreadable."""
-    if store.startswith("memcache://") or store.startswith("file://"):
-        try:
-            key = f"{prefix}_{environment}"
-            raw = (_read_memcache(store, key, timeout) if store.startswith("memcache://")
-                   else _read_file(store, key))
-        except Exception:
-            return None
-        if raw["value"] is None:
-            return None
-        decoded = fs.decode(raw["value"], fs.MAX_READ_BYTES)
-        return None if decoded.problem else fs.fingerprint(decoded.placed.values())
-    return None
+    from .store import open_backend
+
+    try:
+        raw = _read(open_backend(store, f"{prefix}_{environment}", timeout))
+    except Exception:
+        return None
+    if raw["value"] is None:
+        return None
+    decoded = fs.decode(raw["value"], fs.MAX_READ_BYTES)
+    return None if decoded.problem else fs.fingerprint(decoded.placed.values())
 
 
 def format_server(report: dict[str, Any]) -> str:

@@ -35,6 +35,34 @@ __all__ = [
 
 
 
+def open_backend(url: str, data_key: str, timeout: float = 1.0) -> StoreBackend:
+    """The backend a ``FH_PREFORK_STORE`` URL names, for reading tools (``fh-prefork status``).
+
+    The same code that owns each layout reads it: nothing is created, and an
+    embedded store's missing folder raises ``FileNotFoundError``. Call only
+    ``read()``, ``lease_read()`` and ``close()`` on it.
+    """
+    if url.startswith("memcache://"):
+        from .memcache import MemcacheBackend, make_client, parse_url
+
+        servers, tls = parse_url(url)
+        options = MemcacheSessionStoreOptions(connect_timeout=timeout, timeout=timeout)
+        return MemcacheBackend(make_client(servers, options, tls), data_key,
+                               f"{url.split('?', 1)[0]} key {data_key}")
+    if is_redis_url(url):
+        from .redis import RedisBackend, describe_url, split_url
+        from .redis import make_client as make_redis_client
+
+        options_r = RedisSessionStoreOptions(connect_timeout=timeout, timeout=timeout)
+        return RedisBackend(lambda: make_redis_client(url, options_r), data_key,
+                            f"{describe_url(url)} key {data_key}", split_url(url)[1])
+    if url.startswith("file://"):
+        from .file import FileBackend, parse_file_url
+
+        return FileBackend(parse_file_url(url), data_key, create=False)
+    raise ValueError(f"store URL {url.split('://', 1)[0]!r}: nothing to read")
+
+
 def open_store(url: str, config: FeatureHubConfig,
                opts: SessionStoreOptions | Mapping[str, Any] | None = None) -> SessionStore | None:
     """The store a ``FH_PREFORK_STORE`` URL names: ``memcache://``, ``redis://``, ``rediss://``,

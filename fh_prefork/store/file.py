@@ -183,6 +183,22 @@ def _open_private(directory: Path) -> int:
     return fd
 
 
+def _existing_folder(directory: Path) -> int:
+    """A descriptor of an existing private folder (``FileNotFoundError`` when it is missing)."""
+    try:
+        fd = os.open(directory, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"cannot open store folder {directory}: {err}") from err
+    try:
+        _check_owned(directory, os.fstat(fd), "folder")
+    except (OSError, ValueError):
+        os.close(fd)
+        raise
+    return fd
+
+
 def _mkdir_private(path: Path) -> None:
     """Create one missing folder 0700 whatever the umask (an existing one is left as it is)."""
     try:
@@ -231,14 +247,16 @@ class FileBackend:
     #: change tokens are the file's identity, not a fingerprint: nothing to settle
     fingerprint_tokens = False
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, *, create: bool = True) -> None:
+        """``create=False`` (reading tools): the folder must exist; nothing is made or removed."""
         self.directory = directory
         self.path = self.directory / f"{validate_key(name)}.json"
         self.tombstones_path = self.directory / f"{name}.deleted.json"
         self.lock_path = self.directory / f"{name}.lock"
         self.leader_path = self.directory / f"{name}.leader"
         self.description = f"file://{self.path}"
-        self._dir = _folder_descriptor(directory)  # every file is reached through it
+        # every file is reached through this one descriptor
+        self._dir = _folder_descriptor(directory) if create else _existing_folder(directory)
         held = os.fstat(self._dir)
         self._dir_id = (held.st_dev, held.st_ino)
         self._swap_logged = False
@@ -253,7 +271,15 @@ class FileBackend:
         except ValueError:
             os.close(self._dir)
             raise
-        self._remove_stale_temporaries()
+        if create:
+            self._remove_stale_temporaries()
+
+    def written_at(self) -> float | None:
+        """Unix time the data was last replaced (None: no data), for reading tools."""
+        try:
+            return self._stat(self.path).st_mtime
+        except FileNotFoundError:
+            return None
 
     def _stat(self, path: Path) -> os.stat_result:
         return os.stat(path.name, dir_fd=self._dir, follow_symlinks=False)

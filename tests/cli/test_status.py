@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -109,8 +110,13 @@ def test_file_store(capsys: pytest.CaptureFixture[str], tmp_path: Path, prefix: 
     lease = tmp_path / "store" / f"{prefix}_{ENV}.leader"
     lease.write_text(json.dumps({"holder": "h", "host": "x", "pid": 1,
                                  "expires_at": time.time() - 5}))
+    lease.chmod(0o600)
     code, report = run_json(capsys, *args)
-    assert code == 0 and report["leader"]["expired"] is True
+    assert code == 0 and report["leader"] is None, "a record nobody holds is a past term's"
+    with open(lease, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)      # a leader holds the lock for its whole term
+        code, report = run_json(capsys, *args)
+    assert code == 0 and report["leader"]["holder"] == "h"
 
     data = tmp_path / "store" / f"{prefix}_{ENV}.json"
     data.write_text('[{"id": "x"}, "junk"]')
