@@ -299,7 +299,7 @@ def test_close_interrupts_idle_stream_promptly(
     started = time.monotonic()
     edge.close()
     took = time.monotonic() - started
-    assert took < 1.0, took
+    assert took < 10.0, took     # the blocked read would last read_timeout (90 s)
     assert not thread.is_alive()
     assert edge.status()["state"] == "closed"
     assert sim.wait_until(lambda: sim.open_streams == 0, 5)

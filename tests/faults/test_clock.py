@@ -28,4 +28,5 @@ def test_refresh_keeps_its_period_when_the_wall_clock_jumps(
         store.close()
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
     assert min(gaps) >= period * 0.8 - 0.005, gaps
-    assert max(gaps) <= period * 1.2 + 0.05, gaps
+    # a jump would show as a gap of hours or none at all; a loaded machine only adds delay
+    assert max(gaps) < 1.0, gaps
