@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 import psutil
 
+from ..testing.cluster import Cluster
 from ..testing.edge_simulator import EdgeSimulator, make_feature
-from .cluster import Cluster
 
 FLAG = "NEW_CHECKOUT"
 API_KEY = "demo/demo-env/demo-client*demo-secret"

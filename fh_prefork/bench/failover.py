@@ -31,8 +31,8 @@ from typing import Any
 
 import psutil
 
+from ..testing.cluster import Cluster, wait_until
 from ..testing.edge_simulator import EdgeSimulator, make_feature
-from .cluster import Cluster, wait_until
 
 API_KEY = "portfolio/env-bench/client*bench"
 
@@ -194,7 +194,7 @@ def _bench(kills: int, updates: int, workers_list: Sequence[int], log: Callable[
            lease: float = 2.0, refresh: float = 0.5) -> dict[str, Any]:
     import tempfile
 
-    from .memcached import Memcached
+    from ..testing.memcached import Memcached
 
     out: dict[str, Any] = {"connections": [], "failover": None, "propagation": None}
     with Memcached() as memcached:

@@ -2,7 +2,7 @@
 
 Each worker builds its own ``FeatureHubConfig`` and starts the SDK's streaming
 client after the fork (``plain_gunicorn_conf.post_fork``): what an application
-without fh_prefork does. Same endpoints as :mod:`fh_prefork.bench.probe_app`.
+without fh_prefork does. Same endpoints as :mod:`fh_prefork.testing.probe_app`.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def _server_env(edge_url: str, store: str, prefix: str, **extra: str) -> dict[st
 # -- storm --------------------------------------------------------------------------------------
 
 def section_storm(b: Bench, mode: str) -> None:
-    from .storm import run_storm
+    from ..testing.storm import run_storm
 
     sizes = (4,) if b.quick else (4, 8, 16)
     rows = []
@@ -186,7 +186,7 @@ def _first_seen(cluster: Any, version: int, since: float, timeout: float) -> flo
 
 
 def _wait_serving(cluster: Any, version: int, timeout: float = 60) -> None:
-    from .cluster import wait_until
+    from ..testing.cluster import wait_until
 
     wait_until(lambda: all(f[FLAG]["version"] == version
                            for f in cluster.flags(FLAG, timeout=timeout).values()),
@@ -194,8 +194,8 @@ def _wait_serving(cluster: Any, version: int, timeout: float = 60) -> None:
 
 
 def section_propagation(b: Bench) -> None:
+    from ..testing.cluster import Cluster
     from ..testing.edge_simulator import EdgeSimulator, make_feature
-    from .cluster import Cluster
 
     workers, updates = (3, 5) if b.quick else (6, 24)
     backends = b.backends()[-1:] if b.quick else b.backends()
@@ -267,7 +267,7 @@ def section_cold(b: Bench) -> None:
     from featurehub_sdk.featurehub_config import FeatureHubConfig
 
     from ..store import open_store
-    from .cluster import Cluster, free_port, wait_until
+    from ..testing.cluster import Cluster, free_port, wait_until
 
     n_features = 500
     repeats, restarts = (3, 1) if b.quick else (20, 5)
@@ -336,13 +336,13 @@ def section_cold(b: Bench) -> None:
 # -- memory and threads -------------------------------------------------------------------------
 
 def section_memory(b: Bench) -> None:
+    from ..testing.cluster import Cluster
     from ..testing.edge_simulator import EdgeSimulator, make_feature
-    from .cluster import Cluster
 
     class PlainCluster(Cluster):
         def command(self) -> list[str]:
             cmd = super().command()
-            cmd[cmd.index("python:fh_prefork.bench.gunicorn_conf")] = \
+            cmd[cmd.index("python:fh_prefork.testing.gunicorn_conf")] = \
                 "python:fh_prefork.bench.plain_gunicorn_conf"
             return cmd
 
@@ -356,7 +356,7 @@ def section_memory(b: Bench) -> None:
             edge.set_features([make_feature(FLAG, True, 1)] +
                               [make_feature(f"F{i:02}", i % 2 == 0, 1) for i in range(49)])
             app = "fh_prefork.bench.plain_app:application" if kind is PlainCluster else \
-                "fh_prefork.bench.probe_app:application"
+                "fh_prefork.testing.probe_app:application"
             with kind("gunicorn", workers, _server_env(edge.url, url, _prefix()), app=app,
                       log_dir=b.tmp) as cluster:
                 edge.wait_for_streams(workers, 30)
@@ -386,8 +386,8 @@ def section_read(b: Bench) -> None:
 
     import fh_prefork
 
+    from ..testing.cluster import wait_until
     from ..testing.edge_simulator import EdgeSimulator, make_feature
-    from .cluster import wait_until
 
     number, repeat = (2000, 3) if b.quick else (50000, 7)
     _progress(f"flag read cost: {repeat} x {number} reads each, interleaved")
@@ -454,8 +454,8 @@ def _close_quietly(plain: Any) -> None:
 # -- Edge connections ---------------------------------------------------------------------------
 
 def section_edge(b: Bench) -> None:
+    from ..testing.cluster import Cluster
     from ..testing.edge_simulator import EdgeSimulator, make_feature
-    from .cluster import Cluster
 
     workers = 3 if b.quick else 8
     backend, url = b.backends()[0]
@@ -520,8 +520,8 @@ def section_openfeature(b: Bench) -> None:
         return
     import fh_prefork
 
+    from ..testing.cluster import wait_until
     from ..testing.edge_simulator import EdgeSimulator, make_feature
-    from .cluster import wait_until
 
     number, repeat = (2000, 3) if b.quick else (50000, 7)
     _progress(f"OpenFeature resolution cost: {repeat} x {number} resolutions each, interleaved")
@@ -611,7 +611,7 @@ def section_openfeature(b: Bench) -> None:
 # -- driver -------------------------------------------------------------------------------------
 
 def section_push(b: Bench) -> None:
-    from . import redis as redis_mod
+    from ..testing import redis as redis_mod
     from .push import measure
 
     followers = 6
@@ -672,8 +672,8 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
 
 def run_bench(quick: bool = False, json_path: str = "bench-results.json",
               only: Sequence[str] | None = None) -> int:
-    from . import memcached as memcached_mod
-    from . import redis as redis_mod
+    from ..testing import memcached as memcached_mod
+    from ..testing import redis as redis_mod
 
     chosen = [s for s in SECTIONS if not only or s in only]
     tmp = tempfile.mkdtemp(prefix="fh-prefork-bench-")

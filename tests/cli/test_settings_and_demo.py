@@ -49,7 +49,7 @@ def test_demo_two_flips_agree(tmp_path: Path) -> None:
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     import signal
 
-    from fh_prefork.bench.cluster import wait_until
+    from fh_prefork.testing.cluster import wait_until
 
     log = tmp_path / "demo.log"
     with open(log, "w") as out:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from tests.support.procs import free_port
 
 GOOD = {

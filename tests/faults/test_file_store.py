@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for

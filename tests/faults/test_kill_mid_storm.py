@@ -14,7 +14,7 @@ import psutil
 from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for

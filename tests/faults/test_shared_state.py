@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for

@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.state import (
     State,

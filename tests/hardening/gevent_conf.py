@@ -3,8 +3,8 @@
 import time
 from typing import Any
 
-from fh_prefork.bench.gunicorn_conf import *  # noqa: F403
 from fh_prefork.gunicorn import worker_exit as fh_worker_exit
+from fh_prefork.testing.gunicorn_conf import *  # noqa: F403
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import versions
@@ -36,7 +36,7 @@ ENV = {"GEVENT_RESOLVER": "block"}
 class GeventCluster(Cluster):
     def command(self) -> list[str]:
         command = super().command()
-        command[command.index("python:fh_prefork.bench.gunicorn_conf")] = (
+        command[command.index("python:fh_prefork.testing.gunicorn_conf")] = (
             "python:tests.hardening.gevent_conf")
         return [*command[:-1], "-k", "gevent", command[-1]]
 

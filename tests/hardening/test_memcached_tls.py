@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
 from fh_prefork.store.memcache import make_client, parse_url
 from fh_prefork.store.options import MemcacheSessionStoreOptions
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.faults.test_bad_settings import run_master
 from tests.hardening.tls import Pki, TlsMemcached, make_pki, tls_available

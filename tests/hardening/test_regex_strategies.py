@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from tests.support.procs import free_port, kill_tree, port_open, wait_for
 
 StartCluster = Callable[..., Cluster]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from fh_prefork.bench.cluster import Cluster, _bin
+from fh_prefork.testing.cluster import Cluster, _bin
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines, versions

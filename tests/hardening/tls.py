@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fh_prefork.bench.memcached import Memcached
+from fh_prefork.testing.memcached import Memcached
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class TlsMemcached(Memcached):
         if os.geteuid() == 0:
             args += ["-u", "root"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from fh_prefork.bench.memcached import _port_open
+        from fh_prefork.testing.memcached import _port_open
         from tests.support.procs import wait_for
         wait_for(lambda: _port_open(self.port) or self.proc is None
                  or self.proc.poll() is not None, 10, what="TLS memcached")

@@ -51,7 +51,7 @@ from pathlib import Path
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.history.schedule import (
     ALL_KINDS,

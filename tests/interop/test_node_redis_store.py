@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import redis
 
-from fh_prefork.bench.cluster import Cluster
-from fh_prefork.bench.storm import API_KEY as STORM_KEY
-from fh_prefork.bench.storm import run_storm
 from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import open_store
+from fh_prefork.testing.cluster import Cluster
+from fh_prefork.testing.storm import API_KEY as STORM_KEY
+from fh_prefork.testing.storm import run_storm
 from tests.conftest import make_config
 from tests.servers.conftest import API_KEY as SERVER_KEY
 from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures

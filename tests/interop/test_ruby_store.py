@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from fh_prefork import settings as fh_settings
-from fh_prefork.bench.cluster import Cluster
 from fh_prefork.store import options as store_options
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers import conftest as servers
 from tests.support.memcached import Memcached

@@ -24,7 +24,6 @@ import psutil
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.bench.cluster import Cluster
 from fh_prefork.bench.failover import (
     measure_failover,
     measure_propagation,
@@ -32,6 +31,7 @@ from fh_prefork.bench.failover import (
     sole_leader,
 )
 from fh_prefork.store.backend import Lease
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
 from tests.faults.whole_state import (
     file_reader,

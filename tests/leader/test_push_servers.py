@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import wait_for

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.servers import pid_of_local_port
@@ -212,7 +212,7 @@ def test_uwsgi_workers(start: Callable[..., Cluster], edge: EdgeSimulator) -> No
     OpenFeature SDK runs threads in the master, and without the hooks uWSGI forks
     without resetting the GIL, so a worker can hang on its first Python call.
     """
-    from fh_prefork.bench.cluster import _bin
+    from fh_prefork.testing.cluster import _bin
 
     try:
         _bin("uwsgi")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 
 API_KEY = "portfolio/env-srv/client*secret"

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH, default_store_env
 from tests.support.procs import wait_for

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import psutil
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.procs import wait_for
 from tests.support.servers import versions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fh_prefork.bench.storm import run_storm
+from fh_prefork.testing.storm import run_storm
 
 
 @pytest.mark.parametrize("round_", range(3))

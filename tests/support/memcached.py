@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fh_prefork.bench.memcached import Memcached as _Memcached
+from fh_prefork.testing.memcached import Memcached as _Memcached
 
 from .procs import port_open, wait_for
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from fh_prefork.bench.cluster import free_port, kill_tree
+from fh_prefork.testing.cluster import free_port, kill_tree
 
 __all__ = ["free_port", "kill_tree", "port_open", "wait_for"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fh_prefork.bench.redis import RedisCluster, RedisServer
+from fh_prefork.testing.redis import RedisCluster, RedisServer
 
 from .procs import port_open, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 
 

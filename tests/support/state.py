@@ -14,7 +14,7 @@ from typing import Any
 from pymemcache.client.base import Client
 
 from fh_prefork import features as fs
-from fh_prefork.bench.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 
 #: key -> (id, version): the identity of a state, what "equal" means below

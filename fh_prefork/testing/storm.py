@@ -19,7 +19,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..store import SessionStore, open_store
-from ..testing import faults
+from . import faults
 
 API_KEY = "storm/env-storm/client*storm"
 SHARED_ID = "id-SHARED"

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-APP = "fh_prefork.bench.probe_app:application"
+APP = "fh_prefork.testing.probe_app:application"
 
 
 def free_port() -> int:
@@ -94,7 +94,7 @@ class Cluster:
 
     def command(self) -> list[str]:
         if self.kind == "gunicorn":
-            return [_bin("gunicorn"), "-c", "python:fh_prefork.bench.gunicorn_conf",
+            return [_bin("gunicorn"), "-c", "python:fh_prefork.testing.gunicorn_conf",
                     "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
                     "--graceful-timeout", "10", *self.args, self.app]
         module, _, callable_ = self.app.partition(":")
