@@ -57,6 +57,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from featurehub_sdk.edge_service import EdgeService
@@ -87,6 +88,7 @@ class Election:
                  follow_seconds: float = 1.0, jitter: float = 0.2, fallback_after: int = 2,
                  on_role: Callable[[str, str], None] | None = None,
                  state_problem: Callable[[], str | None] | None = None,
+                 edge_state: Callable[[], str | None] | None = None,
                  host: str | None = None, pid: int | None = None,
                  logger: logging.Logger | None = None) -> None:
         if not ttl > 0 or not math.isfinite(ttl):
@@ -105,6 +107,7 @@ class Election:
         self._fallback_after = max(1, fallback_after)
         self._on_role = on_role
         self._state_problem = state_problem or (lambda: None)
+        self._edge_state = edge_state or (lambda: None)
         self.fallback_reason: str | None = None
         self._log = logger or log
         self.host = host or socket.gethostname()
@@ -132,7 +135,8 @@ class Election:
         started = time.monotonic()
         try:
             if self.role == LEADER and self._mine is not None:
-                answer = self._backend.lease_renew(self._mine, self.ttl)
+                answer = self._backend.lease_renew(replace(self._mine, edge=self._edge_state()),
+                                                   self.ttl)
             else:
                 answer = self._backend.lease_acquire(self._candidate(), self.ttl)
         except StoreUnavailable as err:
@@ -242,7 +246,8 @@ class Election:
     # -- internals ----------------------------------------------------------------------------
 
     def _candidate(self) -> Lease:
-        return Lease(self.holder, self.host, self.pid, time.time() + self.ttl)
+        return Lease(self.holder, self.host, self.pid, time.time() + self.ttl,
+                     self._edge_state())
 
     def _spread(self, period: float) -> float:
         return period * random.uniform(1 - self._jitter, 1 + self._jitter)

@@ -598,7 +598,8 @@ def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
     """ready / stale / error / not_ready, and why, from the worker's Edge, store and repository."""
     edge = _edge_status(worker)
     edge_state = edge.get("state")
-    if edge_state == "key_not_found":
+    lease = (worker.election.status().get("lease") or {}) if worker.election is not None else {}
+    if edge_state == "key_not_found" or lease.get("edge") == "key_not_found":
         return ERROR, "Edge answered 404: the API key does not exist or was deleted"
     if not worker.repository.is_ready():
         return NOT_READY, "no feature state yet: the store holds none and Edge has not answered"

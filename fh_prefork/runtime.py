@@ -153,7 +153,8 @@ class Worker:
         self.election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
                                  renew_seconds=self.settings.lease_renew_seconds,
                                  follow_seconds=refresh, jitter=self.settings.refresh_jitter,
-                                 on_role=on_role, state_problem=state_problem)
+                                 on_role=on_role, state_problem=state_problem,
+                                 edge_state=lambda: switch.status().get("state"))
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
 
     def _edge_connected(self) -> bool:

@@ -16,8 +16,9 @@ and never mistakes the deletion for a loss to be written back.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 
@@ -115,18 +116,28 @@ class Lease:
     ``holder`` is ``host:pid:nonce`` (the nonce tells two terms of one pid
     apart); ``expires_at`` is unix time, for people and the CLI: decisions use
     the backend's own expiry (memcached) or lock (file) and a local monotonic
-    deadline, never a comparison of two hosts' clocks.
+    deadline, never a comparison of two hosts' clocks. ``edge`` is the
+    leader's Edge connection state at its last renewal (``connected``,
+    ``key_not_found``...): followers never talk to Edge, and learn from it
+    that the API key was deleted.
     """
 
     holder: str
     host: str
     pid: int
     expires_at: float
+    edge: str | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"holder": self.holder, "host": self.host, "pid": self.pid,
-                           "expires_at": round(self.expires_at, 3)},
-                          separators=(",", ":")).encode("utf-8")
+        record: dict[str, Any] = {"holder": self.holder, "host": self.host, "pid": self.pid,
+                                  "expires_at": round(self.expires_at, 3)}
+        if self.edge is not None:
+            record["edge"] = self.edge[:40]
+        return json.dumps(record, separators=(",", ":")).encode("utf-8")
+
+    def stamped(self, ttl: float) -> Lease:
+        """This lease renewed for ``ttl`` seconds from now (for the record; see above)."""
+        return replace(self, expires_at=time.time() + ttl)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Lease | None:
@@ -145,11 +156,12 @@ class Lease:
                 and isinstance(pid, int) and not isinstance(pid, bool)
                 and isinstance(expires, (int, float)) and not isinstance(expires, bool)):
             return None
-        return cls(holder, host, pid, float(expires))
+        edge = data.get("edge")
+        return cls(holder, host, pid, float(expires), edge if isinstance(edge, str) else None)
 
     def public(self) -> dict[str, Any]:
         return {"holder": self.holder, "host": self.host, "pid": self.pid,
-                "expires_at": self.expires_at}
+                "expires_at": self.expires_at, "edge": self.edge}
 
 
 @dataclass(frozen=True)

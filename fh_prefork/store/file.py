@@ -393,7 +393,7 @@ class FileBackend:
                 return LeaseAnswer(False, self._read_record(fd))
             if not self._names_path(fd):  # unlinked or replaced since we opened it
                 return LeaseAnswer(False, None)
-            mine = Lease(candidate.holder, candidate.host, candidate.pid, time.time() + ttl)
+            mine = candidate.stamped(ttl)
             self._write_record(fd, mine)
             self._leader_fd, fd = fd, -1  # kept open: the lock lives as long as the fd
             return LeaseAnswer(True, mine, float("inf"))
@@ -406,7 +406,7 @@ class FileBackend:
         if fd < 0 or not self._names_path(fd):
             self._drop_leader_fd()
             return LeaseAnswer(False, self.lease_read())
-        mine = Lease(lease.holder, lease.host, lease.pid, time.time() + ttl)
+        mine = lease.stamped(ttl)
         self._write_record(fd, mine)
         return LeaseAnswer(True, mine, float("inf"))
 

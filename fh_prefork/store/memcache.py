@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -309,7 +308,7 @@ class MemcacheBackend:
 
     @staticmethod
     def _stamped(lease: Lease, ttl: float) -> Lease:
-        return Lease(lease.holder, lease.host, lease.pid, time.time() + ttl)
+        return lease.stamped(ttl)
 
     def close(self) -> None:
         try:

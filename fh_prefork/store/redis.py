@@ -333,7 +333,7 @@ class RedisBackend:
 
     @staticmethod
     def _stamped(lease: Lease, ttl: float) -> Lease:
-        return Lease(lease.holder, lease.host, lease.pid, time.time() + ttl)
+        return lease.stamped(ttl)
 
     # -- push ---------------------------------------------------------------------------------
 

@@ -392,3 +392,24 @@ def test_lease_settings_defaults_and_validation() -> None:
     assert s.load({**base, "FH_PREFORK_LEASE_RENEW_SECONDS": "2"}).lease_renew_seconds == 2.0
     with pytest.raises(s.SettingsError, match="FH_PREFORK_LEASE_RENEW_SECONDS"):
         s.load({**base, "FH_PREFORK_LEASE_SECONDS": "3", "FH_PREFORK_LEASE_RENEW_SECONDS": "3"})
+
+
+def test_followers_learn_the_leaders_edge_state_from_the_lease(
+        backends: Callable[[], Any]) -> None:
+    """Followers never talk to Edge: a deleted API key (Edge 404) reaches them in the lease."""
+    edge = ["connected"]
+    a = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=201,
+                 edge_state=lambda: edge[0])
+    b = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=202)
+    a.step()
+    b.step()
+    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    assert b.status()["lease"]["edge"] == "connected"
+    edge[0] = "key_not_found"
+    a.step()                       # the renewal carries the new state
+    b.step()
+    assert b.status()["lease"]["edge"] == "key_not_found"
+    assert Lease.decode(Lease("h", "x", 1, 2.0, "key_not_found").encode()) == Lease(
+        "h", "x", 1, 2.0, "key_not_found")
+    assert Lease.decode(b'{"holder":"h","host":"x","pid":1,"expires_at":2}') == Lease(
+        "h", "x", 1, 2.0), "a record without edge (an older fh_prefork) still reads"
