@@ -122,9 +122,7 @@ class Worker:
                 self.store.add_task(self.publisher.step, name="status record")
         self.metrics = False
         if role != MASTER and self.store is not None and _prometheus_installed():
-            from . import prometheus  # only with the prometheus extra installed
-
-            self.store.add_task(prometheus.Exporter(self.status).step, name="metrics")
+            self.store.add_task(self._export_metrics, name="metrics")
             self.metrics = True
 
     def _elect(self, switch: EdgeSwitch) -> None:
@@ -156,6 +154,16 @@ class Worker:
                                  on_role=on_role, state_problem=state_problem,
                                  edge_state=lambda: switch.status().get("state"))
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
+
+    def _export_metrics(self) -> float:
+        """The metrics task's first run: prometheus_client is imported here, on the store
+        thread, not in the post-fork hook (it is a slow import that every worker would pay
+        at boot, and a shutdown arriving during it would interrupt the hook)."""
+        from . import prometheus  # only with the prometheus extra installed
+
+        exporter = prometheus.Exporter(self.status)
+        self.store.add_task(exporter.step, name="metrics export")  # type: ignore[union-attr]
+        return 3600.0 * 24 * 365   # done: the exporter's own task runs from now on
 
     def _edge_connected(self) -> bool:
         """This worker hears Edge right now (its own stream, or the leader's in leader mode)."""

@@ -49,7 +49,9 @@ def test_workers_share_state_through_tls_memcached(
     wait_for(lambda: set(versions(cluster).values()) == {2}, 5, what="update through the store")
     for status in cluster.statuses().values():
         assert "(TLS)" in status["store"]["backend"], status["store"]
-        assert status["store"]["counters"]["refreshes"] >= 1
+    wait_for(lambda: all(s["store"]["counters"]["refreshes"] >= 1
+                         for s in cluster.statuses().values()), 10,
+             what="every worker to refresh over TLS")
 
     # the state is in this memcached, readable only over TLS with a client certificate
     servers, tls = parse_url(url)
