@@ -20,7 +20,8 @@ def test_refresh_keeps_its_period_when_the_wall_clock_jumps(
     monkeypatch.setattr(time, "time", lambda: real_time() + next(jumps))  # hours back and forth
     period = 0.05
     store = FileSessionStore(tmp_path, make_config(),
-                             {"refresh_timeout": period, "refresh_jitter": 0.2})
+                             {"refresh_timeout": period, "refresh_jitter": 0.2,
+                              "push": False})  # the timer alone: no notification ticks
     try:
         wait_for(lambda: len(store.status()["recent_ticks"]) >= 20, 5, what="20 ticks")
         ticks = store.status()["recent_ticks"]
