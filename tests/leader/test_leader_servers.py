@@ -24,15 +24,15 @@ import psutil
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.bench.failover import (
+from fh_prefork.store.backend import Lease
+from fh_prefork.testing.cluster import Cluster
+from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
+from fh_prefork.testing.failover import (
     measure_failover,
     measure_propagation,
     pid_of_local_port,
     sole_leader,
 )
-from fh_prefork.store.backend import Lease
-from fh_prefork.testing.cluster import Cluster
-from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
 from tests.faults.whole_state import (
     file_reader,
     many_features,
