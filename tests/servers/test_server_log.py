@@ -87,7 +87,8 @@ def test_status_of_a_whole_server_lists_every_worker_and_agreement(
         run = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30,
                              env=cluster.env)
         answer = json.loads(run.stdout)
-        return answer if run.returncode == 0 else None
+        connected = all(w.get("edge_state") == "connected" for w in answer["workers"])
+        return answer if run.returncode == 0 and connected else None  # records: once a second
 
     answer = wait_for(report, 10, what="every worker published and agrees with the store")
     assert {w["pid"] for w in answer["workers"]} == set(cluster.worker_pids())
