@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+import types
 from typing import Any, cast
 
 import psutil
@@ -121,8 +122,8 @@ class Worker:
                 self.publisher = workers.Publisher(self.status, parent.pid)
                 self.store.add_task(self.publisher.step, name="status record")
         self.metrics = False
-        if role != MASTER and self.store is not None and _prometheus_installed():
-            self.store.add_task(self._export_metrics, name="metrics")
+        if role != MASTER and self.store is not None and _metrics is not None:
+            self.store.add_task(_metrics.Exporter(self.status).step, name="metrics")
             self.metrics = True
 
     def _elect(self, switch: EdgeSwitch) -> None:
@@ -155,16 +156,6 @@ class Worker:
                                  edge_state=lambda: switch.status().get("state"))
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
 
-    def _export_metrics(self) -> float:
-        """The metrics task's first run: prometheus_client is imported here, on the store
-        thread, not in the post-fork hook (it is a slow import that every worker would pay
-        at boot, and a shutdown arriving during it would interrupt the hook)."""
-        from . import prometheus  # only with the prometheus extra installed
-
-        exporter = prometheus.Exporter(self.status)
-        self.store.add_task(exporter.step, name="metrics export")  # type: ignore[union-attr]
-        return 3600.0 * 24 * 365   # done: the exporter's own task runs from now on
-
     def _edge_connected(self) -> bool:
         """This worker hears Edge right now (its own stream, or the leader's in leader mode)."""
         if self.switch is not None:
@@ -189,10 +180,8 @@ class Worker:
         self.repository.close()
         if self.publisher is not None:
             self.publisher.remove()
-        if self.metrics:
-            from . import prometheus
-
-            prometheus.mark_dead(self.pid)
+        if self.metrics and _metrics is not None:
+            _metrics.mark_dead(self.pid)
 
     def status(self) -> dict[str, Any]:
         proc = psutil.Process(self.pid)
@@ -235,6 +224,14 @@ def _prometheus_installed() -> bool:
         return importlib.util.find_spec("prometheus_client") is not None
     except (ImportError, ValueError):   # hidden by sys.modules[...] = None, or broken
         return False
+
+
+#: The metrics module when prometheus_client is installed, imported with this module: in a
+#: prefork master, before the fork, so no worker pays the (slow) import in its post-fork
+#: hook or imports on a background thread (a raw fork during an import deadlocks the child).
+_metrics: types.ModuleType | None = None
+if _prometheus_installed():
+    from . import prometheus as _metrics
 
 
 def configure(**overrides: Any) -> Settings:
