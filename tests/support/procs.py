@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from fh_prefork.testing.cluster import free_port, kill_tree
 
-__all__ = ["free_port", "kill_tree", "port_open", "wait_for"]
+__all__ = ["free_port", "kill_tree", "port_open", "wait_for", "wait_quiet"]
 
 T = TypeVar("T")
 
@@ -25,6 +25,25 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.02,
         time.sleep(interval)  # polling interval of a bounded wait, not a fixed delay
         last = predicate()
     return last
+
+
+def wait_quiet(read: Callable[[], T], quiet: float, timeout: float,
+               what: str = "value") -> T:
+    """Wait until ``read()`` has not changed for ``quiet`` s; fail after ``timeout`` s.
+
+    For "nothing happens while idle" checks: late work from an earlier event
+    (a notification's tick on a loaded machine) must end before idling starts.
+    """
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} still changing after {timeout} s (last {value!r})")
+        time.sleep(0.02)  # polling interval of a bounded wait
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
