@@ -71,8 +71,10 @@ def test_file_owned_by_another_user_is_refused_while_running(tmp_path: Path) -> 
         repo(config).notify("feature", feat("A", 1))
         assert store.flush(2)
         data = folder / "featurehub_env-test.json"
-        data.write_text(json.dumps([feat("A", 99, False)]))  # an attacker's flags...
-        os.chown(data, 65534, 65534)                          # ...in a file they own
+        planted = folder / "planted"
+        planted.write_text(json.dumps([feat("A", 99, False)]))  # an attacker's flags...
+        os.chown(planted, 65534, 65534)                          # ...in a file they own,
+        os.rename(planted, data)        # put in place whole: the store never sees half of it
         wait_for(lambda: not store.status()["healthy"], 3, what="the store to refuse the file")
         assert "owned by uid 65534" in store.status()["last_error"]
         assert repo(config).feature("A").get_version == 1, "foreign flags must not be served"
