@@ -108,6 +108,10 @@ def attach_repository(config: FeatureHubConfig) -> ListeningRepository:
 class SessionStore(RawUpdateFeatureListener):
     """Shares one environment's feature states between processes through ``backend``."""
 
+    #: seconds ``close()`` waits for the store thread beyond the flush: long enough for a
+    #: call in flight to end within the backends' own timeouts, short enough for a worker exit
+    STOP_GRACE = 2.0
+
     def __init__(self, backend: StoreBackend, config: FeatureHubConfig,
                  options: SessionStoreOptions) -> None:
         api_key = config.get_api_keys()[0]
@@ -205,11 +209,12 @@ class SessionStore(RawUpdateFeatureListener):
             self._notifier.close()
         self._repository.remove_raw_update_listener(self)
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=max(flush_timeout, 0) + 2.0)
+            self._thread.join(timeout=max(flush_timeout, 0) + self.STOP_GRACE)
             if self._thread.is_alive():
                 self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
                                   "closes %s when its current call returns", self.source,
-                                  max(flush_timeout, 0) + 2.0, self._backend.description)
+                                  max(flush_timeout, 0) + self.STOP_GRACE,
+                                  self._backend.description)
 
     def _shut_down(self) -> None:
         """The store thread's last act: closing tasks (lease release), then the backend."""

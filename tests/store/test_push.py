@@ -97,8 +97,8 @@ def test_idle_costs_nothing_but_the_safety_poll(push_url: str, stores: Any) -> N
 
     # the write's notifications may wake the stores more than once, late on a loaded
     # machine: idling starts once those ticks are over
-    before = wait_quiet(counts, quiet=0.5, timeout=BOUND * 3, what="the write's ticks")
-    time.sleep(1.0)   # idle: nothing may be read (the refresh period is a minute)
+    before = wait_quiet(counts, quiet=0.3, timeout=BOUND * 3, what="the write's ticks")
+    time.sleep(0.5)   # idle: nothing may be read (the refresh period is a minute)
     assert counts() == before
 
 

@@ -268,6 +268,7 @@ def test_close_never_closes_the_client_under_a_thread_stuck_in_a_call(
         real_close()
 
     backend.read, backend.close = stuck_read, close
+    store.STOP_GRACE = 0.2                    # close gives up on the thread sooner
     assert store.refresh(0.01) is False       # the thread is now inside stuck_read
     assert entered.wait(5)
     closers = [_threading.Thread(target=store.close, kwargs={"flush_timeout": 0.1})
