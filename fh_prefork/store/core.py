@@ -478,7 +478,7 @@ class SessionStore(RawUpdateFeatureListener):
             self._apply(plan)
             self._last_refresh = time.time()
             if not plan.write and not bad_tombs:
-                self._settled(snapshot, decoded, plan)
+                self._settled(snapshot, decoded, plan, may_write=write)
                 if dirty_ids:
                     self.counters.unchanged += 1
                 return _DONE
@@ -549,8 +549,13 @@ class SessionStore(RawUpdateFeatureListener):
             self.counters.replays += 1
         self._tombstone_count = len(plan.tombstones)
 
-    def _settled(self, snapshot: Snapshot, decoded: fs.Decoded, plan: Plan) -> None:
-        """The store already holds the truth; make sure its fingerprint agrees with it."""
+    def _settled(self, snapshot: Snapshot, decoded: fs.Decoded, plan: Plan,
+                 may_write: bool) -> None:
+        """The store already holds the truth; make sure its fingerprint agrees with it.
+
+        At start (``may_write`` false, in the post-fork hook) a repair is left
+        to the store thread: the hook must not wait on a second read and a write.
+        """
         self._stored_count = len(plan.live)
         if snapshot.value is None:
             self._change_token = snapshot.change_token
@@ -566,7 +571,11 @@ class SessionStore(RawUpdateFeatureListener):
         self._change_token = snapshot.change_token
         if (getattr(self._backend, "fingerprint_tokens", True)
                 and snapshot.change_token not in decoded.consistent_fingerprints()):
-            self._change_token = self._settle(snapshot, fingerprint)
+            if may_write:
+                self._change_token = self._settle(snapshot, fingerprint)
+            else:
+                self._change_token = None   # the store thread's first sync repairs it
+                self._mark_dirty(())
         self._set_problem(None)
         self._note_success()
 

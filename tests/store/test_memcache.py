@@ -230,3 +230,35 @@ def test_updates_while_memcached_is_down_are_written_when_it_returns(prefix: str
             c.close()
         finally:
             store.close(flush_timeout=0)
+
+
+def test_a_stale_fingerprint_found_at_start_is_repaired_by_the_store_thread(
+        memcached: Memcached, client: Any, prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constructor runs in the post-fork hook: it reads and replays, and leaves the
+    fingerprint's repair (a second read and a write) to the store thread."""
+    import threading
+
+    from fh_prefork.store.memcache import MemcacheBackend
+
+    settled_on: list[str] = []
+    real_settle = MemcacheBackend.settle
+
+    def settle(self: MemcacheBackend, *args: Any) -> Any:
+        settled_on.append(threading.current_thread().name)
+        return real_settle(self, *args)
+
+    monkeypatch.setattr(MemcacheBackend, "settle", settle)
+    client.set(f"{prefix}_env-test", json.dumps([feat("A", 1), feat("B", 2)]).encode())
+    client.set(f"{prefix}_env-test_sha", b"a-fingerprint-no-formula-gives")
+    config = make_config()
+    store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
+    try:
+        assert {f.key: f.get_version for f in [repo(config).feature("A"),
+                                               repo(config).feature("B")]} == {"A": 1, "B": 2}
+        expected = fs.fingerprint([feat("A", 1), feat("B", 2)]).encode()
+        wait_for(lambda: client.get(f"{prefix}_env-test_sha") == expected, 5,
+                 what="the fingerprint repaired")
+    finally:
+        store.close()
+    assert settled_on and all(name.startswith("fh-prefork-") for name in settled_on), settled_on
