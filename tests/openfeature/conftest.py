@@ -16,8 +16,8 @@ from openfeature import api  # noqa: E402
 from openfeature.event import EventDetails, ProviderEvent  # noqa: E402
 from openfeature.exception import ProviderNotReadyError  # noqa: E402
 
-from fh_prefork import runtime  # noqa: E402
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
+from tests.support.runtime import isolated_runtime  # noqa: E402
 
 API_KEY = "portfolio/env-of/client*secret"
 PROVIDER_NAME = "fh-prefork FeatureHub"
@@ -81,15 +81,9 @@ def edge() -> Iterator[EdgeSimulator]:
 def fresh_openfeature(edge: EdgeSimulator, tmp_path: Path,
                       monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh fh_prefork runtime and OpenFeature API per test, torn down in order."""
-    monkeypatch.setenv("FEATUREHUB_EDGE_URL", edge.url)
-    monkeypatch.setenv("FEATUREHUB_API_KEY", API_KEY)
-    monkeypatch.setenv("FH_PREFORK_STORE", f"file://{tmp_path}/store")
-    monkeypatch.setenv("FH_PREFORK_REFRESH_SECONDS", "0.2")
-    monkeypatch.setenv("FH_PREFORK_EDGE_BACKOFF_MAX", "1")
-    yield
-    api.shutdown()             # shuts the provider down (synchronously), drops handlers
-    runtime.stop_worker()
-    runtime._overrides.clear()
+    with isolated_runtime(monkeypatch, edge.url, API_KEY, tmp_path):
+        yield
+        api.shutdown()         # shuts the provider down (synchronously), drops handlers
 
 
 def set_and_wait(provider: Any) -> None:

@@ -21,6 +21,7 @@ from fh_prefork import runtime
 from fh_prefork.settings import SettingsError
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
+from tests.support.runtime import isolated_runtime
 
 API_KEY = "portfolio/env-rt/client*secret"
 
@@ -35,15 +36,8 @@ def edge() -> Iterator[EdgeSimulator]:
 @pytest.fixture(autouse=True)
 def fresh_runtime(edge: EdgeSimulator, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FEATUREHUB_EDGE_URL", edge.url)
-    monkeypatch.setenv("FEATUREHUB_API_KEY", API_KEY)
-    monkeypatch.setenv("FH_PREFORK_STORE", f"file://{tmp_path}/store")
-    monkeypatch.setenv("FH_PREFORK_REFRESH_SECONDS", "0.2")
-    monkeypatch.setenv("FH_PREFORK_EDGE_BACKOFF_MAX", "1")
-    yield
-    runtime.stop_worker()
-    runtime._overrides.clear()
-    runtime._master_pid = None
+    with isolated_runtime(monkeypatch, edge.url, API_KEY, tmp_path):
+        yield
 
 
 def flag_version() -> int:
