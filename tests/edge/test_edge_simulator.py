@@ -13,6 +13,7 @@ import pytest
 import urllib3
 
 from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
+from tests.support.edge import serve_edge
 from tests.support.procs import wait_for
 
 KEY = "portfolio/env-1/client*secret"
@@ -58,9 +59,8 @@ class SseReader:
 
 @pytest.fixture
 def sim() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator([KEY], keepalive_interval=0.3) as s:
-        s.set_features([make_feature("FLAG_A", True), make_feature("FLAG_B", False)])
-        yield s
+    yield from serve_edge([make_feature("FLAG_A", True), make_feature("FLAG_B", False)],
+                          keepalive_interval=0.3, api_keys=[KEY])
 
 
 def get(url: str, **headers: str) -> Any:

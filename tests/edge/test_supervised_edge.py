@@ -17,6 +17,7 @@ from fh_prefork.apikey import redact
 from fh_prefork.edge import SupervisedEdge, edge_provider
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support import procs
+from tests.support.edge import serve_edge
 
 KEY = "portfolio/env-1/client*secret"
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.3, "min_attempt_interval": 0.05}
@@ -52,9 +53,8 @@ def _flag_is(repo: RecordingRepository, key: str, expected: Any) -> Callable[[],
 
 @pytest.fixture
 def sim() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator([KEY], keepalive_interval=30.0) as s:
-        s.set_features([make_feature("FLAG_A", True), make_feature("FLAG_B", False)])
-        yield s
+    yield from serve_edge([make_feature("FLAG_A", True), make_feature("FLAG_B", False)],
+                          keepalive_interval=30.0, api_keys=[KEY])
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.support.edge import serve_edge
 from tests.support.procs import free_port, kill_tree, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +26,7 @@ API_KEY = "portfolio/env-examples/client*secret"
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator(keepalive_interval=1.0) as sim:
-        sim.set_features([make_feature("NEW_CHECKOUT", True, 7)])
-        yield sim
+    yield from serve_edge([make_feature("NEW_CHECKOUT", True, 7)], keepalive_interval=1.0)
 
 
 @pytest.fixture

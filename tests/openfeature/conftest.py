@@ -17,6 +17,7 @@ from openfeature.event import EventDetails, ProviderEvent  # noqa: E402
 from openfeature.exception import ProviderNotReadyError  # noqa: E402
 
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
+from tests.support.edge import serve_edge  # noqa: E402
 from tests.support.runtime import isolated_runtime  # noqa: E402
 
 API_KEY = "portfolio/env-of/client*secret"
@@ -72,9 +73,7 @@ FEATURES = [
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator(keepalive_interval=0.5) as sim:
-        sim.set_features(FEATURES)
-        yield sim
+    yield from serve_edge(FEATURES, keepalive_interval=0.5)
 
 
 @pytest.fixture(autouse=True)

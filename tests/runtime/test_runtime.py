@@ -20,6 +20,7 @@ import fh_prefork
 from fh_prefork import runtime
 from fh_prefork.settings import SettingsError
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.support.edge import serve_edge
 from tests.support.procs import wait_for
 from tests.support.runtime import isolated_runtime
 
@@ -28,9 +29,7 @@ API_KEY = "portfolio/env-rt/client*secret"
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator(keepalive_interval=0.5) as sim:
-        sim.set_features([make_feature("FLAG", True, 1)])
-        yield sim
+    yield from serve_edge([make_feature("FLAG", True, 1)], keepalive_interval=0.5)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import pytest
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.support.edge import serve_edge
 
 API_KEY = "portfolio/env-srv/client*secret"
 REFRESH = 0.5
@@ -19,9 +20,8 @@ REFRESH = 0.5
 
 @pytest.fixture
 def edge() -> Iterator[EdgeSimulator]:
-    with EdgeSimulator(keepalive_interval=1.0) as sim:
-        sim.set_features([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)])
-        yield sim
+    yield from serve_edge([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)],
+                          keepalive_interval=1.0)
 
 
 @pytest.fixture
