@@ -15,7 +15,7 @@ import pytest
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
-from tests.support.servers import pid_of_local_port
+from tests.support.servers import cluster_starter, pid_of_local_port
 
 from .conftest import API_KEY, feature
 
@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def start(edge: EdgeSimulator, memcached: Memcached, prefix: str,
           tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Start clusters serving the OpenFeature app; each is stopped and killed by pid."""
-    started: list[Cluster] = []
     env = {
         "FEATUREHUB_EDGE_URL": edge.url,
         "FEATUREHUB_API_KEY": API_KEY,
@@ -39,17 +38,8 @@ def start(edge: EdgeSimulator, memcached: Memcached, prefix: str,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
     }
-
-    def run(kind: str = "gunicorn", workers: int = 4, args: tuple[str, ...] = (),
-            **extra: str) -> Cluster:
-        cluster = Cluster(kind, workers, {**env, **extra}, args=args, app=APP,
-                          log_dir=str(tmp_path))
-        started.append(cluster)
-        return cluster.start()
-
-    yield run
-    for cluster in started:
-        cluster.stop()
+    with cluster_starter(env, tmp_path, app=APP) as run:
+        yield run
 
 
 def ask(kind: str, key: str, default: Any = "", tk: str | None = None,
@@ -190,8 +180,8 @@ def test_provider_set_in_the_master_with_preload(start: Callable[..., Cluster],
 
 def test_leader_mode(start: Callable[..., Cluster], edge: EdgeSimulator) -> None:
     """One Edge stream for all workers: followers hear a change through the store."""
-    cluster = start("gunicorn", 3, FH_PREFORK_EDGE_MODE="leader",
-                    FH_PREFORK_LEASE_SECONDS="2")
+    cluster = start("gunicorn", 3, env={"FH_PREFORK_EDGE_MODE": "leader",
+                                        "FH_PREFORK_LEASE_SECONDS": "2"})
     pids = cluster.worker_pids()
     until_every_worker(cluster, "/events", lambda a: a["status"] == "READY")
     assert edge.wait_until(lambda: len(edge.streams()) == 1, 15)

@@ -13,6 +13,7 @@ import pytest
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.edge import serve_edge
+from tests.support.servers import cluster_starter
 
 API_KEY = "portfolio/env-srv/client*secret"
 REFRESH = 0.5
@@ -48,15 +49,5 @@ def default_store_env(tmp_path: Path) -> dict[str, str | None]:
 def start_cluster(server_env: dict[str, str], tmp_path: Path
                   ) -> Iterator[Callable[..., Cluster]]:
     """Start clusters; every one is stopped, and its processes killed by pid, at teardown."""
-    started: list[Cluster] = []
-
-    def start(kind: str, workers: int = 4, args: tuple[str, ...] = (),
-              env: dict[str, str | None] | None = None) -> Cluster:
-        cluster = Cluster(kind, workers, {**server_env, **(env or {})}, args=args,
-                          log_dir=str(tmp_path))
-        started.append(cluster)
-        return cluster.start()
-
-    yield start
-    for cluster in started:
-        cluster.stop()
+    with cluster_starter(server_env, tmp_path) as start:
+        yield start

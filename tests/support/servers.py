@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
 import psutil
 
-from fh_prefork.testing.cluster import Cluster
+from fh_prefork.testing.cluster import APP, Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
+
+
+@contextmanager
+def cluster_starter(base_env: Mapping[str, str | None], log_dir: Path, app: str = APP
+                    ) -> Iterator[Callable[..., Cluster]]:
+    """``start(kind, workers, args, env)`` starts a cluster serving ``app`` on ``base_env``
+    and the call's own ``env``; every cluster started is stopped, and its processes killed
+    by pid, on leaving."""
+    started: list[Cluster] = []
+
+    def start(kind: str, workers: int = 4, args: tuple[str, ...] = (),
+              env: Mapping[str, str | None] | None = None) -> Cluster:
+        cluster = Cluster(kind, workers, {**base_env, **(env or {})}, args=args, app=app,
+                          log_dir=str(log_dir))
+        started.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in started:
+        cluster.stop()
 
 
 def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:
