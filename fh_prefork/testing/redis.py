@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from typing import Any
 
-from .cluster import free_port, kill_tree, wait_until
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+from ._server import LocalServer
+from .cluster import free_port, wait_until
 
 
 def available() -> bool:
@@ -39,31 +30,26 @@ def _free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-class RedisServer:
+class RedisServer(LocalServer):
     """One redis-server on 127.0.0.1; ``cluster=True`` starts it as an empty cluster node."""
+
+    program = "redis-server"
+    install_hint = "apt-get install redis-server"
 
     def __init__(self, port: int | None = None, *, cluster: bool = False,
                  bus_port: int | None = None, password: str | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.cluster = cluster
         self.bus_port = bus_port
         self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.address}"
 
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    def prepare(self, binary: str) -> list[str]:
         self._dir = tempfile.mkdtemp(prefix="fh-redis-")
         args = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                 "--appendonly", "no", "--dir", self._dir, "--daemonize", "no",
@@ -75,35 +61,13 @@ class RedisServer:
                      os.path.join(self._dir, "nodes.conf"), "--cluster-node-timeout", "2000"]
             if self.bus_port:
                 args += ["--cluster-port", str(self.bus_port)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proc = self.proc
-        try:
-            wait_until(lambda: _port_open(self.port) or proc.poll() is not None, 10,
-                       f"redis-server on port {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
-        return self
+        return args
 
     def stop(self) -> None:
-        if self.proc is not None:
-            kill_tree(self.proc.pid)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            self.proc = None
+        super().stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class RedisCluster:
