@@ -235,7 +235,16 @@ class BackendContract:
         assert current is not None and current.holder == lease("b").holder
 
 
-def _closing(built: list[Any]) -> None:
+def _built_by(build: Factory) -> Iterator[Factory]:
+    """``backends`` for a backend class: each call builds one with ``build``; every backend
+    built is closed at teardown."""
+    built: list[Any] = []
+
+    def make() -> Any:
+        built.append(build())
+        return built[-1]
+
+    yield make
     for backend in built:
         backend.close()
 
@@ -243,15 +252,11 @@ def _closing(built: list[Any]) -> None:
 class TestMemcache(BackendContract):
     @pytest.fixture
     def backends(self, memcached: Memcached, prefix: str) -> Iterator[Factory]:
-        built: list[Any] = []
-
-        def make() -> MemcacheBackend:
+        def build() -> MemcacheBackend:
             client = make_client(parse_servers(memcached.url), MemcacheSessionStoreOptions())
-            built.append(MemcacheBackend(client, f"{prefix}_env", "contract"))
-            return built[-1]
+            return MemcacheBackend(client, f"{prefix}_env", "contract")
 
-        yield make
-        _closing(built)
+        yield from _built_by(build)
 
     def abandon(self, holder: Any) -> None:
         pass  # it stops renewing: memcached expires the key
@@ -260,14 +265,7 @@ class TestMemcache(BackendContract):
 class TestFile(BackendContract):
     @pytest.fixture
     def backends(self, tmp_path: Path, prefix: str) -> Iterator[Factory]:
-        built: list[Any] = []
-
-        def make() -> FileBackend:
-            built.append(FileBackend(tmp_path / "store", f"{prefix}_env"))
-            return built[-1]
-
-        yield make
-        _closing(built)
+        yield from _built_by(lambda: FileBackend(tmp_path / "store", f"{prefix}_env"))
 
     def abandon(self, holder: Any) -> None:
         holder.close()  # what the kernel does when the holder dies: the lock goes with it
@@ -276,15 +274,11 @@ class TestFile(BackendContract):
 class TestRedis(BackendContract):
     @pytest.fixture
     def backends(self, redis_server: Redis, prefix: str) -> Iterator[Factory]:
-        built: list[Any] = []
-
-        def make() -> RedisBackend:
+        def build() -> RedisBackend:
             client = make_redis_client(redis_server.url, RedisSessionStoreOptions())
-            built.append(RedisBackend(client, f"{prefix}_env", "contract", cluster=False))
-            return built[-1]
+            return RedisBackend(client, f"{prefix}_env", "contract", cluster=False)
 
-        yield make
-        _closing(built)
+        yield from _built_by(build)
 
     def abandon(self, holder: Any) -> None:
         pass  # it stops renewing: Redis expires the key
@@ -293,17 +287,13 @@ class TestRedis(BackendContract):
 class TestRedisCluster(BackendContract):
     @pytest.fixture
     def backends(self, redis_cluster: RedisCluster, prefix: str) -> Iterator[Factory]:
-        built: list[Any] = []
-
-        def make() -> RedisBackend:
+        def build() -> RedisBackend:
             # built lazily, as the store does: a cluster client connects when built
             options = RedisSessionStoreOptions(timeout=2.0, connect_timeout=2.0)
-            built.append(RedisBackend(lambda: make_redis_client(redis_cluster.url, options),
-                                      f"{prefix}_env", "contract", cluster=True))
-            return built[-1]
+            return RedisBackend(lambda: make_redis_client(redis_cluster.url, options),
+                                f"{prefix}_env", "contract", cluster=True)
 
-        yield make
-        _closing(built)
+        yield from _built_by(build)
 
     def abandon(self, holder: Any) -> None:
         pass
