@@ -85,13 +85,21 @@ def five() -> list[dict[str, Any]]:
     return [feat(k, v) for k, v in FIVE.items()]
 
 
-def test_empty_store_and_one_update_loses_nothing(make_store: StoreFactory) -> None:
+def a_and_b_holding(make_store: StoreFactory, versions: dict[str, int], **opts: Any
+                    ) -> tuple[Any, SessionStore, Any]:
+    """Processes A and B on one store (``opts`` for both): A's Edge sends ``versions``, A
+    writes them and B holds them. Gives A's config, A's store and B's config."""
     a_cfg, b_cfg = make_config(), make_config()
-    a = make_store(a_cfg, refresh_timeout=0.1)
-    make_store(b_cfg, refresh_timeout=0.1)
-    repo_of(a_cfg).notify("features", five())
+    a = make_store(a_cfg, **opts)
+    make_store(b_cfg, **opts)
+    repo_of(a_cfg).notify("features", [feat(k, v) for k, v in versions.items()])
     assert a.flush(2.0)
-    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    wait_for(lambda: held(b_cfg) == versions, 3, what="B to follow")
+    return a_cfg, a, b_cfg
+
+
+def test_empty_store_and_one_update_loses_nothing(make_store: StoreFactory) -> None:
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.1)
     empty_the_store(a)
     repo_of(a_cfg).notify("feature", feat("F0", 2))
     assert a.flush(2.0)
@@ -103,12 +111,7 @@ def test_empty_store_and_one_update_loses_nothing(make_store: StoreFactory) -> N
 
 def test_a_delete_pending_while_the_store_was_empty_deletes_only_itself(
         make_store: StoreFactory) -> None:
-    a_cfg, b_cfg = make_config(), make_config()
-    a = make_store(a_cfg, refresh_timeout=0.1)
-    make_store(b_cfg, refresh_timeout=0.1)
-    repo_of(a_cfg).notify("features", five())
-    assert a.flush(2.0)
-    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.1)
     empty_the_store(a)
     repo_of(a_cfg).notify("delete_feature", {"id": "id-F1", "key": "F1", "version": 1})
     assert a.flush(2.0)
@@ -131,12 +134,7 @@ def test_a_process_that_held_the_store_keeps_it_whole_after_an_empty_read(
 
 
 def test_deleted_features_do_not_come_back(make_store: StoreFactory) -> None:
-    a_cfg, b_cfg = make_config(), make_config()
-    a = make_store(a_cfg, refresh_timeout=0.05)
-    make_store(b_cfg, refresh_timeout=0.05)
-    repo_of(a_cfg).notify("features", five())
-    assert a.flush(2.0)
-    wait_for(lambda: held(b_cfg) == FIVE, 3, what="B to follow")
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.05)
     repo_of(a_cfg).notify("delete_feature", {"id": "id-F2", "key": "F2", "version": 1})
     assert a.flush(2.0)
     expected = {k: v for k, v in FIVE.items() if k != "F2"}
@@ -161,13 +159,8 @@ def test_deleted_features_do_not_come_back(make_store: StoreFactory) -> None:
 
 
 def test_a_stale_value_is_healed_and_never_served(make_store: StoreFactory) -> None:
-    a_cfg, b_cfg = make_config(), make_config()
-    a = make_store(a_cfg, refresh_timeout=0.05, verify_every=2)
-    make_store(b_cfg, refresh_timeout=0.05, verify_every=2)
     newer = {**FIVE, "F0": 3, "NEW": 1}
-    repo_of(a_cfg).notify("features", [feat(k, v) for k, v in newer.items()])
-    assert a.flush(2.0)
-    wait_for(lambda: held(b_cfg) == newer, 3, what="B to follow")
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, newer, refresh_timeout=0.05, verify_every=2)
     versions_seen: list[int] = []
     force(a, fs.encode(five()))  # a memcached node comes back with its old value
     for _ in range(200):
