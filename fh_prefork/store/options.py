@@ -110,8 +110,8 @@ class SessionStoreOptions:
 
 
 @dataclass(frozen=True)
-class MemcacheSessionStoreOptions(SessionStoreOptions):
-    """Adds memcached client timeouts: every call is bounded, so a hung server cannot stall."""
+class _ClientTimeoutOptions(SessionStoreOptions):
+    """A networked backend's client timeouts, checked in one place for memcached and Redis."""
 
     connect_timeout: float = _opt(0.5, "seconds per connection attempt", "0.5 s")
     timeout: float = _opt(0.5, "seconds per read or write on an open connection", "0.5 s")
@@ -125,18 +125,16 @@ class MemcacheSessionStoreOptions(SessionStoreOptions):
 
 
 @dataclass(frozen=True)
-class RedisSessionStoreOptions(SessionStoreOptions):
+class MemcacheSessionStoreOptions(_ClientTimeoutOptions):
+    """Adds memcached client timeouts: every call is bounded, so a hung server cannot stall."""
+
+
+@dataclass(frozen=True)
+class RedisSessionStoreOptions(_ClientTimeoutOptions):
     """Redis and Valkey: redis-py's connect and socket timeouts bound every call."""
 
-    connect_timeout: float = _opt(0.5, "seconds per connection attempt", "0.5 s")
+    # redeclared only for its help text: redis-py bounds a whole command, not each read
     timeout: float = _opt(0.5, "seconds per command on an open connection", "0.5 s")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("connect_timeout", "timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
