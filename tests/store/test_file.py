@@ -14,22 +14,10 @@ from typing import Any
 import pytest
 
 from fh_prefork import FileSessionStore
-from fh_prefork.listener import ListeningRepository
 from fh_prefork.store.file import FileBackend, default_directory
 from tests.conftest import make_config
 from tests.support.procs import wait_for
-
-
-def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
-            "strategies": []}
-
-
-def repo(config: Any) -> ListeningRepository:
-    r = config.repository()
-    assert isinstance(r, ListeningRepository)
-    return r
+from tests.support.stores import feat, repo_of
 
 
 def test_folder_is_0700_and_file_0600(tmp_path: Path) -> None:
@@ -37,7 +25,7 @@ def test_folder_is_0700_and_file_0600(tmp_path: Path) -> None:
     config = make_config()
     store = FileSessionStore(folder, config)
     try:
-        repo(config).notify("feature", feat("A", 1))
+        repo_of(config).notify("feature", feat("A", 1))
         assert store.flush(2)
     finally:
         store.close()
@@ -68,7 +56,7 @@ def test_file_owned_by_another_user_is_refused_while_running(tmp_path: Path) -> 
     config = make_config()
     store = FileSessionStore(folder, config, {"refresh_timeout": 0.1})
     try:
-        repo(config).notify("feature", feat("A", 1))
+        repo_of(config).notify("feature", feat("A", 1))
         assert store.flush(2)
         data = folder / "featurehub_env-test.json"
         planted = folder / "planted"
@@ -77,7 +65,7 @@ def test_file_owned_by_another_user_is_refused_while_running(tmp_path: Path) -> 
         os.rename(planted, data)        # put in place whole: the store never sees half of it
         wait_for(lambda: not store.status()["healthy"], 3, what="the store to refuse the file")
         assert "owned by uid 65534" in store.status()["last_error"]
-        assert repo(config).feature("A").get_version == 1, "foreign flags must not be served"
+        assert repo_of(config).feature("A").get_version == 1, "foreign flags must not be served"
     finally:
         store.close(flush_timeout=0)
     with pytest.raises(ValueError, match="owned by uid 65534"):
@@ -103,7 +91,7 @@ def test_lock_of_a_writer_killed_with_sigkill_does_not_block_others(tmp_path: Pa
     store = FileSessionStore(tmp_path, config)
     try:
         started = time.monotonic()
-        repo(config).notify("feature", feat("AFTER", 1))
+        repo_of(config).notify("feature", feat("AFTER", 1))
         assert store.flush(2)
         assert time.monotonic() - started < 1.0
     finally:
@@ -114,7 +102,7 @@ def test_deleted_file_is_seeded_again_from_memory(tmp_path: Path) -> None:
     config = make_config()
     store = FileSessionStore(tmp_path, config, {"refresh_timeout": 0.1})
     try:
-        repo(config).notify("features", [feat("A", 2), feat("B", 1)])
+        repo_of(config).notify("features", [feat("A", 2), feat("B", 1)])
         assert store.flush(2)
         data = tmp_path / "featurehub_env-test.json"
         data.unlink()
@@ -128,14 +116,14 @@ def test_truncated_file_is_repaired_from_memory(tmp_path: Path) -> None:
     config = make_config()
     store = FileSessionStore(tmp_path, config, {"refresh_timeout": 0.1})
     try:
-        repo(config).notify("features", [feat("A", 2)])
+        repo_of(config).notify("features", [feat("A", 2)])
         assert store.flush(2)
         data = tmp_path / "featurehub_env-test.json"
         with open(data, "r+b") as f:
             f.truncate(7)
         wait_for(lambda: _parses(data), 3, what="file repaired")
         assert json.loads(data.read_bytes()) == [feat("A", 2)]
-        assert repo(config).feature("A").get_version == 2
+        assert repo_of(config).feature("A").get_version == 2
     finally:
         store.close()
 
@@ -143,18 +131,18 @@ def test_truncated_file_is_repaired_from_memory(tmp_path: Path) -> None:
 def test_state_survives_all_processes(tmp_path: Path) -> None:
     config = make_config()
     store = FileSessionStore(tmp_path, config)
-    repo(config).notify("feature", feat("KEPT", 1))
+    repo_of(config).notify("feature", feat("KEPT", 1))
     store.close(flush_timeout=2)
     later = make_config()
     FileSessionStore(tmp_path, later).close()
-    assert repo(later).feature("KEPT").is_enabled
+    assert repo_of(later).feature("KEPT").is_enabled
 
 
 def test_idle_tick_is_one_stat_no_read(tmp_path: Path) -> None:
     config = make_config()
     store = FileSessionStore(tmp_path, config, {"refresh_timeout": 0.02, "verify_every": 1000})
     try:
-        repo(config).notify("feature", feat("A", 1))
+        repo_of(config).notify("feature", feat("A", 1))
         assert store.flush(2)
         reads = store.counters.reads
         ticks = store.counters.refreshes

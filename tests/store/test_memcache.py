@@ -14,17 +14,11 @@ from pymemcache.serde import pickle_serde
 
 from fh_prefork import MemcacheSessionStore
 from fh_prefork import features as fs
-from fh_prefork.listener import ListeningRepository
 from fh_prefork.testing import faults
 from tests.conftest import make_config
 from tests.support.memcached import Memcached
 from tests.support.procs import free_port, wait_for
-
-
-def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
-            "strategies": []}
+from tests.support.stores import feat, repo_of
 
 
 @pytest.fixture
@@ -35,18 +29,12 @@ def client(memcached: Memcached) -> Any:
     c.close()
 
 
-def repo(config: Any) -> ListeningRepository:
-    r = config.repository()
-    assert isinstance(r, ListeningRepository)
-    return r
-
-
 def test_key_layout_and_plain_json_values(memcached: Memcached, client: Any,
                                           prefix: str) -> None:
     config = make_config("p/env42/c*s")
     store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
     try:
-        repo(config).notify("features", [feat("B", 2), feat("A", 1)])
+        repo_of(config).notify("features", [feat("B", 2), feat("A", 1)])
         assert store.flush(2)
     finally:
         store.close()
@@ -68,8 +56,8 @@ def test_reads_the_ruby_stores_json_string_form(memcached: Memcached, client: An
     config = make_config()
     store = MemcacheSessionStore(memcached.url, config, {"prefix": prefix})
     try:
-        assert repo(config).feature("R").get_version == 4
-        repo(config).notify("feature", feat("P", 1))
+        assert repo_of(config).feature("R").get_version == 4
+        repo_of(config).notify("feature", feat("P", 1))
         assert store.flush(2)
     finally:
         store.close()
@@ -87,8 +75,8 @@ def test_unreachable_memcached_constructor_returns_within_3s_and_warns(
     try:
         assert elapsed < 3.0
         assert "cannot read" in caplog.text
-        repo(config).notify("feature", feat("A", 1))  # still works from memory
-        assert repo(config).feature("A").is_enabled
+        repo_of(config).notify("feature", feat("A", 1))  # still works from memory
+        assert repo_of(config).feature("A").is_enabled
         assert not store.status()["healthy"]
     finally:
         store.close(flush_timeout=0)
@@ -124,7 +112,7 @@ def test_pymemcache_client_is_accepted(memcached: Memcached, prefix: str) -> Non
     config = make_config()
     store = MemcacheSessionStore(client, config, {"prefix": prefix})
     try:
-        repo(config).notify("feature", feat("C", 1))
+        repo_of(config).notify("feature", feat("C", 1))
         assert store.flush(2)
         assert store.counters.writes == 1
     finally:
@@ -164,7 +152,7 @@ def test_crash_between_data_and_fingerprint_never_leaves_others_stale(
         assert proc.exitcode == -9, "the writer must have died at the fault point"
         assert client.get(f"{prefix}_env-test") is not None, "data was stored"
         # the fingerprint key is stale (missing); the watcher's full read repairs it
-        wait_for(lambda: repo(watcher_config).feature("CRASH").get_version == 1, 5,
+        wait_for(lambda: repo_of(watcher_config).feature("CRASH").get_version == 1, 5,
                  what="watcher to see the crashed writer's data")
         wait_for(lambda: client.get(f"{prefix}_env-test_sha") ==
                  fs.fingerprint([feat("CRASH", 1)]).encode(), 5, what="fingerprint repaired")
@@ -179,12 +167,12 @@ def test_stale_fingerprint_is_repaired_by_the_periodic_full_read(
     store = MemcacheSessionStore(memcached.address, config,
                                  {"prefix": prefix, "refresh_timeout": 0.05, "verify_every": 5})
     try:
-        repo(config).notify("feature", feat("A", 1))
+        repo_of(config).notify("feature", feat("A", 1))
         assert store.flush(2)
         old_sha = client.get(f"{prefix}_env-test_sha")
         client.set(f"{prefix}_env-test", json.dumps([feat("A", 2, False)]).encode())
         assert client.get(f"{prefix}_env-test_sha") == old_sha  # token says nothing changed
-        wait_for(lambda: repo(config).feature("A").get_version == 2, 5,
+        wait_for(lambda: repo_of(config).feature("A").get_version == 2, 5,
                  what="full read to find the change")
     finally:
         store.close()
@@ -197,7 +185,7 @@ def test_restarted_memcached_is_seeded_from_memory_within_a_refresh(
         store = MemcacheSessionStore(server.address, config,
                                      {"prefix": prefix, "refresh_timeout": 0.2})
         try:
-            repo(config).notify("features", [feat("A", 3), feat("B", 1)])
+            repo_of(config).notify("features", [feat("A", 3), feat("B", 1)])
             assert store.flush(2)
             with caplog.at_level(logging.INFO, logger="fh_prefork"):
                 server.restart()
@@ -220,9 +208,9 @@ def test_updates_while_memcached_is_down_are_written_when_it_returns(prefix: str
                                      {"prefix": prefix, "refresh_timeout": 0.2})
         try:
             server.stop()
-            repo(config).notify("feature", feat("DURING", 1))
+            repo_of(config).notify("feature", feat("DURING", 1))
             assert not store.flush(0.5)
-            assert repo(config).feature("DURING").is_enabled  # served from memory meanwhile
+            assert repo_of(config).feature("DURING").is_enabled  # served from memory meanwhile
             server.start()
             assert store.flush(5)
             c = Client(("127.0.0.1", server.port), connect_timeout=1, timeout=1)
@@ -254,8 +242,8 @@ def test_a_stale_fingerprint_found_at_start_is_repaired_by_the_store_thread(
     config = make_config()
     store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
     try:
-        assert {f.key: f.get_version for f in [repo(config).feature("A"),
-                                               repo(config).feature("B")]} == {"A": 1, "B": 2}
+        assert {f.key: f.get_version for f in [repo_of(config).feature("A"),
+                                               repo_of(config).feature("B")]} == {"A": 1, "B": 2}
         expected = fs.fingerprint([feat("A", 1), feat("B", 2)]).encode()
         wait_for(lambda: client.get(f"{prefix}_env-test_sha") == expected, 5,
                  what="the fingerprint repaired")

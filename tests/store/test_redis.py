@@ -16,26 +16,14 @@ import redis.cluster
 from fh_prefork import RedisSessionStore
 from fh_prefork import features as fs
 from fh_prefork import settings as s
-from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import open_store
 from fh_prefork.store.redis import describe_url, split_url
 from tests.conftest import make_config
 from tests.support.procs import free_port
 from tests.support.redis import Redis, RedisCluster
+from tests.support.stores import feat, repo_of
 
 BASE = {"FEATUREHUB_EDGE_URL": "http://edge:8085", "FEATUREHUB_API_KEY": "p/env/c*s"}
-
-
-def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
-            "strategies": []}
-
-
-def repo(config: Any) -> ListeningRepository:
-    r = config.repository()
-    assert isinstance(r, ListeningRepository)
-    return r
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -59,7 +47,7 @@ def test_key_layout_is_the_javascript_stores(redis_server: Redis, prefix: str) -
     config = make_config("p/env42/c*s")
     store = RedisSessionStore(redis_server.url, config, {"prefix": prefix})
     try:
-        repo(config).notify("features", [feat("B", 2), feat("A", 1)])
+        repo_of(config).notify("features", [feat("B", 2), feat("A", 1)])
         assert store.flush(2)
     finally:
         store.close()
@@ -82,7 +70,7 @@ def test_password_never_reaches_logs_or_status(caplog: pytest.LogCaptureFixture,
             store = open_store(server.url, config, {"prefix": prefix})
             assert store is not None
             try:
-                repo(config).notify("features", [feat("A", 1)])
+                repo_of(config).notify("features", [feat("A", 1)])
                 assert store.flush(2)
                 status = json.dumps(store.status())
             finally:
@@ -106,13 +94,13 @@ def test_one_node_write_is_one_atomic_step_the_javascript_watch_sees(
     store = RedisSessionStore(redis_server.url, config, {"prefix": prefix})
     js = redis.Redis.from_url(redis_server.url)
     try:
-        repo(config).notify("features", [feat("A", 1)])
+        repo_of(config).notify("features", [feat("A", 1)])
         assert store.flush(2)
         key = f"{prefix}_env-test"
         pipe = js.pipeline()
         pipe.watch(f"{key}_sha")
         sha_seen = pipe.get(f"{key}_sha")
-        repo(config).notify("feature", feat("A", 2))   # our write lands between
+        repo_of(config).notify("feature", feat("A", 2))   # our write lands between
         assert store.flush(2)
         pipe.multi()
         pipe.set(f"{key}_sha", b"js")
@@ -133,10 +121,10 @@ def test_cluster_store_writes_and_reads_across_slots(redis_cluster: RedisCluster
     b = open_store(redis_cluster.url, b_cfg, {"prefix": prefix, "refresh_timeout": 60})
     assert a is not None and b is not None
     try:
-        repo(a_cfg).notify("features", [feat("A", 1), feat("B", 1)])
+        repo_of(a_cfg).notify("features", [feat("A", 1), feat("B", 1)])
         assert a.flush(2)
         assert b.refresh(2)
-        assert repo(b_cfg).feature("B").get_version == 1
+        assert repo_of(b_cfg).feature("B").get_version == 1
         assert a.status()["backend"].startswith("redis+cluster://127.0.0.1:")
     finally:
         a.close()
@@ -153,7 +141,7 @@ def test_unreachable_redis_constructor_returns_fast_and_keeps_updates(prefix: st
     assert store is not None
     try:
         assert time.monotonic() - started < 3
-        repo(config).notify("features", [feat("A", 1)])
+        repo_of(config).notify("features", [feat("A", 1)])
         assert not store.flush(0.5)
         assert store.status()["pending"], "kept for later, never dropped"
         with Redis(port=port) as server:
@@ -175,7 +163,7 @@ def test_status_command_reads_redis_without_showing_the_password(prefix: str) ->
         store = open_store(server.url, config, {"prefix": prefix})
         assert store is not None
         try:
-            repo(config).notify("features", [feat("A", 1)])
+            repo_of(config).notify("features", [feat("A", 1)])
             assert store.flush(2)
         finally:
             store.close()
@@ -207,10 +195,10 @@ def test_cluster_writer_dying_between_data_and_sha_is_repaired(redis_cluster: Re
     other: Any = None
     assert store is not None
     try:
-        repo(cfg).notify("features", [feat("A", 1)])
+        repo_of(cfg).notify("features", [feat("A", 1)])
         assert store.flush(2)
         inject(store, "between_data_and_fingerprint", die)
-        repo(cfg).notify("feature", feat("A", 2))
+        repo_of(cfg).notify("feature", feat("A", 2))
         assert not store.flush(1), "the write died after the data, before _sha"
         client = redis.cluster.RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""))
         try:
@@ -222,7 +210,7 @@ def test_cluster_writer_dying_between_data_and_sha_is_repaired(redis_cluster: Re
                                {"prefix": prefix, "refresh_timeout": 60, "push": False})
             assert other is not None
             assert other.refresh(3)     # a full read finds _sha matching no formula...
-            assert repo(other_cfg).feature("A").get_version == 2
+            assert repo_of(other_cfg).feature("A").get_version == 2
             assert client.get(f"{key}_sha") == fs.fingerprint([feat("A", 2)]).encode(), \
                 "...and repairs it"
         finally:

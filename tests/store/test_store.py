@@ -10,32 +10,19 @@ from typing import Any
 import pytest
 
 from fh_prefork import features as fs
-from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import SessionStore
 from fh_prefork.testing import faults
 from tests.conftest import make_config
 from tests.support.procs import wait_for
-from tests.support.stores import peek
+from tests.support.stores import feat, peek, repo_of
 
 StoreFactory = Callable[..., SessionStore]
-
-
-def feat(key: str, version: int, value: object = True) -> dict[str, Any]:
-    kind = "BOOLEAN" if isinstance(value, bool) else "STRING"
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version,
-            "type": kind, "value": value, "strategies": []}
 
 
 def stored(store: SessionStore) -> dict[str, int]:
     """What the backend holds right now, id -> version, read around the store."""
     snapshot = peek(store).read()
     return {f["id"]: f["version"] for f in fs.decode(snapshot.value, 10**8).features}
-
-
-def repo_of(config: Any) -> ListeningRepository:
-    repo = config.repository()
-    assert isinstance(repo, ListeningRepository)
-    return repo
 
 
 def test_constructing_attaches_a_listening_repository(make_store: StoreFactory) -> None:

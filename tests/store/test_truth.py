@@ -15,28 +15,14 @@ from typing import Any
 
 from fh_prefork import features as fs
 from fh_prefork import tombstones as ts
-from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import SessionStore
 from fh_prefork.store.memcache import MemcacheBackend
 from fh_prefork.store.redis import RedisBackend
 from tests.conftest import make_config
 from tests.support.procs import wait_for
-from tests.support.stores import peek
+from tests.support.stores import feat, peek, repo_of
 
 StoreFactory = Callable[..., SessionStore]
-
-
-def feat(key: str, version: int, value: object = True, fid: str | None = None
-         ) -> dict[str, Any]:
-    kind = "BOOLEAN" if isinstance(value, bool) else "STRING"
-    return {"id": fid or f"id-{key}", "key": key, "l": False, "version": version,
-            "type": kind, "value": value, "strategies": []}
-
-
-def repo_of(config: Any) -> ListeningRepository:
-    repo = config.repository()
-    assert isinstance(repo, ListeningRepository)
-    return repo
 
 
 def held(config: Any) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Reach a store's backend from a test without touching the store thread's own client."""
+"""For store tests: feature states, a config's repository, and a store's backend reached
+without touching the store thread's own client."""
 
 from __future__ import annotations
 
@@ -6,10 +7,26 @@ from typing import Any
 
 from pymemcache.client.base import Client
 
+from fh_prefork.listener import ListeningRepository
 from fh_prefork.store import SessionStore
 from fh_prefork.store.file import FileBackend
 from fh_prefork.store.memcache import MemcacheBackend
 from fh_prefork.store.redis import RedisBackend
+
+
+def feat(key: str, version: int, value: object = True, fid: str | None = None
+         ) -> dict[str, Any]:
+    """A feature state as Edge sends it: a flag, or a string feature for a string ``value``."""
+    kind = "BOOLEAN" if isinstance(value, bool) else "STRING"
+    return {"id": fid or f"id-{key}", "key": key, "l": False, "version": version,
+            "type": kind, "value": value, "strategies": []}
+
+
+def repo_of(config: Any) -> ListeningRepository:
+    """The repository of a config a store was built on (the store made it a listening one)."""
+    repo = config.repository()
+    assert isinstance(repo, ListeningRepository)
+    return repo
 
 
 def peek(store: SessionStore) -> Any:
