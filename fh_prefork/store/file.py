@@ -175,12 +175,7 @@ def _open_private(directory: Path) -> int:
             raise ValueError(f"store folder {directory} is a symlink or not a folder: refusing "
                              "it, another user could redirect the store") from None
         raise ValueError(f"cannot open store folder {directory}: {err}") from err
-    try:
-        _check_owned(directory, os.fstat(fd), "folder")
-    except (OSError, ValueError):
-        os.close(fd)
-        raise
-    return fd
+    return _owned_folder(directory, fd)
 
 
 def _existing_folder(directory: Path) -> int:
@@ -191,6 +186,11 @@ def _existing_folder(directory: Path) -> int:
         raise
     except OSError as err:
         raise ValueError(f"cannot open store folder {directory}: {err}") from err
+    return _owned_folder(directory, fd)
+
+
+def _owned_folder(directory: Path, fd: int) -> int:
+    """``fd`` once the folder it opens is ours and private; else closed, so no refusal leaks it."""
     try:
         _check_owned(directory, os.fstat(fd), "folder")
     except (OSError, ValueError):
@@ -217,13 +217,7 @@ def _folder_descriptor(directory: Path) -> int:
     opened = _OPENED.get(os.path.abspath(directory))
     if opened is None:
         return _open_private(directory)
-    fd = os.dup(opened)
-    try:
-        _check_owned(directory, os.fstat(fd), "folder")
-    except (OSError, ValueError):
-        os.close(fd)
-        raise
-    return fd
+    return _owned_folder(directory, os.dup(opened))
 
 
 def _check_owned(path: Path, st: os.stat_result, what: str) -> None:
