@@ -17,18 +17,14 @@ from fh_prefork import FileSessionStore
 from fh_prefork.store.file import FileBackend, default_directory
 from tests.conftest import make_config
 from tests.support.procs import wait_for
-from tests.support.stores import feat, repo_of
+from tests.support.stores import feat, repo_of, write_and_close
 
 
 def test_folder_is_0700_and_file_0600(tmp_path: Path) -> None:
     folder = tmp_path / "private"
     config = make_config()
     store = FileSessionStore(folder, config)
-    try:
-        repo_of(config).notify("feature", feat("A", 1))
-        assert store.flush(2)
-    finally:
-        store.close()
+    write_and_close(store, config, "feature", feat("A", 1))
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     data = folder / "featurehub_env-test.json"
     assert stat.S_IMODE(data.stat().st_mode) == 0o600

@@ -18,7 +18,7 @@ from fh_prefork.testing import faults
 from tests.conftest import make_config
 from tests.support.memcached import Memcached
 from tests.support.procs import free_port, wait_for
-from tests.support.stores import feat, repo_of
+from tests.support.stores import feat, repo_of, write_and_close
 
 
 @pytest.fixture
@@ -33,11 +33,7 @@ def test_key_layout_and_plain_json_values(memcached: Memcached, client: Any,
                                           prefix: str) -> None:
     config = make_config("p/env42/c*s")
     store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
-    try:
-        repo_of(config).notify("features", [feat("B", 2), feat("A", 1)])
-        assert store.flush(2)
-    finally:
-        store.close()
+    write_and_close(store, config, "features", [feat("B", 2), feat("A", 1)])
     value, flags = client.get(f"{prefix}_env42"), None
     assert json.loads(value) == [feat("A", 1), feat("B", 2)]
     expected_sha = fs.fingerprint([feat("A", 1), feat("B", 2)])

@@ -21,7 +21,7 @@ from fh_prefork.store.redis import describe_url, split_url
 from tests.conftest import make_config
 from tests.support.procs import free_port
 from tests.support.redis import Redis, RedisCluster
-from tests.support.stores import feat, repo_of
+from tests.support.stores import feat, repo_of, write_and_close
 
 BASE = {"FEATUREHUB_EDGE_URL": "http://edge:8085", "FEATUREHUB_API_KEY": "p/env/c*s"}
 
@@ -46,11 +46,7 @@ def test_urls_are_read_by_redis_py_and_shown_without_the_password(url: str, show
 def test_key_layout_is_the_javascript_stores(redis_server: Redis, prefix: str) -> None:
     config = make_config("p/env42/c*s")
     store = RedisSessionStore(redis_server.url, config, {"prefix": prefix})
-    try:
-        repo_of(config).notify("features", [feat("B", 2), feat("A", 1)])
-        assert store.flush(2)
-    finally:
-        store.close()
+    write_and_close(store, config, "features", [feat("B", 2), feat("A", 1)])
     client = redis.Redis.from_url(redis_server.url)
     try:
         assert json.loads(client.get(f"{prefix}_env42")) == [feat("A", 1), feat("B", 2)]

@@ -29,6 +29,16 @@ def repo_of(config: Any) -> ListeningRepository:
     return repo
 
 
+def write_and_close(store: SessionStore, config: Any, event: str, payload: Any) -> None:
+    """The store's repository hears ``event``; the store writes it, then closes (also when
+    the write fails), so the test can read what it left behind."""
+    try:
+        repo_of(config).notify(event, payload)
+        assert store.flush(2)
+    finally:
+        store.close()
+
+
 def peek(store: SessionStore) -> Any:
     """A second backend on the same place: the store's own client belongs to its thread."""
     backend: Any = store._backend
