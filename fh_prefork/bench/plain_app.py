@@ -8,14 +8,13 @@ without fh_prefork does. Same endpoints as :mod:`fh_prefork.testing.probe_app`.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
-from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
+
+from ..testing.json_wsgi import Query, json_app
 
 _config: FeatureHubConfig | None = None
 _pid: int | None = None
@@ -33,21 +32,11 @@ def start() -> FeatureHubConfig:
         return _config
 
 
-def application(environ: dict[str, Any],
-                start_response: Callable[[str, list[tuple[str, str]]], Any]) -> list[bytes]:
-    path = environ.get("PATH_INFO", "/")
-    if path == "/ping":
-        body: Any = "ok"
-    elif path == "/flags":
-        ctx = start().new_context()
-        keys = parse_qs(environ.get("QUERY_STRING", "")).get("key", [])
-        body = {"pid": os.getpid(), "flags": {
-            k: {"value": ctx.feature(k).get_value, "version": ctx.feature(k).get_version,
-                "exists": ctx.feature(k).exists} for k in keys}}
-    else:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-    data = json.dumps(body).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data))), ("Connection", "close")])
-    return [data]
+def flags(query: Query) -> dict[str, Any]:
+    ctx = start().new_context()
+    return {"pid": os.getpid(), "flags": {
+        k: {"value": ctx.feature(k).get_value, "version": ctx.feature(k).get_version,
+            "exists": ctx.feature(k).exists} for k in query.get("key", [])}}
+
+
+application = json_app({"/flags": flags})

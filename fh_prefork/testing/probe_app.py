@@ -11,14 +11,14 @@ Set ``PROBE_CONFIG_AT_IMPORT=1`` to ask for flags while the module is imported
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 import fh_prefork
 import fh_prefork.uwsgi  # noqa: F401  # wires uWSGI workers; does nothing elsewhere
+
+from .json_wsgi import Query, json_app
 
 if os.environ.get("PROBE_CONFIG_AT_IMPORT") == "1":
     IMPORT_TIME_CONFIG = fh_prefork.config()
@@ -46,22 +46,13 @@ def held_state() -> dict[str, Any]:
     return {"pid": os.getpid(), "features": out}
 
 
-def application(environ: dict[str, Any],
-                start_response: Callable[[str, list[tuple[str, str]]], Any]) -> list[bytes]:
-    path = environ.get("PATH_INFO", "/")
-    query = parse_qs(environ.get("QUERY_STRING", ""))
-    if path == "/flags":
-        body: Any = flags(query.get("key", []), (query.get("user") or [None])[0])
-    elif path == "/state":
-        body = held_state()
-    elif path == "/status":
-        body = fh_prefork.status()
-    elif path == "/ping":
-        body = "ok"
-    else:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-    data = json.dumps(body, default=str).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data))), ("Connection", "close")])
-    return [data]
+def _flags_route(query: Query) -> dict[str, Any]:
+    users = query.get("user")
+    return flags(query.get("key", []), users[0] if users else None)
+
+
+application = json_app({
+    "/flags": _flags_route,
+    "/state": lambda query: held_state(),
+    "/status": lambda query: fh_prefork.status(),
+})

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
@@ -25,6 +24,7 @@ from openfeature.event import EventDetails, ProviderEvent
 
 import fh_prefork.uwsgi  # noqa: F401  # wires uWSGI workers; does nothing elsewhere
 from fh_prefork.openfeature import FeatureHubProvider
+from fh_prefork.testing.json_wsgi import Query, json_app
 
 api.set_provider(FeatureHubProvider(ready_timeout=float(os.environ.get("OF_READY_TIMEOUT", "5")),
                                     watch_interval=0.2))
@@ -59,7 +59,7 @@ def _default(kind: str, text: str) -> Any:
     return text
 
 
-def evaluate(query: dict[str, list[str]]) -> dict[str, Any]:
+def evaluate(query: Query) -> dict[str, Any]:
     kind = query.get("type", ["boolean"])[0]
     key = query["key"][0]
     default = _default(kind, query.get("default", [""])[0])
@@ -74,23 +74,10 @@ def evaluate(query: dict[str, list[str]]) -> dict[str, Any]:
             "flag_metadata": dict(details.flag_metadata)}
 
 
-def application(environ: dict[str, Any],
-                start_response: Callable[[str, list[tuple[str, str]]], Any]) -> list[bytes]:
-    path = environ.get("PATH_INFO", "/")
-    query = parse_qs(environ.get("QUERY_STRING", ""))
-    if path == "/eval":
-        body: Any = evaluate(query)
-    elif path == "/events":
-        with _lock:
-            mine = [e for e in _events if e["pid"] == os.getpid()]
-        body = {"pid": os.getpid(), "status": client.get_provider_status().value,
-                "events": mine}
-    elif path == "/ping":
-        body = "ok"
-    else:
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found"]
-    data = json.dumps(body, default=str).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data))), ("Connection", "close")])
-    return [data]
+def events(query: Query) -> dict[str, Any]:
+    with _lock:
+        mine = [e for e in _events if e["pid"] == os.getpid()]
+    return {"pid": os.getpid(), "status": client.get_provider_status().value, "events": mine}
+
+
+application = json_app({"/eval": evaluate, "/events": events})
