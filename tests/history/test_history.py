@@ -49,7 +49,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pymemcache.client.base import Client
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
@@ -75,6 +74,7 @@ from tests.support.state import (
     describe,
     edge_state,
     file_state,
+    memcached_flush_all,
     memcached_state,
     redis_flush_all,
     redis_state,
@@ -145,14 +145,7 @@ class StoreUnderTest:
         assert self.memcached is not None
         if isinstance(self.memcached, Redis):
             return redis_flush_all(self.memcached.url)
-        client = Client(("127.0.0.1", self.memcached.port), connect_timeout=1, timeout=1)
-        try:
-            client.flush_all()
-        except Exception as err:  # reported in the step log, the history goes on
-            return f" [flush_all failed: {err!r}]"
-        finally:
-            client.close()
-        return ""
+        return memcached_flush_all(self.memcached.port)
 
     def restart(self) -> str:
         assert self.memcached is not None

@@ -8,6 +8,7 @@ missing, none extra, none older).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,7 @@ def memcached_state(address: str, data_key: str) -> State | None:
     client: Any = (Client(servers[0], connect_timeout=0.5, timeout=0.5) if len(servers) == 1
                    else HashClient(servers, connect_timeout=0.5, timeout=0.5,
                                    retry_attempts=1, dead_timeout=5))
-    try:
-        raw = client.get(data_key)
-    except Exception:
-        return None
-    finally:
-        client.close()
-    return decode_state(raw)
+    return _state_at(client, data_key)
 
 
 def redis_state(url: str, data_key: str) -> State | None:
@@ -64,6 +59,12 @@ def redis_state(url: str, data_key: str) -> State | None:
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return _state_at(client, data_key)
+
+
+def _state_at(client: Any, data_key: str) -> State | None:
+    """The features ``client`` holds at ``data_key`` (None: absent or unreachable); the
+    client is closed either way."""
     try:
         raw = client.get(data_key)
     except Exception:
@@ -73,15 +74,26 @@ def redis_state(url: str, data_key: str) -> State | None:
     return decode_state(raw)
 
 
+def memcached_flush_all(port: int) -> str:
+    """flush_all, as an operator would; '' when done, else a note for the step log."""
+    client = Client(("127.0.0.1", port), connect_timeout=1, timeout=1)
+    return _closing_after(client, client.flush_all, "flush_all")
+
+
 def redis_flush_all(url: str) -> str:
     """FLUSHALL, as an operator or a failover to an empty replica would; '' when done."""
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    return _closing_after(client, client.flushall, "flushall")
+
+
+def _closing_after(client: Any, call: Callable[[], object], name: str) -> str:
+    """``call()``, then ``client`` closed: '' when done, else a note naming ``name``."""
     try:
-        client.flushall()
+        call()
     except Exception as err:  # reported in the step log, the history goes on
-        return f" [flushall failed: {err!r}]"
+        return f" [{name} failed: {err!r}]"
     finally:
         client.close()
     return ""
