@@ -171,17 +171,9 @@ def _feature_type_problem(value: object) -> str | None:
 
 
 def _strategies_problem(item: dict[object, object]) -> str | None:
-    strategies = item.get("strategies")
-    if strategies is None:
-        return None
-    if not isinstance(strategies, list):
-        return f"strategies: must be a list or null, found {_kind(strategies)}"
-    for index, strategy in enumerate(strategies):
-        path = f"strategies[{index}]"
-        problem = _strategy_problem(strategy, item.get("type"), item.get("l") is not None)
-        if problem is not None:
-            return f"{path}{problem}"
-    return None
+    feature_type, exists = item.get("type"), item.get("l") is not None
+    return _field("strategies", item.get("strategies"), _optional(_items(
+        lambda strategy: _strategy_problem(strategy, feature_type, exists))))
 
 
 # -- strategies --------------------------------------------------------------
@@ -198,7 +190,7 @@ def _strategy_problem(strategy: object, feature_type: object, exists: bool) -> s
         or _member("percentage", strategy.get("percentage"), _optional(_number_problem))
         or _member("percentageAttributes", strategy.get("percentageAttributes"),
                    _optional(_list_of(_text_problem)))
-        or _attributes_problem(strategy.get("attributes"))
+        or _member("attributes", strategy.get("attributes"), _optional(_items(_attribute_problem)))
     )
     if problem is None and not exists and _percentage(strategy) != 0:
         # Without "l" the SDK's holder reports no id, and the percentage hash
@@ -211,18 +203,6 @@ def _percentage(strategy: dict[object, object]) -> int:
     """The SDK's ``RolloutStrategy.percentage`` (only called on a valid percentage)."""
     value = strategy.get("percentage")
     return int(value) if isinstance(value, (int, float)) else 0
-
-
-def _attributes_problem(attributes: object) -> str | None:
-    if attributes is None:
-        return None
-    if not isinstance(attributes, list):
-        return f".attributes: must be a list or null, found {_kind(attributes)}"
-    for index, attribute in enumerate(attributes):
-        problem = _attribute_problem(attribute)
-        if problem is not None:
-            return f".attributes[{index}]{problem}"
-    return None
 
 
 def _attribute_problem(attribute: object) -> str | None:
@@ -497,16 +477,29 @@ def _optional(check: Check) -> Check:
 
 
 def _list_of(check: Check) -> Check:
+    """A list whose elements pass ``check``; a problem reads ``[i]: reason``."""
+    return _items(lambda value: _suffix(check(value)))
+
+
+def _items(check: Check) -> Check:
+    """A list of elements ``check`` gives suffix problems for (``.field: reason``, ``: reason``).
+
+    One loop for strategies, attributes and plain lists, so their paths read alike.
+    """
     def check_list(values: object) -> str | None:
         if not isinstance(values, list):
             return f"must be a list or null, found {_kind(values)}"
         for index, value in enumerate(values):
             problem = check(value)
             if problem is not None:
-                return f"[{index}]: {problem}"
+                return f"[{index}]{problem}"
         return None
 
     return check_list
+
+
+def _suffix(problem: str | None) -> str | None:
+    return None if problem is None else f": {problem}"
 
 
 def _field(name: str, value: object, check: Check) -> str | None:
