@@ -79,6 +79,20 @@ def one_leader(clusters: list[Cluster], edge: EdgeSimulator) -> int | None:  # n
     return sole_leader(edge, lambda: [p for c in clusters for p in c.worker_pids()])
 
 
+def first_leader(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
+                 what: str = "one leader stream") -> int:
+    """Wait (bounded by a fail-over) for exactly one stream, and give its worker's pid."""
+    return wait_for(lambda: one_leader(clusters, edge), FAILOVER_BOUND, interval=0.05,
+                    what=what)
+
+
+def next_leader(clusters: list[Cluster], edge: EdgeSimulator, old: int,  # noqa: F811
+                timeout: float, what: str) -> int:
+    """Wait for exactly one stream again, owned by a worker other than ``old``; its pid."""
+    return wait_for(lambda: (p := one_leader(clusters, edge)) and p != old and p,
+                    timeout, interval=0.02, what=what)
+
+
 def stored_holder(memcached: Memcached, prefix: str) -> int | None:
     """The pid in the lease key, read straight from memcached."""
     client = Client(("127.0.0.1", memcached.port), connect_timeout=1, timeout=1)
@@ -149,8 +163,7 @@ def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
         memcached: Memcached, prefix: str) -> None:
     edge.set_features(many_features(8))
     cluster = leader_cluster("gunicorn", 6)
-    leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-                      what="one leader stream")
+    leader = first_leader([cluster], edge)
     assert edge.max_concurrent_streams == 1, edge.state()
     check_roles([cluster], leader)
     wait_for(lambda: set(versions(cluster).values()) == {1}, PROPAGATION_BOUND,
@@ -162,8 +175,7 @@ def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
     # SIGKILL the leader, found through its stream's peer port
     killed_at = time.monotonic()
     cluster.kill_worker(leader)
-    new_leader = wait_for(lambda: (p := one_leader([cluster], edge)) and p != leader and p,
-                          FAILOVER_BOUND, interval=0.02, what="a stream from a new leader")
+    new_leader = next_leader([cluster], edge, leader, FAILOVER_BOUND, "a stream from a new leader")
     took = time.monotonic() - killed_at
     print(f"gunicorn leader mode: new leader {new_leader} {took:.2f} s after SIGKILL")
     wait_for(lambda: len(cluster.worker_pids()) == 6, 20, what="the killed worker's replacement")
@@ -181,8 +193,7 @@ def test_graceful_exit_of_the_leader_hands_over_within_a_refresh(
         leader_cluster: StartCluster, edge: EdgeSimulator) -> None:  # noqa: F811
     # a long lease: a take-over within a refresh proves the lease was released, not expired
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_LEASE_SECONDS": "8"})
-    leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-                      what="one leader stream")
+    leader = first_leader([cluster], edge)
     proc = psutil.Process(leader)
     os.kill(leader, signal.SIGTERM)  # a gunicorn worker exits gracefully: worker_exit runs
     proc.wait(timeout=15)
@@ -200,15 +211,13 @@ def test_two_masters_sharing_memcached_hold_one_stream(
     first = leader_cluster("gunicorn", 4)
     second = leader_cluster("gunicorn", 4)
     clusters = [first, second]
-    leader = wait_for(lambda: one_leader(clusters, edge), FAILOVER_BOUND, interval=0.05,
-                      what="one leader stream across both masters")
+    leader = first_leader(clusters, edge, "one leader stream across both masters")
     assert edge.max_concurrent_streams == 1, edge.state()
     check_roles(clusters, leader)
     push_and_time(clusters, edge, 2)
     owner = next(c for c in clusters if leader in c.worker_pids())
     owner.kill_worker(leader)
-    new = wait_for(lambda: (p := one_leader(clusters, edge)) and p != leader and p,
-                   FAILOVER_BOUND, interval=0.02, what="a new leader on either master")
+    new = next_leader(clusters, edge, leader, FAILOVER_BOUND, "a new leader on either master")
     print(f"two masters: new leader {new} on the "
           f"{'same' if new in owner.worker_pids() else 'other'} master")
     push_and_time(clusters, edge, 3)
@@ -221,8 +230,7 @@ def test_memcached_restart_gives_one_leader_again(
     edge.set_features(many_features(8))
     store = memcached_reader(own_memcached.address, prefix)
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url})
-    wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-             what="one leader stream")
+    first_leader([cluster], edge)
     push_and_time([cluster], edge, 2)
     before = wait_converged(edge, cluster, store, SETTLE, "initial state")
     own_memcached.restart()  # empty: the lease and the data are gone
@@ -247,8 +255,7 @@ def test_memcached_down_followers_fall_back_and_return(
     edge.set_features(many_features(8))
     store = memcached_reader(own_memcached.address, prefix)
     cluster = leader_cluster("gunicorn", 3, env={"FH_PREFORK_STORE": own_memcached.url})
-    wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-             what="one leader stream")
+    first_leader([cluster], edge)
     before = wait_converged(edge, cluster, store, SETTLE, "initial state")
     own_memcached.stop()
     # every worker serves from its own Edge connection while the store is gone
@@ -271,14 +278,12 @@ def test_memcached_down_followers_fall_back_and_return(
 def test_uwsgi_leader_mode(leader_cluster: StartCluster,
                            edge: EdgeSimulator) -> None:  # noqa: F811
     cluster = leader_cluster("uwsgi", 4)
-    leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-                      what="one leader stream")
+    leader = first_leader([cluster], edge)
     assert edge.max_concurrent_streams == 1, edge.state()
     check_roles([cluster], leader)
     push_and_time([cluster], edge, 2)
     cluster.kill_worker(leader)
-    new = wait_for(lambda: (p := one_leader([cluster], edge)) and p != leader and p,
-                   FAILOVER_BOUND, interval=0.02, what="a new uWSGI leader")
+    new = next_leader([cluster], edge, leader, FAILOVER_BOUND, "a new uWSGI leader")
     wait_for(lambda: len(cluster.worker_pids()) == 4, 20, what="uWSGI respawn")
     check_roles([cluster], new)
     push_and_time([cluster], edge, 3)
@@ -293,16 +298,14 @@ def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
     store = tmp_path / "store"
     edge.set_features(many_features(8))
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"file://{store}"})
-    leader = wait_for(lambda: one_leader([cluster], edge), FAILOVER_BOUND, interval=0.05,
-                      what="one leader stream")
+    leader = first_leader([cluster], edge)
     assert edge.max_concurrent_streams == 1, edge.state()
     check_roles([cluster], leader)
     push_and_time([cluster], edge, 2)
     killed_at = time.monotonic()
     cluster.kill_worker(leader)
     # the lock dies with the process: a follower takes over at its next attempt
-    new = wait_for(lambda: (p := one_leader([cluster], edge)) and p != leader and p,
-                   REFRESH * 1.2 + SLACK, interval=0.02, what="a new leader")
+    new = next_leader([cluster], edge, leader, REFRESH * 1.2 + SLACK, "a new leader")
     print(f"file store: new leader {time.monotonic() - killed_at:.2f} s after SIGKILL")
     check_roles([cluster], new)
     push_and_time([cluster], edge, 3)
