@@ -25,12 +25,17 @@ def started_lines(cluster: Cluster) -> dict[int, str]:
     return found
 
 
+def every_start_line(cluster: Cluster) -> dict[int, str]:
+    """``started_lines`` once every worker running now has logged its start (bounded)."""
+    pids = set(cluster.worker_pids())
+    wait_for(lambda: pids <= set(started_lines(cluster)), 10, what="a start line per worker")
+    return started_lines(cluster)
+
+
 def test_gunicorn_shows_each_worker_start_in_its_error_log_with_pid_and_level(
         start_cluster: StartCluster) -> None:
     cluster = start_cluster("gunicorn", 4)
-    pids = set(cluster.worker_pids())
-    wait_for(lambda: pids <= set(started_lines(cluster)), 10, what="a start line per worker")
-    for pid, line in started_lines(cluster).items():
+    for pid, line in every_start_line(cluster).items():
         # gunicorn's own format: [time] [pid] [LEVEL] message
         assert re.match(rf"\[[^\]]+\] \[{pid}\] \[INFO\] fh_prefork: worker {pid} started by "
                         r"gunicorn post_fork: store memcache://", line), line
@@ -46,9 +51,7 @@ def test_gunicorn_log_level_is_obeyed(start_cluster: StartCluster) -> None:
 def test_uwsgi_log_carries_fh_prefork_lines_with_pid_and_level(
         start_cluster: StartCluster) -> None:
     cluster = start_cluster("uwsgi", 2)
-    pids = set(cluster.worker_pids())
-    wait_for(lambda: pids <= set(started_lines(cluster)), 10, what="a start line per worker")
-    for pid, line in started_lines(cluster).items():
+    for pid, line in every_start_line(cluster).items():
         assert re.search(rf"\[{pid}\] \[INFO\] fh_prefork: worker {pid} started by uWSGI", line)
 
 
