@@ -19,7 +19,24 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from .options import validate_key
+
+
+class StoreKeys(NamedTuple):
+    """The keys one environment takes in a key-value store: the data and the three beside it."""
+
+    data: str
+    sha: str          # the data's fingerprint, the cross-SDK ``_sha`` key
+    tombstones: str   # deletions remembered
+    lease: str        # the leader lease
+
+
+def store_keys(data_key: str) -> StoreKeys:
+    """Every key named from ``data_key``, validated: memcached and Redis lay them out alike."""
+    return StoreKeys(validate_key(data_key), validate_key(f"{data_key}_sha"),
+                     validate_key(f"{data_key}_deleted"), validate_key(f"{data_key}_leader"))
 
 
 class StoreUnavailable(Exception):

@@ -35,9 +35,9 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable
+from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, store_keys
 from .core import SessionStore
-from .options import MemcacheSessionStoreOptions, validate_key
+from .options import MemcacheSessionStoreOptions
 
 SOURCE = "memcache-store"
 SCHEME = "memcache://"
@@ -205,10 +205,7 @@ class MemcacheBackend:
 
     def __init__(self, client: Any, data_key: str, description: str) -> None:
         self._client = client
-        self.data_key = validate_key(data_key)
-        self.sha_key = validate_key(f"{data_key}_sha")
-        self.tombstones_key = validate_key(f"{data_key}_deleted")
-        self.lease_key = validate_key(f"{data_key}_leader")
+        self.data_key, self.sha_key, self.tombstones_key, self.lease_key = store_keys(data_key)
         self.description = description
 
     def change_token(self) -> str | None:

@@ -43,9 +43,9 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable
+from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, store_keys
 from .core import SessionStore
-from .options import RedisSessionStoreOptions, validate_key
+from .options import RedisSessionStoreOptions
 
 SOURCE = "redis-store"
 SCHEMES = ("redis://", "rediss://", "unix://")
@@ -238,10 +238,7 @@ class RedisBackend:
         self._given = hasattr(client, "execute_command")   # a client, not a factory of them
         self._client: Any = client if self._given else None
         self.cluster = cluster
-        self.data_key = validate_key(data_key)
-        self.sha_key = validate_key(f"{data_key}_sha")
-        self.tombstones_key = validate_key(f"{data_key}_deleted")
-        self.lease_key = validate_key(f"{data_key}_leader")
+        self.data_key, self.sha_key, self.tombstones_key, self.lease_key = store_keys(data_key)
         self.channel = data_key
         self.description = description
         self._scripts: dict[str, Any] = {}
