@@ -129,6 +129,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._blocked = False               # the state cannot be written until it changes
         self._too_large_fingerprint: str | None = None   # the state that did not fit
         self._in_flight = False
+        self._in_flight_ids: set[str] = set()   # the batch being written: still pending
         self._closing = False
         self._closed = False
         self._refresh_requested = False
@@ -313,7 +314,9 @@ class SessionStore(RawUpdateFeatureListener):
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            pending = len(self._dirty_ids) or int(self._dirty)
+            # a batch being written is not in the store yet: it counts as pending
+            pending = (len(self._dirty_ids | self._in_flight_ids)
+                       or int(self._dirty or self._in_flight))
             flushing = self._in_flight
             problem = self._problem
         return {
@@ -434,7 +437,7 @@ class SessionStore(RawUpdateFeatureListener):
         with self._cond:
             dirty_ids, self._dirty_ids = self._dirty_ids, set()
             self._dirty = False
-            self._in_flight = True
+            self._in_flight, self._in_flight_ids = True, dirty_ids
         outcome = _RETRY
         try:
             outcome = self._sync(write=True, dirty_ids=dirty_ids)
@@ -448,7 +451,7 @@ class SessionStore(RawUpdateFeatureListener):
                     self._dirty = True
                     self._dirty_ids |= dirty_ids
                 self._blocked = outcome == _BLOCKED and not self._dirty
-                self._in_flight = False
+                self._in_flight, self._in_flight_ids = False, set()
                 self._cond.notify_all()
         return outcome != _RETRY
 
