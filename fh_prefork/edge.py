@@ -240,6 +240,17 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
     def state(self) -> str:
         return self._state
 
+    def live(self) -> bool:
+        """Whether what Edge has not sent can be taken as absent from Edge right now.
+
+        True only while an SSE stream is connected: Edge pushes every change
+        down it within milliseconds. A poll's view is as old as the poll, so
+        in poll mode absence is judged by successive full lists instead
+        (ListeningRepository.absence_seconds).
+        """
+        with self._lock:
+            return self._transport == "sse" and self._state == "connected"
+
     def status(self) -> dict[str, Any]:
         """Snapshot for health endpoints and tests."""
         with self._lock:

@@ -322,10 +322,10 @@ class EdgeSwitch(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             self._closed = True
         self.stop(timeout)
 
-    def connected(self) -> bool:
-        """An Edge connection is open and streaming (this worker leads, or fell back)."""
+    def live(self) -> bool:
+        """This worker leads (or fell back) and its Edge view is current (SupervisedEdge.live)."""
         edge = self._edge
-        return edge is not None and edge.status().get("state") == "connected"
+        return edge is not None and edge.live()
 
     def status(self) -> dict[str, Any]:
         edge = self._edge

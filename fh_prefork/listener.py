@@ -57,8 +57,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
       so a lagging stream or store re-sending the deleted version cannot bring
       the feature back; a later version (a re-created feature) still can.
     * A full ``features`` list from Edge is the whole environment: a feature
-      this process holds that it lacks was deleted while we were not
-      listening, and is deleted here too.
+      this process holds that Edge's full lists keep lacking for
+      ``absence_seconds`` was deleted while we were not listening, and is
+      deleted here too. One list is not enough: a poll behind a peer's (or a
+      lagging Edge replica) lacks what was created a moment ago, and a
+      tombstone made from it would refuse that feature everywhere.
     * A state whose id differs from the one held under its key replaces it
       when it comes from Edge or when the held one was deleted: FeatureHub
       gives a re-created feature a new id, whose version restarts.
@@ -75,6 +78,9 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         #: the ids Edge's stream says exist now: its last full list, plus the features it sent
         #: since, minus the ones it deleted (None until a full list arrived)
         self.edge_ids: set[str] | None = None
+        #: seconds a held feature must stay missing from Edge's full lists to count as deleted
+        self.absence_seconds = 10.0
+        self._unlisted_since: dict[str, float] = {}   # id -> monotonic, first missing list
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -109,9 +115,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                     self._tell("delete_feature", gone, source)
         elif status == "feature":
             with self._notify_lock:
-                if source == EDGE_SOURCE and self.edge_ids is not None and isinstance(
-                        data, dict) and isinstance(data.get("id"), str):
-                    self.edge_ids.add(data["id"])
+                if source == EDGE_SOURCE and isinstance(data, dict) and isinstance(
+                        data.get("id"), str):
+                    self._unlisted_since.pop(data["id"], None)
+                    if self.edge_ids is not None:
+                        self.edge_ids.add(data["id"])
                 applied_one = self._apply_one(data, source)
                 if applied_one is not None:
                     self._tell("feature", applied_one, source)
@@ -223,13 +231,24 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         return self._tombstones[tomb.id]
 
     def _delete_unlisted(self, listed: list[Any]) -> list[dict[str, Any]]:
-        """Edge's full list is the environment: what we hold and it lacks was deleted."""
+        """Edge's full lists are the environment: what we hold and they keep lacking was deleted.
+
+        Missing from one list starts the clock; missing from a list at least
+        ``absence_seconds`` later (and never listed or sent between) deletes.
+        """
+        now = time.monotonic()
         ids = {item.get("id") for item in listed if isinstance(item, dict)}
-        gone = []
+        unlisted: dict[str, dict[str, Any]] = {}
         for holder in list(self.features.values()):
             held = holder.internal_feature_state
             if held and identity_problem(held) is None and held["id"] not in ids:
-                deleted = self._delete(dict(held), EDGE_SOURCE)
+                unlisted[held["id"]] = dict(held)
+        self._unlisted_since = {fid: self._unlisted_since.get(fid, now) for fid in unlisted}
+        gone = []
+        for fid, held in unlisted.items():
+            if now - self._unlisted_since[fid] >= self.absence_seconds:
+                del self._unlisted_since[fid]
+                deleted = self._delete(held, EDGE_SOURCE)
                 if deleted is not None:
                     gone.append(deleted)
         return gone

@@ -114,7 +114,7 @@ class Worker:
             self.edge = self.edge_service
             self.edge.start()
         if self.store is not None and role != MASTER:
-            self.store.edge_connected = self._edge_connected
+            self.store.edge_live = self._edge_live
         self.publisher: workers.Publisher | None = None
         if role != MASTER and self.store is not None:
             parent = psutil.Process(self.pid).parent()
@@ -156,11 +156,11 @@ class Worker:
                                  edge_state=lambda: switch.status().get("state"))
         self.store.add_task(self.election.step, on_close=self.election.release, name="election")
 
-    def _edge_connected(self) -> bool:
-        """This worker hears Edge right now (its own stream, or the leader's in leader mode)."""
+    def _edge_live(self) -> bool:
+        """Whether this worker's Edge view is current (see SupervisedEdge.live)."""
         if self.switch is not None:
-            return self.switch.connected()
-        return self.edge is not None and self.edge.status().get("state") == "connected"
+            return self.switch.live()
+        return self.edge is not None and self.edge.live()
 
     @property
     def edge_role(self) -> str | None:

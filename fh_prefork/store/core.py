@@ -122,6 +122,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._backend = backend
         self._log = options.logger or log
         self._repository = attach_repository(config)
+        self._repository.absence_seconds = options.edge_absence_seconds
         self.counters = StoreCounters()
         self._cond = threading.Condition()
         self._dirty = False                 # something arrived that the store may lack
@@ -145,9 +146,9 @@ class SessionStore(RawUpdateFeatureListener):
         self._problem: str | None = None       # why the store cannot give us the state
         self._problem_since: float | None = None   # monotonic
         self._ticks_since_read = 0
-        #: () -> whether this process's Edge connection is up; set by the runtime, so the
-        #: store can judge stored features by what Edge lists (see _judge_by_edge)
-        self.edge_connected: Callable[[], bool] | None = None
+        #: () -> whether this process's Edge view is current (an SSE stream is up); set by
+        #: the runtime, so the store can judge stored features by it (see _judge_by_edge)
+        self.edge_live: Callable[[], bool] | None = None
         self._absent_since: dict[str, float] = {}   # id -> monotonic, absent from Edge since
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
@@ -517,14 +518,15 @@ class SessionStore(RawUpdateFeatureListener):
         leader mode the leader was being replaced) is visible only as absence
         from Edge's next full list; followers never hear one, and a process
         that did not hold the feature then cannot delete it, so the others
-        keep writing it back. A process whose Edge connection is up judges the
+        keep writing it back. A process whose SSE stream is up judges the
         store: a feature Edge's stream has not listed or sent for
         ``edge_absence_seconds`` while connected does not exist on Edge.
+        (In poll mode the listener judges successive full lists instead.)
         (Edge sends a new feature to every stream within milliseconds; the
         grace covers a peer's stream, or a foreign store's, being ahead of ours.)
         """
         view = self._repository.edge_view()
-        if self.edge_connected is None or view is None or not self.edge_connected():
+        if self.edge_live is None or view is None or not self.edge_live():
             self._absent_since.clear()
             return
         now = time.monotonic()

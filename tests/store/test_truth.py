@@ -205,7 +205,7 @@ def test_a_store_feature_a_connected_edge_stream_never_lists_is_deleted_after_th
     leader_cfg, follower_cfg = make_config(), make_config()
     leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
     connected = [True]
-    leader.edge_connected = lambda: connected[0]
+    leader.edge_live = lambda: connected[0]
     repo_of(leader_cfg).notify("features", [feat(k, v) for k, v in FIVE.items() if k != "F4"])
     follower = make_store(follower_cfg, refresh_timeout=0.05)
     repo_of(follower_cfg).notify("features", five(), source="replayed-earlier")
@@ -216,12 +216,49 @@ def test_a_store_feature_a_connected_edge_stream_never_lists_is_deleted_after_th
     assert "id-F4" in stored_tombstones(leader)
 
 
+def test_a_poll_behind_a_peers_deletes_nothing_the_peer_saw_created(
+        make_store: StoreFactory) -> None:
+    """Poll mode: B's poll lists a new feature that A's poll (a moment older, or from a
+    lagging Edge replica) lacks. A's view is as old as its poll, so that absence must not
+    tombstone the feature; only full lists that keep lacking it past the grace do."""
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    b = make_store(b_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    a.edge_live = b.edge_live = lambda: False     # what the runtime says in poll mode
+    older = [feat(k, v) for k, v in FIVE.items()]
+    repo_of(a_cfg).notify("features", older)              # A's poll
+    repo_of(b_cfg).notify("features", older + [feat("NEW", 1)])  # B's poll, a moment later
+    assert b.flush(2.0)
+    expected = {**FIVE, "NEW": 1}
+    wait_for(lambda: held(a_cfg) == expected, 3, what="NEW reaches A through the store")
+    repo_of(a_cfg).notify("features", older)              # A's next poll: a lagging replica
+    time.sleep(0.6)   # past the grace: a judge of one list would have deleted NEW by now
+    assert a.refresh(2.0) and b.refresh(2.0)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+    assert "id-NEW" not in stored_tombstones(a)
+    repo_of(a_cfg).notify("features", older + [feat("NEW", 1)])   # A's poll catches up
+    time.sleep(0.6)
+    repo_of(a_cfg).notify("features", older + [feat("NEW", 1)])
+    assert a.refresh(2.0) and b.refresh(2.0)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+
+    # a real delete no stream heard: every poll lacks it from now on
+    for _ in range(2):
+        repo_of(a_cfg).notify("features", older)
+        repo_of(b_cfg).notify("features", older)
+        time.sleep(0.6)
+    repo_of(a_cfg).notify("features", older)
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == FIVE, 5,
+             what="NEW deleted everywhere once every poll kept lacking it past the grace")
+    assert "id-NEW" in stored_tombstones(a)
+
+
 def test_absence_from_edge_is_not_judged_while_the_stream_is_down_or_within_the_grace(
         make_store: StoreFactory) -> None:
     leader_cfg, other_cfg = make_config(), make_config()
     leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
     connected = [False]
-    leader.edge_connected = lambda: connected[0]
+    leader.edge_live = lambda: connected[0]
     repo_of(leader_cfg).notify("features", five())
     other = make_store(other_cfg, refresh_timeout=0.05)
     repo_of(other_cfg).notify("feature", feat("NEW", 1), source="a-peer-whose-stream-is-ahead")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from fh_prefork.listener import EDGE_SOURCE, ListeningRepository, RawUpdateFeatureListener
@@ -111,6 +112,7 @@ def test_a_stale_delete_does_not_remove_a_newer_state() -> None:
 
 def test_an_edge_full_list_deletes_what_it_lacks() -> None:
     repo, rec = ListeningRepository(), Recorder()
+    repo.absence_seconds = 0.0                      # one list is enough: judged at once
     repo.notify("features", [feat("A"), feat("B"), feat("C")])
     repo.register_raw_update_listener(rec)
     repo.notify("features", [feat("A"), feat("C", 2)])
@@ -120,6 +122,22 @@ def test_an_edge_full_list_deletes_what_it_lacks() -> None:
     # a store's list is not the environment: it never deletes by absence
     repo.notify("features", [feat("A")], source="memcache-store")
     assert repo.feature("C").exists
+
+
+def test_a_feature_is_deleted_only_when_full_lists_keep_lacking_it_past_the_grace() -> None:
+    repo = ListeningRepository()
+    repo.absence_seconds = 0.3
+    repo.notify("features", [feat("A"), feat("B")])
+    repo.notify("features", [feat("A")])              # one list lacking B: the clock starts
+    assert repo.feature("B").exists
+    time.sleep(0.35)
+    repo.notify("feature", feat("B"))                 # Edge sent B: it exists, clock reset
+    repo.notify("features", [feat("A")])
+    assert repo.feature("B").exists and "id-B" not in repo.tombstones()
+    time.sleep(0.35)
+    repo.notify("features", [feat("A")])              # still lacking it past the grace
+    assert not repo.feature("B").exists and "id-B" in repo.tombstones()
+    assert [f["key"] for f in repo.feature_states()] == ["A"]
 
 
 def test_a_recreated_feature_with_a_new_id_replaces_the_old_one() -> None:
