@@ -24,6 +24,8 @@ oldest first), which at ~100 bytes each keeps the key small.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +94,8 @@ def identity(tombs: Mapping[str, Tombstone]) -> set[tuple[str, int]]:
 def encode(tombs: Iterable[Tombstone]) -> bytes:
     ordered = sorted(tombs, key=lambda t: t.id)
     # ASCII escapes: any id a writer sent, even one holding a lone surrogate, encodes
-    return json.dumps([t.as_json() for t in ordered], separators=(",", ":")).encode("ascii")
+    return json.dumps([t.as_json() for t in ordered], separators=(",", ":"),
+                      allow_nan=False).encode("ascii")
 
 
 def decode(raw: bytes | None, max_bytes: int) -> tuple[Tombstones, int]:
@@ -127,6 +130,8 @@ def _tombstone(item: Any) -> Tombstone | None:
         return None
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
         return None
-    if isinstance(at, bool) or not isinstance(at, (int, float)):
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         return None
-    return Tombstone(fid, key, version, float(at))
+    # a time in the future (a writer's clock ahead, or a hand-made entry) would never expire
+    # and would stay first in the count cut: it is taken as deleted now
+    return Tombstone(fid, key, version, min(float(at), time.time()))

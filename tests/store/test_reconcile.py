@@ -10,7 +10,7 @@ from fh_prefork import tombstones as ts
 from fh_prefork.store.reconcile import Plan, reconcile
 from fh_prefork.tombstones import Tombstone
 
-NOW = 1_800_000_000.0
+NOW = 1_700_000_000.0   # in the past: decoding takes a future time as now
 WEEK = 7 * 24 * 3600.0
 
 
@@ -129,3 +129,19 @@ def test_tombstone_codec_round_trips_and_skips_junk() -> None:
     decoded_tombs, bad = ts.decode(raw, 10**6)
     assert list(decoded_tombs) == ["a"] and bad == 2
     assert ts.decode(b"\x80junk", 10**6) == ({}, 1)
+
+
+def test_a_tombstone_from_the_future_or_forever_expires_like_any_other() -> None:
+    """A writer's clock ahead, or a hand-made entry, must not make a deletion permanent."""
+    import time
+
+    raw = (b'[{"id": "f", "key": "F", "version": 1, "deleted_at": 1e12},'
+           b' {"id": "i", "key": "I", "version": 1, "deleted_at": Infinity},'
+           b' {"id": "n", "key": "N", "version": 1, "deleted_at": NaN}]')
+    before = time.time()
+    decoded_tombs, bad = ts.decode(raw, 10**6)
+    assert list(decoded_tombs) == ["f"] and bad == 2, "non-finite times are junk"
+    assert before <= decoded_tombs["f"].deleted_at <= time.time(), "taken as deleted now"
+    later = time.time() + ts.KEEP_SECONDS + 1
+    assert ts.prune(decoded_tombs, later, ts.KEEP_SECONDS, 1000) == {}
+    assert b"Infinity" not in ts.encode(decoded_tombs.values())
