@@ -115,6 +115,10 @@ class ChangeNotifier(Protocol):
         """Stop promptly (well under a second); no ``wake`` after it returns."""
         ...
 
+    def status(self) -> dict[str, Any]:
+        """``connected`` (notifications arrive now), ``reconnects``, ``last_error``."""
+        ...
+
 
 #: What a backend's optional ``notifier`` method is called with: ``wake(full)``.
 Wake = Callable[[bool], None]

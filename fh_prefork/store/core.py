@@ -334,6 +334,7 @@ class SessionStore(RawUpdateFeatureListener):
             "last_write": self._last_write,
             "last_error": self._last_error,
             "healthy": not self._backend_log.failing,
+            "push": self._notifier.status() if self._notifier is not None else None,
             "refresh_seconds": self.options.refresh_timeout,
             "counters": self.counters.as_dict(),
             "recent_ticks": list(self._recent_ticks),

@@ -47,14 +47,14 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from ..apikey import environment_id, require_client_evaluated
-from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable
+from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable, Wake
 from .core import SessionStore
 from .inotify import DirectoryWatch, watch_files
 from .options import FileSessionStoreOptions, validate_key
@@ -347,7 +347,7 @@ class FileBackend:
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
         return snapshot.change_token
 
-    def notifier(self, wake: Callable[[bool], None]) -> DirectoryWatch | None:
+    def notifier(self, wake: Wake) -> DirectoryWatch | None:
         """Push: the kernel's notifications on the folder (Linux inotify; None elsewhere)."""
         return watch_files(self.directory, [self.path.name], wake)
 

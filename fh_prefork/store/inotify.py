@@ -14,16 +14,22 @@ removed and created again), asks for a full read once the watch is back.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import logging
 import os
 import select
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ..ratelog import RateLimitedLog
+from .backend import Wake
+
+#: the store's logger: what push does is part of what the store does
+store_log = logging.getLogger("fh_prefork.store")
 
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -50,7 +56,8 @@ def _inotify() -> Any:
     with _libc_lock:
         if _libc is None:
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                # the process's own symbols include libc's: no ldconfig run in each worker
+                libc = ctypes.CDLL(None, use_errno=True)
                 libc.inotify_init1.argtypes = [ctypes.c_int]
                 libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
                 _libc = libc
@@ -64,8 +71,7 @@ class DirectoryWatch:
 
     RETRY = 1.0   # s between attempts to watch the folder again once its watch went away
 
-    def __init__(self, libc: Any, directory: Path, names: Iterable[str],
-                 wake: Callable[[bool], None]) -> None:
+    def __init__(self, libc: Any, directory: Path, names: Iterable[str], wake: Wake) -> None:
         self._libc = libc
         self._directory = os.fsencode(directory)
         self._names = {os.fsencode(n) for n in names}
@@ -74,7 +80,9 @@ class DirectoryWatch:
         self._wd = -1
         self._pipe_r, self._pipe_w = -1, -1
         self._stop = threading.Event()
+        self._log = RateLimitedLog(store_log)
         self.events = 0
+        self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="fh-prefork-inotify",
                                         daemon=True)
 
@@ -111,13 +119,22 @@ class DirectoryWatch:
                 if self._wd < 0:
                     try:
                         self._add_watch()
-                    except OSError:
+                    except OSError as err:
+                        self.last_error = str(err)
+                        self._log.failure("fh_prefork: no change notifications for %s (%s); "
+                                          "the store polls at its refresh period",
+                                          os.fsdecode(self._directory), err)
                         continue
+                    self._log.recovered("fh_prefork: change notifications for %s resumed",
+                                        os.fsdecode(self._directory))
                     self._wake(True)   # the folder came back: what happened meanwhile is unseen
                 if self._fd in ready:
                     self._drain()
-        except Exception:  # never take the process down: the store still polls
-            return
+        except Exception as err:  # never take the process down: the store still polls
+            self.last_error = f"{type(err).__name__}: {err}"
+            store_log.warning("fh_prefork: change notifications for %s stopped (%s); the store "
+                              "polls at its refresh period", os.fsdecode(self._directory),
+                              self.last_error)
 
     def _drain(self) -> None:
         try:
@@ -156,6 +173,10 @@ class DirectoryWatch:
         if not self._thread.is_alive():
             self._close_fds()
 
+    def status(self) -> dict[str, Any]:
+        return {"connected": self._wd >= 0 and self._thread.is_alive(), "reconnects": None,
+                "events": self.events, "last_error": self.last_error}
+
     def _close_fds(self) -> None:
         for name in ("_fd", "_pipe_r", "_pipe_w"):
             fd = getattr(self, name)
@@ -167,8 +188,7 @@ class DirectoryWatch:
                 setattr(self, name, -1)
 
 
-def watch_files(directory: Path, names: Iterable[str],
-                wake: Callable[[bool], None]) -> DirectoryWatch | None:
+def watch_files(directory: Path, names: Iterable[str], wake: Wake) -> DirectoryWatch | None:
     """A watch on ``names`` in ``directory``, or None where inotify is not available."""
     libc = _inotify()
     if libc is None:

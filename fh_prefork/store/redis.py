@@ -43,8 +43,10 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, store_keys
+from ..ratelog import RateLimitedLog
+from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, Wake, store_keys
 from .core import SessionStore
+from .core import log as store_log  # push is part of what the store does
 from .options import RedisSessionStoreOptions
 
 SOURCE = "redis-store"
@@ -334,7 +336,7 @@ class RedisBackend:
 
     # -- push ---------------------------------------------------------------------------------
 
-    def notifier(self, wake: Callable[[bool], None]) -> RedisNotifier:
+    def notifier(self, wake: Wake) -> RedisNotifier:
         """A subscriber to this store's channel on a client of its own; ``wake(full)`` runs
         on its thread (the store thread's client is never touched from there)."""
         return RedisNotifier(self._notifier_client, self.channel, wake)
@@ -399,16 +401,17 @@ class RedisNotifier:
     POLL = 0.2          # s, longest blocking read: bounds how long close() waits
     BACKOFF_MAX = 5.0   # s
 
-    def __init__(self, connect: Callable[[], Any], channel: str,
-                 wake: Callable[[bool], None]) -> None:
+    def __init__(self, connect: Callable[[], Any], channel: str, wake: Wake) -> None:
         self._connect = connect
         self._client: Any = None
         self._channel = channel
         self._wake = wake
         self._stop = threading.Event()
+        self._log = RateLimitedLog(store_log)
         self.connected = False
         self.reconnects = 0
         self.messages = 0
+        self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="fh-prefork-redis-push",
                                         daemon=True)
 
@@ -440,6 +443,8 @@ class RedisNotifier:
                 if self._stop.is_set():
                     break
                 self.connected = True
+                self._log.recovered("fh_prefork: change notifications on Redis channel %s "
+                                    "resumed", self._channel)
                 if not first:
                     self.reconnects += 1
                     self._wake(True)   # what was published while we were away is lost
@@ -452,8 +457,12 @@ class RedisNotifier:
                     if msg is not None and msg.get("type") in ("message", "smessage"):
                         self.messages += 1
                         self._wake(False)
-            except Exception:  # connection lost or refused: back off, then subscribe again
+            except Exception as err:  # lost, refused or denied: back off, subscribe again
                 self.connected = False
+                self.last_error = f"{type(err).__name__}: {err}"
+                self._log.failure("fh_prefork: no change notifications on Redis channel %s (%s);"
+                                  " the store polls at its refresh period until they resume",
+                                  self._channel, self.last_error)
                 first = False
                 self._stop.wait(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.BACKOFF_MAX)
@@ -468,6 +477,10 @@ class RedisNotifier:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+
+    def status(self) -> dict[str, Any]:
+        return {"connected": self.connected, "reconnects": self.reconnects,
+                "messages": self.messages, "last_error": self.last_error}
         if not self._thread.is_alive() and self._client is not None:
             try:
                 self._client.close()

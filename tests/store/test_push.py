@@ -161,3 +161,45 @@ def test_a_writer_that_does_not_publish_is_seen_at_the_safety_poll(
     wait_for(lambda: version(cfg, "JS") == 3, BOUND, what="the unpublished write")
 
 
+
+
+def test_a_subscriber_the_server_refuses_says_so_in_the_log_and_status(
+        own_redis: Redis, stores: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An ACL without SUBSCRIBE turns push off for good: the operator must hear of it."""
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        admin.acl_setuser("nosub", enabled=True, passwords=["+secret"], keys=["*"],
+                          channels=["*"], commands=["+@all", "-subscribe", "-ssubscribe"])
+    finally:
+        admin.close()
+    url = own_redis.url.replace("redis://", "redis://nosub:secret@")
+    cfg, store = stores(url)
+    wait_for(lambda: any("no change notifications" in r.getMessage() for r in caplog.records),
+             BOUND, what="the refusal in the log")
+    line = next(r.getMessage() for r in caplog.records
+                if "no change notifications" in r.getMessage())
+    assert "NOPERM" in line or "permission" in line.lower(), line
+    assert "secret" not in line
+    push = store.status()["push"]
+    assert push["connected"] is False and push["last_error"]
+    repo(cfg).notify("features", [feat("A", 1)])
+    assert store.flush(2), "the store itself still works"
+
+
+def test_a_folder_watch_that_cannot_return_says_so_and_resumes(
+        tmp_path: Path, stores: Any, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"file://{tmp_path}/store"
+    cfg, store = stores(url)
+    folder = tmp_path / "store"
+    wait_for(lambda: store.status()["push"]["connected"], BOUND, what="the watch")
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)           # the watched folder goes away: the watch ends with it
+    wait_for(lambda: any("no change notifications" in r.getMessage()
+                         for r in caplog.records), BOUND, what="the lost watch in the log")
+    assert not store.status()["push"]["connected"]
+    moved.rename(folder)
+    wait_for(lambda: any("change notifications for" in r.getMessage() and "resumed"
+                         in r.getMessage() for r in caplog.records), BOUND,
+             what="the watch back, in the log")
+    # the move back is itself an event on the watch, which is then made once more
+    wait_for(lambda: store.status()["push"]["connected"], BOUND, what="the watch back")
