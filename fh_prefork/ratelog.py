@@ -25,13 +25,15 @@ class RateLimitedLog:
     def failing(self) -> bool:
         return self._failing
 
-    def failure(self, msg: str, *args: Any, level: int = logging.WARNING) -> None:
+    def failure(self, msg: str, *args: Any, level: int = logging.WARNING,
+                exc_info: bool = False) -> None:
+        """Log ``msg`` now if the failure is new or ``interval`` has passed, else count it."""
         now = time.monotonic()
         if not self._failing or now - self._last >= self._interval:
             if self._suppressed:
                 msg += " (%d similar message(s) suppressed)"
                 args = (*args, self._suppressed)
-            self._logger.log(level, msg, *args)
+            self._logger.log(level, msg, *args, exc_info=exc_info)
             self._failing, self._last, self._suppressed = True, now, 0
         else:
             self._suppressed += 1

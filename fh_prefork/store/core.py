@@ -85,6 +85,7 @@ class _Task:
     on_close: Callable[[], object] | None
     due: float          # time.monotonic()
     name: str
+    errors: RateLimitedLog   # a task failing every period logs once a minute, not per tick
 
 
 def attach_repository(config: FeatureHubConfig) -> ListeningRepository:
@@ -155,6 +156,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
         self._heal_log = RateLimitedLog(self._log)
+        self._thread_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
 
         try:  # read and replay only: a write here would block the post-fork hook
@@ -249,7 +251,8 @@ class SessionStore(RawUpdateFeatureListener):
         with self._cond:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            self._tasks.append(_Task(run, on_close, time.monotonic(), name))
+            self._tasks.append(_Task(run, on_close, time.monotonic(), name,
+                                     RateLimitedLog(self._log)))
             self._cond.notify_all()
 
     def _take_tasks(self) -> list[_Task]:
@@ -266,10 +269,12 @@ class SessionStore(RawUpdateFeatureListener):
         for task in due:
             try:
                 delay = float(task.run())
+                task.errors.recovered("fh_prefork: %s store task %s works again", self.source,
+                                      task.name)
             except Exception:
                 self.counters.errors += 1
-                self._log.exception("fh_prefork: %s store task %s failed", self.source,
-                                    task.name)
+                task.errors.failure("fh_prefork: %s store task %s failed", self.source,
+                                    task.name, level=logging.ERROR, exc_info=True)
                 delay = self._period()
             task.due = time.monotonic() + max(0.0, delay)
 
@@ -360,9 +365,10 @@ class SessionStore(RawUpdateFeatureListener):
                     if self._dirty and (retry_at is None or now >= retry_at):
                         break
                     self._cond.wait(max(0.0, due - now))
-                if self._closed:
-                    self._shut_down()
-                    return
+                closed = self._closed
+            if closed:   # outside the lock: status() never waits on the lease release or close
+                self._shut_down()
+                return
             try:
                 self._run_due_tasks()  # first: a leader that lost its lease stops before writing
                 now = time.monotonic()
@@ -376,9 +382,12 @@ class SessionStore(RawUpdateFeatureListener):
                     if now >= next_tick:
                         next_tick = now + self._period()
                     self._tick(full)
+                self._thread_log.recovered("fh_prefork: %s store thread works again",
+                                           self.source)
             except Exception:  # the thread must outlive any bug or junk
                 self.counters.errors += 1
-                self._log.exception("fh_prefork: %s store thread error", self.source)
+                self._thread_log.failure("fh_prefork: %s store thread error", self.source,
+                                         level=logging.ERROR, exc_info=True)
                 retry_at = time.monotonic() + self._period() / 4
             finally:
                 with self._cond:

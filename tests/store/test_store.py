@@ -268,3 +268,24 @@ def test_close_never_closes_the_client_under_a_thread_stuck_in_a_call(
     release.set()
     store._thread.join(5)
     assert closed_while_stuck == [False], "closed once, by the store thread, after the call"
+
+
+def test_a_task_failing_every_tick_logs_once_and_says_when_it_works_again(
+        make_store: StoreFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """A workers folder gone or a metrics folder missing fails every period, forever:
+    one traceback, not one per worker per second."""
+    store = make_store(make_config(), refresh_timeout=0.02)
+    broken = [True]
+
+    def task() -> float:
+        if broken[0]:
+            raise OSError("no space left on device")
+        return 0.02
+
+    store.add_task(task, name="probe")
+    wait_for(lambda: store.counters.errors >= 10, 5, what="ten failed runs")
+    failed = [r for r in caplog.records if "store task probe failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None, failed
+    broken[0] = False
+    wait_for(lambda: any("store task probe works again" in r.getMessage()
+                         for r in caplog.records), 5, what="the recovery line")
