@@ -41,6 +41,7 @@ This is the only module of fh_prefork that imports ``openfeature``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -188,7 +189,7 @@ class FeatureHubProvider(AbstractProvider):
             if state == NOT_READY:
                 raise ProviderNotReadyError(message)
             return
-        worker = _worker()
+        worker = runtime.worker()
         self._attach(worker)
         state, message = self._wait_for_state(worker)
         known = _versions(worker)     # waits for an update being applied (the repository's lock)
@@ -252,7 +253,7 @@ class FeatureHubProvider(AbstractProvider):
 
     def _resolve(self, kind: str, key: str, default: Any,
                  context: EvaluationContext | None) -> FlagResolutionDetails[Any]:
-        worker = runtime.current_worker() or _worker()
+        worker = runtime.worker()
         if worker is not self._worker:
             self._attach(worker)
         repository = worker.repository
@@ -426,18 +427,14 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
         strategies = holder._encoded_strategies
         if strategies:
             fh = fh_context(repository, context)
-            applied = repository.apply(strategies, key, state["id"], fh)
+            applied = repository.apply(_indexed(holder, strategies), key, state["id"], fh)
             if applied.matched:
-                raw = _cast(applied.value, feature_type)
-                strategy = _matched_strategy(repository, strategies, key, state["id"], fh,
-                                             applied.value)
-                reason = _SPLIT
-                if strategy is not None:
-                    if strategy.has_attributes:
-                        reason = _TARGETING_MATCH
-                    variant = strategy.name or strategy.id
-                    if strategy.id:
-                        metadata["strategy_id"] = str(strategy.id)
+                strategy = strategies[applied.value]
+                raw = _cast(strategy.value, feature_type)
+                reason = _TARGETING_MATCH if strategy.has_attributes else _SPLIT
+                variant = strategy.name or strategy.id
+                if strategy.id:
+                    metadata["strategy_id"] = str(strategy.id)
     if raw is None or (raw == "" and feature_type == "JSON"):  # no value: the caller's default
         return FlagResolutionDetails(value=default, reason=_DEFAULT, variant=variant,
                                      flag_metadata=metadata)
@@ -480,24 +477,28 @@ def _convert(kind: str, raw: Any) -> tuple[Any, str | None, ErrorCode]:
     return parsed, None, mismatch
 
 
-def _matched_strategy(repository: Any, strategies: list[Any], key: str, feature_id: str,
-                      context: ClientContext, value: Any) -> Any:
-    """Which strategy the SDK's matcher applied (it says only that one did, and its value).
+#: per feature holder: its strategies, and copies of them whose value is their position
+_INDEXED: weakref.WeakKeyDictionary[Any, tuple[list[Any], list[Any]]] = \
+    weakref.WeakKeyDictionary()
 
-    The matcher stops at the first strategy that matches, and whether strategy
-    ``i`` matches depends only on the strategies before it, so the applied one
-    is the first ``i`` for which strategies ``[0..i]`` alone match.
+
+def _indexed(holder: Any, strategies: list[Any]) -> list[Any]:
+    """Copies of ``strategies`` whose value is their index, made once per strategy list.
+
+    The SDK's matcher says only that a strategy matched and gives its value;
+    run on these copies, its value names the strategy applied, for the
+    variant and reason, in the one run that also gives the value.
     """
-    if len(strategies) == 1:
-        return strategies[0]
-    same = [s for s in strategies if s.value is value]
-    if len(same) == 1:
-        return same[0]
+    cached = _INDEXED.get(holder)
+    if cached is not None and cached[0] is strategies:
+        return cached[1]
+    copies = []
     for index, strategy in enumerate(strategies):
-        if strategy.value == value and \
-                repository.apply(strategies[: index + 1], key, feature_id, context).matched:
-            return strategy
-    return None
+        twin = copy.copy(strategy)
+        twin._attr = {**strategy._attr, "value": index}
+        copies.append(twin)
+    _INDEXED[holder] = (strategies, copies)
+    return copies
 
 
 def fh_context(repository: Any, context: EvaluationContext | None) -> ClientContext:
@@ -584,14 +585,6 @@ def _error(default: T, code: ErrorCode, message: str,
 
 
 # -- the worker's health ----------------------------------------------------------------------
-
-
-def _worker() -> runtime.Worker:
-    """This process's worker, started lazily as ``fh_prefork.context()`` would."""
-    runtime.config()
-    worker = runtime.current_worker()
-    assert worker is not None  # config() just started it in this process
-    return worker
 
 
 def _observe(worker: runtime.Worker) -> tuple[str, str | None]:

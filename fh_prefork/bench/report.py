@@ -529,8 +529,14 @@ def section_openfeature(b: Bench) -> None:
     targeted["strategies"] = [{"id": "s1", "name": "kiwis", "value": "kiwi", "attributes": [
         {"conditional": "EQUALS", "fieldName": "country", "type": "STRING",
          "values": ["new_zealand"]}]}]
+    # four strategies sharing one value, the third matching: naming the strategy applied
+    # must not cost a matcher run per strategy
+    shared = make_feature("M", "plain", 1, "STRING")
+    shared["strategies"] = [{"id": f"m{i}", "name": f"m{i}", "value": "kiwi", "attributes": [
+        {"conditional": "EQUALS", "fieldName": "country", "type": "STRING", "values": [c]}]}
+        for i, c in enumerate(["australia", "united_kingdom", "new_zealand", "ireland"])]
     with EdgeSimulator(keepalive_interval=1.0) as edge:
-        edge.set_features([make_feature("X", True, 1), targeted] +
+        edge.set_features([make_feature("X", True, 1), targeted, shared] +
                           [make_feature(f"F{i:02}", i % 2 == 0, 1) for i in range(48)])
         fh_prefork.configure(edge_url=edge.url, api_key=API_KEY,
                              store=f"file://{b.tmp}/openfeature-store", refresh_seconds=60)
@@ -563,12 +569,24 @@ def section_openfeature(b: Bench) -> None:
             def client_targeted() -> object:
                 return client.get_string_value("T", "d", nz)
 
+            def direct_third() -> object:
+                return fh_prefork.context().user_key("user-1").attribute_values(
+                    "country", ["new_zealand"]).feature("M").get_string
+
+            def provider_third() -> object:
+                return provider.resolve_string_details("M", "d", nz).value
+
+            def client_third() -> object:
+                return client.get_string_value("M", "d", nz)
+
             fns: dict[str, Callable[[], object]] = {
                 "direct_flag": direct_flag, "provider_flag": provider_flag,
                 "client_flag": client_flag, "direct_targeted": direct_targeted,
-                "provider_targeted": provider_targeted, "client_targeted": client_targeted}
+                "provider_targeted": provider_targeted, "client_targeted": client_targeted,
+                "direct_third": direct_third, "provider_third": provider_third,
+                "client_third": client_third}
             for name, fn in fns.items():
-                want = "kiwi" if name.endswith("targeted") else True
+                want = True if name.endswith("flag") else "kiwi"
                 assert fn() == want, f"{name} gave {fn()!r}"
             best = dict.fromkeys(fns, math.inf)
             for _ in range(repeat):
@@ -584,6 +602,10 @@ def section_openfeature(b: Bench) -> None:
         "targeted": ("fh_prefork.context().user_key(..).attribute_values(..).feature('T')",
                      "provider.resolve_string_details('T', 'd', ctx)",
                      "client.get_string_value('T', 'd', ctx)"),
+        "third": (   # the third of four strategies sharing one value matches
+            "fh_prefork.context().user_key(..).attribute_values(..).feature('M')",
+            "provider.resolve_string_details('M', 'd', ctx)",
+            "client.get_string_value('M', 'd', ctx)"),
     }
     rows = []
     for what, (direct, via_provider, via_client) in reads.items():

@@ -64,6 +64,10 @@ FEATURES = [
     feature("ROLLOUT", False, 2, "BOOLEAN", [
         {"id": "s-half", "name": "half", "value": True, "percentage": 500000},
     ]),
+    feature("SHARED", False, 1, "BOOLEAN", [   # four strategies, one value
+        {"id": f"s-{c}", "name": c, "value": True,
+         "attributes": [attribute("country", "EQUALS", [c])]}
+        for c in ("australia", "united_kingdom", "new_zealand", "ireland")]),
     feature("BY_IP", "outside", 1, "STRING", [
         {"id": "s-office", "name": "office", "value": "office",
          "attributes": [attribute("ip", "INCLUDES", ["10.0.0.0/8"], "IP_ADDRESS")]},

@@ -23,7 +23,7 @@ from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 
-from .conftest import Events, feature, set_and_wait
+from .conftest import Events, attribute, feature, set_and_wait
 
 
 def ready_client(**options: Any) -> tuple[FeatureHubProvider, OpenFeatureClient]:
@@ -167,6 +167,25 @@ def test_targeting_by_attribute(context: EvaluationContext, value: str, variant:
     assert details.value == value and details.reason == Reason.TARGETING_MATCH
     assert details.variant == variant and details.flag_metadata["strategy_id"] == strategy_id
     assert details.flag_metadata["version"] == 4
+
+
+@pytest.mark.parametrize("country", ["australia", "united_kingdom", "new_zealand", "ireland"])
+def test_the_strategy_applied_is_named_among_strategies_sharing_a_value(
+        country: str, edge: EdgeSimulator) -> None:
+    _, client = ready_client()
+    context = EvaluationContext("u1", {"country": country})
+    details = client.get_boolean_details("SHARED", False, context)
+    assert details.value is True and details.reason == Reason.TARGETING_MATCH
+    assert details.variant == country and details.flag_metadata["strategy_id"] == f"s-{country}"
+    assert client.get_boolean_details("SHARED", True, EvaluationContext("u1", {
+        "country": "france"})).reason == Reason.STATIC
+    # new strategies for the same feature: the names follow them
+    renamed = feature("SHARED", False, 2, "BOOLEAN", [
+        {"id": "s-new", "name": "renamed", "value": True,
+         "attributes": [attribute("country", "EQUALS", [country])]}])
+    edge.push_feature(renamed)
+    wait_for(lambda: client.get_boolean_details("SHARED", False, context).variant == "renamed",
+             5, what="the new strategy's name")
 
 
 @pytest.mark.parametrize("attributes", [
