@@ -94,10 +94,9 @@ class Worker:
         self.store: SessionStore | None = None
         self.store_error: str | None = None
         try:
-            # a master reads once and closes: no change notifications to start and stop
-            options = settings.store_options()
-            options["push"] = options.get("push", True) and role != MASTER
-            self.store = open_store(settings.store, self.config, options)
+            # a master replays once and closes: no thread or connection to be forked
+            self.store = open_store(settings.store, self.config, settings.store_options(),
+                                    start=role != MASTER)
         except (ValueError, OSError) as err:  # e.g. the store file became foreign-owned
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
@@ -106,8 +105,7 @@ class Worker:
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
         if role == MASTER:
-            if self.store is not None:
-                self.store.close(flush_timeout=0)  # replayed once; no thread left behind
+            pass                   # dormant: the store replayed once, nothing connects
         elif self.switch is not None:
             self._elect(self.switch)
         elif isinstance(self.edge_service, SupervisedEdge):

@@ -64,17 +64,22 @@ def open_backend(url: str, data_key: str, timeout: float = 1.0) -> StoreBackend:
 
 
 def open_store(url: str, config: FeatureHubConfig,
-               opts: SessionStoreOptions | Mapping[str, Any] | None = None) -> SessionStore | None:
+               opts: SessionStoreOptions | Mapping[str, Any] | None = None, *,
+               start: bool = True) -> SessionStore | None:
     """The store a ``FH_PREFORK_STORE`` URL names: ``memcache://``, ``redis://``, ``rediss://``,
-    ``redis+cluster://``, ``file://`` or ``none``."""
+    ``redis+cluster://``, ``file://`` or ``none``. ``start=False``: replay once and close
+    (see :class:`SessionStore`)."""
     if url == "none":
         return None
     if url.startswith("memcache://"):
-        return MemcacheSessionStore(url, config, MemcacheSessionStoreOptions.coerce(opts))
+        return MemcacheSessionStore(url, config, MemcacheSessionStoreOptions.coerce(opts),
+                                    start=start)
     if is_redis_url(url):
-        return RedisSessionStore(url, config, RedisSessionStoreOptions.coerce(opts))
+        return RedisSessionStore(url, config, RedisSessionStoreOptions.coerce(opts),
+                                 start=start)
     if url.startswith("file://"):
-        return FileSessionStore(url, config, FileSessionStoreOptions.coerce(opts))
+        return FileSessionStore(url, config, FileSessionStoreOptions.coerce(opts),
+                                start=start)
     raise ValueError(f"store URL {url.split('://', 1)[0]!r}: expected "
                      "memcache://host:port[,host:port], redis://..., rediss://..., "
                      "redis+cluster://host:port, file:///path or none")

@@ -114,7 +114,12 @@ class SessionStore(RawUpdateFeatureListener):
     STOP_GRACE = 2.0
 
     def __init__(self, backend: StoreBackend, config: FeatureHubConfig,
-                 options: SessionStoreOptions) -> None:
+                 options: SessionStoreOptions, *, start: bool = True) -> None:
+        """Read and replay the store once; then, with ``start``, share from a thread of its own.
+
+        ``start=False`` is for a prefork master: it replays once and closes at
+        once, so no thread or connection exists to be forked.
+        """
         api_key = config.get_api_keys()[0]
         require_client_evaluated(api_key)
         self.environment_id = environment_id(api_key)
@@ -165,6 +170,12 @@ class SessionStore(RawUpdateFeatureListener):
             self._set_problem(f"the store is unreachable: {err}")
             self._note_failure("cannot read %s at start, serving from Edge until it returns: %s",
                                err)
+        self._notifier: ChangeNotifier | None = None
+        self._thread: threading.Thread | None = None
+        if not start:
+            self._closing = self._closed = True
+            self._backend.close()
+            return
         self._repository.register_raw_update_listener(self)
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
@@ -212,9 +223,10 @@ class SessionStore(RawUpdateFeatureListener):
         if self._notifier is not None:
             self._notifier.close()
         self._repository.remove_raw_update_listener(self)
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=max(flush_timeout, 0) + self.STOP_GRACE)
-            if self._thread.is_alive():
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(flush_timeout, 0) + self.STOP_GRACE)
+            if thread.is_alive():
                 self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
                                   "closes %s when its current call returns", self.source,
                                   max(flush_timeout, 0) + self.STOP_GRACE,

@@ -560,7 +560,8 @@ class FileSessionStore(SessionStore):
     SOURCE = SOURCE
 
     def __init__(self, path: str | os.PathLike[str] | None, config: FeatureHubConfig,
-                 opts: FileSessionStoreOptions | Mapping[str, Any] | None = None) -> None:
+                 opts: FileSessionStoreOptions | Mapping[str, Any] | None = None, *,
+                 start: bool = True) -> None:
         options = FileSessionStoreOptions.coerce(opts)
         api_key = config.get_api_keys()[0]
         require_client_evaluated(api_key)
@@ -571,4 +572,4 @@ class FileSessionStore(SessionStore):
         else:
             directory = Path(path)
         backend = FileBackend(directory, f"{options.prefix}_{environment_id(api_key)}")
-        super().__init__(backend, config, options)
+        super().__init__(backend, config, options, start=start)

@@ -330,8 +330,8 @@ class MemcacheSessionStore(SessionStore):
     SOURCE = SOURCE
 
     def __init__(self, connection_or_client: str | Any, config: FeatureHubConfig,
-                 opts: MemcacheSessionStoreOptions | Mapping[str, Any] | None = None
-                 ) -> None:
+                 opts: MemcacheSessionStoreOptions | Mapping[str, Any] | None = None, *,
+                 start: bool = True) -> None:
         options = MemcacheSessionStoreOptions.coerce(opts)
         api_key = config.get_api_keys()[0]
         require_client_evaluated(api_key)
@@ -347,4 +347,4 @@ class MemcacheSessionStore(SessionStore):
             client = connection_or_client
             description = f"memcache client {type(client).__name__}"
         backend = MemcacheBackend(client, data_key, f"{description} key {data_key}")
-        super().__init__(backend, config, options)
+        super().__init__(backend, config, options, start=start)

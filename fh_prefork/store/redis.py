@@ -499,7 +499,8 @@ class RedisSessionStore(SessionStore):
     SOURCE = SOURCE
 
     def __init__(self, connection_or_client: str | Any, config: FeatureHubConfig,
-                 opts: RedisSessionStoreOptions | Mapping[str, Any] | None = None) -> None:
+                 opts: RedisSessionStoreOptions | Mapping[str, Any] | None = None, *,
+                 start: bool = True) -> None:
         options = RedisSessionStoreOptions.coerce(opts)
         api_key = config.get_api_keys()[0]
         require_client_evaluated(api_key)
@@ -514,4 +515,4 @@ class RedisSessionStore(SessionStore):
             cluster = is_cluster_client(client)
             description = describe_client(client)
         backend = RedisBackend(client, data_key, f"{description} key {data_key}", cluster)
-        super().__init__(backend, config, options)
+        super().__init__(backend, config, options, start=start)

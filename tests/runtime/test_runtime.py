@@ -195,7 +195,19 @@ def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -
     runtime.mark_master()
     threads = threading.active_count()
     streams = edge.total_stream_connections
-    assert flag_version() == 1, "the master reads the store once"
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    threading.Thread.start = start  # type: ignore[method-assign]
+    try:
+        assert flag_version() == 1, "the master reads the store once"
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+    assert started == [], "not even briefly: a thread alive at the fork is inherited half-done"
     assert fh_prefork.status()["role"] == "master"
     assert threading.active_count() == threads, "the master keeps no thread"
     assert edge.total_stream_connections == streams, "the master never connects to Edge"
