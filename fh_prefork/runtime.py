@@ -115,9 +115,9 @@ class Worker:
             self.store.edge_live = self._edge_live
         self.publisher: workers.Publisher | None = None
         if role != MASTER and self.store is not None:
-            parent = psutil.Process(self.pid).parent()
-            if parent is not None:
-                self.publisher = workers.Publisher(self.status, parent.pid)
+            parent = os.getppid()      # the prefork master (or whoever started us)
+            if parent > 1:
+                self.publisher = workers.Publisher(self.status, parent)
                 self.store.add_task(self.publisher.step, name="status record")
         self.metrics = False
         if role != MASTER and self.store is not None and _metrics is not None:

@@ -48,13 +48,14 @@ class Publisher:
 
     def __init__(self, status: Any, master_pid: int, base: Path | None = None) -> None:
         self._status = status     # () -> the worker's status() dict
-        self.folder = records_folder(master_pid, base)
-        self.path = self.folder / f"{os.getpid()}.json"
+        self._master_pid, self._base = master_pid, base
         self._usable: bool | None = None
 
     def step(self) -> float:
-        if self._usable is None:
+        if self._usable is None:   # here, on the store thread: no folder work in post_fork
             try:
+                self.folder = records_folder(self._master_pid, self._base)
+                self.path = self.folder / f"{os.getpid()}.json"
                 self._usable = _private_folder(self.folder)
             except OSError:
                 self._usable = False
