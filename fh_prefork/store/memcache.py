@@ -23,6 +23,7 @@ zlib values, recognised by their header) in our own code, nothing else.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import ssl
@@ -55,7 +56,14 @@ class TlsSettings:
     check_hostname: bool = True
 
     def context(self) -> ssl.SSLContext:
-        """A client context that verifies the server; ``ValueError`` naming a bad file."""
+        """A client context that verifies the server; ``ValueError`` naming a bad file.
+
+        Built once per process (parsing checks the files, the client then uses
+        them); a new worker builds its own, so rotated files are picked up.
+        """
+        return _tls_context(self, os.getpid())
+
+    def _build(self) -> ssl.SSLContext:
         for name in ("ca", "cert", "key"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
@@ -68,6 +76,11 @@ class TlsSettings:
             raise ValueError(f"memcache TLS files unusable: {err}") from None
         context.check_hostname = self.check_hostname  # verification itself stays required
         return context
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(settings: TlsSettings, pid: int) -> ssl.SSLContext:
+    return settings._build()
 
 
 _TLS_PARAMS = ("tls", "ca", "cert", "key", "check_hostname")
