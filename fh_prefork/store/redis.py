@@ -174,7 +174,9 @@ def make_client(url: str, options: RedisSessionStoreOptions) -> Any:
     """A redis-py client for ``url``: bytes replies, bounded timeouts, no silent retries.
 
     A cluster client connects when it is built (it asks for the slot map), so
-    the backend builds it on first use, on the store thread.
+    the backend builds it on first use: the store's one read at start, in the
+    post-fork hook, where the slot map and the reads across slots are each
+    bounded by ``connect_timeout`` and ``timeout``.
     """
     redis = _redis()
     from redis.backoff import NoBackoff
