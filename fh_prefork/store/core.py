@@ -166,6 +166,7 @@ class SessionStore(RawUpdateFeatureListener):
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
+            self._note_success()
         except StoreUnavailable as err:
             self._set_problem(f"the store is unreachable: {err}")
             self._note_failure("cannot read %s at start, serving from Edge until it returns: %s",
@@ -464,6 +465,9 @@ class SessionStore(RawUpdateFeatureListener):
         outcome = _RETRY
         try:
             outcome = self._sync(write=True, dirty_ids=dirty_ids)
+            # every way out of a sync without StoreUnavailable had the backend answer: an
+            # absent or over-sized state, a blocked write or a lost race are not outages
+            self._note_success()
         except StoreUnavailable as err:
             self._set_problem(f"the store is unreachable: {err}")
             self._note_failure("cannot reach %s; %d update(s) kept for later: %s", err,
@@ -604,7 +608,6 @@ class SessionStore(RawUpdateFeatureListener):
                 self._change_token = None   # the store thread's first sync repairs it
                 self._mark_dirty(())
         self._set_problem(None)
-        self._note_success()
 
     def _settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
         """Repair a fingerprint that matches the data by no formula, unless a writer is mid-write.
@@ -646,7 +649,6 @@ class SessionStore(RawUpdateFeatureListener):
                                    "process holds; wrote them back", self._backend.description,
                                    len(healed), level=logging.INFO)
         self._set_problem(None)
-        self._note_success()
         self._size_log.recovered("fh_prefork: the state fits %s again",
                                  self._backend.description)
 
@@ -693,4 +695,5 @@ class SessionStore(RawUpdateFeatureListener):
         self._backend_log.failure("fh_prefork: " + msg, *args)
 
     def _note_success(self) -> None:
+        """The backend answered: ``status()["healthy"]`` and the "is back" line follow it."""
         self._backend_log.recovered("fh_prefork: %s is back", self._backend.description)

@@ -246,3 +246,22 @@ def test_a_stale_fingerprint_found_at_start_is_repaired_by_the_store_thread(
     finally:
         store.close()
     assert settled_on and all(name.startswith("fh-prefork-") for name in settled_on), settled_on
+
+
+def test_health_returns_with_the_server_even_when_it_holds_nothing(
+        own_memcached: Memcached, prefix: str) -> None:
+    """A process that knows no flags yet reads an empty store: that is an answer, not an
+    outage. Health must follow the server, whatever the state it holds."""
+    config = make_config()
+    store = MemcacheSessionStore(own_memcached.address, config,
+                                 {"prefix": prefix, "refresh_timeout": 0.05,
+                                  "connect_timeout": 0.3, "timeout": 0.3})
+    try:
+        assert store.status()["healthy"]
+        own_memcached.stop()
+        wait_for(lambda: not store.status()["healthy"], 5, what="unhealthy while down")
+        own_memcached.start()
+        wait_for(lambda: store.status()["healthy"], 5, what="healthy once it answers again")
+        assert store.status()["state_problem"] == "the store holds no state yet"
+    finally:
+        store.close(flush_timeout=0)
