@@ -168,13 +168,23 @@ class Worker:
         return FALLBACK if self.switch is not None else None
 
     def close(self, timeout: float = 2.0) -> None:
-        """Edge first (no new updates), then the store (flushes, then releases the lease)."""
+        """Edge first (no new updates), then the store (flushes, then releases the lease).
+
+        One deadline for all of it: Edge may take half, the store's flush what
+        is left (its thread then gets ``SessionStore.STOP_GRACE`` to finish a
+        call in flight, and closes the backend itself if that runs out).
+        """
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.edge is not None:
             self.edge.close(timeout=timeout / 2)
         if self.switch is not None:
-            self.switch.close(timeout=timeout / 2)
+            self.switch.close(timeout=min(timeout / 2, left()))
         if self.store is not None:
-            self.store.close(flush_timeout=timeout / 2)
+            self.store.close(flush_timeout=left())
         self.repository.close()
         if self.publisher is not None:
             self.publisher.remove()

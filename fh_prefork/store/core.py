@@ -490,6 +490,8 @@ class SessionStore(RawUpdateFeatureListener):
         """
         dirty_ids = dirty_ids or set()
         for attempt in range(self.options.retry_update_count):
+            if attempt and self._closed:
+                return _RETRY    # closing and the flush's time is up: stop racing, exit
             if attempt:
                 self.counters.retries += 1
                 base = self.options.backoff_timeout / 1000.0

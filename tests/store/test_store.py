@@ -289,3 +289,19 @@ def test_a_task_failing_every_tick_logs_once_and_says_when_it_works_again(
     broken[0] = False
     wait_for(lambda: any("store task probe works again" in r.getMessage()
                          for r in caplog.records), 5, what="the recovery line")
+
+
+def test_a_conflict_storm_at_exit_ends_with_the_flush_time(make_store: StoreFactory) -> None:
+    """A write that loses every compare-and-set retries up to 64 times with backoff; at exit
+    the thread stops racing once close's flush time is up, so the lease release and the
+    backend's close still happen on it."""
+    config = make_config()
+    store = make_store(config, backoff_timeout=100)   # up to 0.8 s between attempts
+    backend: Any = store._backend
+    backend.write = lambda *args: None                 # every write loses the race
+    repo_of(config).notify("feature", feat("A", 1))
+    wait_for(lambda: store.counters.cas_conflicts >= 2, 5, what="the storm under way")
+    store.close(flush_timeout=0.3)
+    assert store._thread is not None
+    store._thread.join(1.5)   # one backoff sleep at most, then the closed check
+    assert not store._thread.is_alive(), "the thread kept racing after close"
