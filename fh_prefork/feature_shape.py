@@ -68,6 +68,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from nodesemver import make_semver  # type: ignore[import-untyped]  # the SDK's own dependency
+
 #: ``re``'s own parser (``re._parser`` since 3.11, ``sre_parse`` before): the tree checked is
 #: the one ``re`` compiles.
 try:
@@ -100,22 +102,6 @@ _SEMVER_COMPARED = frozenset({
 })
 _IP_COMPARED = frozenset({"EQUALS", "INCLUDES", "NOT_EQUALS", "EXCLUDES"})
 _BOOLEAN_COMPARED = frozenset({"EQUALS", "NOT_EQUALS"})
-
-# node-semver's loose grammar, built from the same pieces as nodesemver 0.9
-# (``LOOSE`` and ``RECOVERYVERSIONNAME``), which the SDK uses with loose=True.
-_NUM = r"0|[1-9]\d*"
-_NUM_LOOSE = r"[0-9]+"
-_NON_NUM = r"\d*[a-zA-Z-][a-zA-Z0-9-]*"
-_PRE_ID_LOOSE = f"(?:{_NUM_LOOSE}|{_NON_NUM})"
-_PRE_LOOSE = (
-    rf"(?:-?((?:(?<=-){_PRE_ID_LOOSE}|[a-zA-Z-][a-zA-Z0-9-]*)(?:\.{_PRE_ID_LOOSE})*))"
-)
-_BUILD = r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))"
-_SEMVER_LOOSE = re.compile(
-    rf"^[v=\s]*({_NUM_LOOSE})\.({_NUM_LOOSE})\.({_NUM_LOOSE}){_PRE_LOOSE}?{_BUILD}?$"
-)
-_SEMVER_RECOVERY = re.compile(rf"v?({_NUM})(?:\.({_NUM}))?{_PRE_LOOSE}?")
-_NUMERIC = re.compile(r"^\d+$")
 
 Check = Callable[[object], str | None]
 
@@ -357,47 +343,10 @@ def _semver_element_problem(value: object) -> str | None:
 
 
 def _semver_parses(text: str) -> bool:
-    """Whether ``nodesemver.SemVer(text, loose=True)`` constructs without raising."""
-    version = text.strip()
-    match = _SEMVER_LOOSE.search(version)
-    if match is not None:
-        pre = match.group(4)
-        numbers = [match.group(1), match.group(2), match.group(3)]
-        return _ints_parse(numbers + (pre.split(".") if pre else []))
-    match = _SEMVER_RECOVERY.match(version)
-    if match is None:
-        return False
-    if match.group(3):
-        return _ints_parse([match.group(1), match.group(2) or "0", *match.group(3).split(".")])
-    rest = [part for part in version[match.end():].split(".") if part]
-    return _ints_parse([match.group(1), match.group(2) or "0"]) and _recovery_rest_parses(rest)
-
-
-def _recovery_rest_parses(parts: list[str]) -> bool:
-    """nodesemver's recovery of ``1.2.3.4``-style tails: bare words raise ValueError."""
-    if parts and _NUMERIC.search(parts[0]):
-        if not _ints_parse(parts[:1]):
-            return False
-        parts = parts[1:]
-    for part in parts:
-        separated = "-" in part or "+" in part
-        pieces = part.split("-") if "-" in part else part.split("+")
-        for piece in pieces:
-            if _NUMERIC.search(piece):
-                if not _ints_parse([piece]):
-                    return False
-            elif not separated:
-                return False
-    return True
-
-
-def _ints_parse(parts: list[str]) -> bool:
-    """int() on the numeric identifiers, as nodesemver does (digit limit applies)."""
+    """Whether the SDK's own parser (nodesemver, loose, as its matcher calls it) accepts it."""
     try:
-        for part in parts:
-            if _NUMERIC.search(part):
-                int(part)
-    except ValueError:
+        make_semver(text, True)
+    except Exception:   # ValueError mostly; whatever it raises, the matcher would too
         return False
     return True
 
