@@ -210,10 +210,11 @@ def test_uwsgi_workers(start: Callable[..., Cluster], edge: EdgeSimulator) -> No
         pytest.skip("uwsgi is not installed")
     cluster = start("uwsgi", 2, ("--py-call-uwsgi-fork-hooks", "--enable-threads"))
     pids = cluster.worker_pids()
+    # a fresh store prefix: a worker knows flags once its Edge stream answered
+    until_every_worker(cluster, "/events", lambda a: a["status"] == "READY")
     for answer in cluster.sample(ask("string", "TARGETED", "d", "u1",
                                      country="new_zealand")).values():
         assert answer["value"] == "kiwi" and answer["reason"] == "TARGETING_MATCH"
-    until_every_worker(cluster, "/events", lambda a: a["status"] == "READY")
     edge.push_feature(feature("BOOL_FLAG", False, 4))
     changed = until_every_worker(cluster, "/events",
                                  saw("PROVIDER_CONFIGURATION_CHANGED", "BOOL_FLAG"))
