@@ -54,11 +54,6 @@ def feature_problem(item: Any) -> str | None:
     return identity_problem(item) or shape_problem(item)
 
 
-def sanitize_feature(item: Any) -> FeatureState | None:
-    """Return ``item`` if the SDK can hold and evaluate it, else ``None``."""
-    return item if feature_problem(item) is None else None
-
-
 def fingerprint(features: Iterable[Mapping[str, Any]]) -> str:
     """Cross-SDK fingerprint: hex SHA-256 of ``id:version`` sorted by id, joined by ``|``."""
     pairs = sorted((str(f["id"]), f["version"]) for f in features)

@@ -296,10 +296,6 @@ class EdgeSwitch(EdgeService):  # type: ignore[misc]  # the SDK is untyped
     async def context_change(self, header: str) -> None:
         return None
 
-    @property
-    def running(self) -> bool:
-        return self._edge is not None
-
     def start(self) -> bool:
         """Open an Edge connection unless one is open (non-blocking). True if one was opened."""
         with self._lock:
