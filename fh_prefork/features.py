@@ -20,12 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .feature_shape import shape_problem
+from .feature_shape import MAX_VERSION, shape_problem
 
 FeatureState = dict[str, Any]
-
-#: Largest version accepted: anything above is junk, not a real counter.
-MAX_VERSION = 2**63 - 1
 
 #: Largest value read (and largest a zlib value may inflate to). Reading is bounded apart
 #: from writing (``max_item_bytes``): a value another writer stored past our write limit
@@ -34,7 +31,12 @@ MAX_READ_BYTES = 32 * 1024 * 1024
 
 
 def identity_problem(item: Any) -> str | None:
-    """Why ``item`` cannot even be placed (no string id and key, no integer version), or None."""
+    """Why ``item`` cannot even be placed (no string id and key, no integer version), or None.
+
+    Looser than the shape check's identity part on purpose: an entry placed
+    by id but unusable here (an id no UTF-8 can carry) is kept verbatim for
+    the writer that made it, not discarded as junk.
+    """
     if not isinstance(item, dict):
         return f"expected an object, found {type(item).__name__}"
     fid, key, version = item.get("id"), item.get("key"), item.get("version")
