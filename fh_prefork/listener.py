@@ -17,7 +17,8 @@ from typing import Any
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
 from . import tombstones as ts
-from .features import MAX_VERSION, feature_problem, identity_problem
+from .feature_shape import MAX_VERSION
+from .features import feature_problem, identity_problem
 from .ratelog import RateLimitedLog
 from .tombstones import Tombstone
 

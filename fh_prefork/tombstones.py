@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .features import MAX_VERSION
+from .feature_shape import MAX_VERSION
 
 #: Default retention (seconds) and count bound, see the module docstring.
 KEEP_SECONDS = 7 * 24 * 3600.0
