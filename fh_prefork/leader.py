@@ -198,17 +198,11 @@ class Election:
         """Give the lease up if we hold it and surely still own it (graceful exit)."""
         self._released = True
         with self._lock:
-            mine, valid_until = self._mine, self._valid_until
+            mine = self._mine
             self._mine = None
         if self.role != LEADER or mine is None:
             return False
-        # memcached cannot delete-if-ours: release only well inside the validity window,
-        # so the lease cannot have passed to another process between the check and the delete
-        margin = min(1.0, self.renew_seconds)
-        if time.monotonic() >= valid_until - margin:
-            self._log.info("fh_prefork: worker %d leaves the leader lease to expire", self.pid)
-            return False
-        try:
+        try:   # every backend releases only a lease still ours, atomically
             released = self._backend.lease_release(mine)
         except StoreUnavailable as err:
             self._log.info("fh_prefork: worker %d could not release the leader lease (%s); "

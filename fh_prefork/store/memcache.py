@@ -42,6 +42,8 @@ from .options import MemcacheSessionStoreOptions
 
 SOURCE = "memcache-store"
 SCHEME = "memcache://"
+#: what a released lease record holds: no lease decodes from it, so any acquirer takes it
+_RELEASED = b"released"
 
 Server = tuple[str, int]
 
@@ -297,14 +299,15 @@ class MemcacheBackend:
         return self._cas_lease(lease, ttl, cas, current)
 
     def lease_release(self, lease: Lease) -> bool:
-        raw, _cas = self._call(self._client.gets, self.lease_key)
+        raw, cas = self._call(self._client.gets, self.lease_key)
         current = Lease.decode(raw)
         if current is None or current.holder != lease.holder:
             return False
-        # memcached has no compare-and-delete: the holder renews every ttl/3, so between
-        # this read and the delete the lease cannot have expired and passed to another
-        # (the caller releases only while well inside its validity window)
-        return self._call(self._client.delete, self.lease_key, noreply=False) is True
+        # memcached has no compare-and-delete: compare-and-set a record nobody holds (every
+        # acquirer takes such a record by cas); a lease that passed to another process since
+        # our read has another cas and is left alone
+        return self._call(self._client.cas, self.lease_key, _RELEASED, cas, expire=1,
+                          noreply=False) is True
 
     def _cas_lease(self, lease: Lease, ttl: float, cas: Any, current: Lease | None
                    ) -> LeaseAnswer:
