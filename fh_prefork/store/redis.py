@@ -201,12 +201,23 @@ def _digest(value: bytes | None) -> str:
 
 
 def _bytes(value: Any) -> bytes | None:
-    """A reply as bytes (a client built with ``decode_responses=True`` gives str)."""
+    """A reply as bytes: Lua integers and the like aside, replies already are."""
     if value is None or isinstance(value, bytes):
         return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
     return bytes(value)
+
+
+def check_client(client: Any) -> None:
+    """Refuse a client that decodes replies: stored values are bytes, read as they are.
+
+    With ``decode_responses=True`` redis-py raises inside the client on a value
+    that is not UTF-8 (a foreign writer's junk, a zlib value), which would look
+    like an unreachable store forever and the junk would never be repaired.
+    """
+    encoder = getattr(client, "get_encoder", None)
+    if callable(encoder) and getattr(encoder(), "decode_responses", False):
+        raise ValueError("the Redis client decodes responses (decode_responses=True); "
+                         "give fh_prefork one built with decode_responses=False")
 
 
 def describe_client(client: Any) -> str:
@@ -514,6 +525,7 @@ class RedisSessionStore(SessionStore):
             client: Any = lambda: make_client(url, options)  # noqa: E731
         else:
             client = connection_or_client
+            check_client(client)
             cluster = is_cluster_client(client)
             description = describe_client(client)
         backend = RedisBackend(client, data_key, f"{description} key {data_key}", cluster)

@@ -226,3 +226,13 @@ def test_push_and_redis_timeout_settings() -> None:
     assert off.store_options()["push"] is False and off.store_options()["timeout"] == 0.2
     with pytest.raises(s.SettingsError, match="FH_PREFORK_PUSH"):
         s.load({**BASE, "FH_PREFORK_PUSH": "sometimes"})
+
+
+def test_a_client_that_decodes_responses_is_refused(redis_server: Redis) -> None:
+    """It would raise inside redis-py on a zlib or junk value: an outage that never ends."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses=False"):
+            RedisSessionStore(client, make_config())
+    finally:
+        client.close()
