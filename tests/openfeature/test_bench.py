@@ -21,7 +21,7 @@ def test_openfeature_bench_section(tmp_path: Path) -> None:
     section = json.loads(out.read_text())["sections"]["openfeature"]
     assert "error" not in section and "note" not in section, section
     cases = {(row["case"], row["read"].split(".")[0]) for row in section["rows"]}
-    assert cases == {(case, via) for case in ("flag", "targeted")
+    assert cases == {(case, via) for case in ("flag", "targeted", "third")
                      for via in ("fh_prefork", "provider", "client")}
     assert all(row["ns"] > 0 for row in section["rows"])
     assert section["client_ratio"] > 0 and section["provider_ratio"] > 0
