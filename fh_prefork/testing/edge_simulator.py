@@ -554,6 +554,21 @@ class EdgeSimulator:
         with self._cond:
             return [s.info for s in self._streams.values()]
 
+    def stream_pid(self, stream: StreamInfo) -> int | None:
+        """The pid of the process at the client end of ``stream`` (psutil; None if gone).
+
+        Matched on both ends: the client's local port alone also names an
+        unrelated connection of another process that reuses the number for
+        another destination (the test process's own Redis client, say).
+        """
+        import psutil  # imported here: the simulator runs standalone without it
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if (conn.pid and conn.laddr and conn.raddr and conn.laddr.port == stream.peer[1]
+                    and conn.raddr.port == self._port):
+                return int(conn.pid)
+        return None
+
     @property
     def open_streams(self) -> int:
         with self._cond:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .cluster import Cluster, wait_until
 from .edge_simulator import EdgeSimulator, make_feature
 
@@ -52,17 +50,9 @@ def server_env(edge_url: str, store: str, prefix: str, *, mode: str = "leader",
     }
 
 
-def pid_of_local_port(port: int) -> int | None:
-    """The process owning the local end of a loopback connection (psutil)."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.pid:
-            return int(conn.pid)
-    return None
-
-
 def stream_owners(edge: EdgeSimulator) -> dict[int, int | None]:
     """Open stream id -> pid of the process behind it."""
-    return {s.id: pid_of_local_port(s.peer[1]) for s in edge.streams()}
+    return {s.id: edge.stream_pid(s) for s in edge.streams()}
 
 
 def sole_leader(edge: EdgeSimulator, pids: Callable[[], Sequence[int]]) -> int | None:
@@ -104,7 +94,7 @@ def _kill_and_time(cluster: Cluster, edge: EdgeSimulator, leader: int, bound: fl
     killed_at = time.time()
     cluster.kill_worker(leader)
     new = wait_until(lambda: [s for s in edge.streams() if s.id not in before
-                              and pid_of_local_port(s.peer[1]) not in (None, leader)],
+                              and edge.stream_pid(s) not in (None, leader)],
                      bound, "a stream from a new leader", interval=0.01)
     return max(0.0, float(min(s.opened_at for s in new)) - killed_at)
 

@@ -18,7 +18,6 @@ from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
-from tests.support.servers import pid_of_local_port
 
 from .whole_state import many_features, memcached_reader, wait_converged
 
@@ -37,9 +36,9 @@ def test_updates_of_surviving_workers_all_reach_the_store(
     try:
         for round_ in range(3):
             streams = wait_for(lambda: (st := edge.streams()) and len(st) == 6 and all(
-                (pid := pid_of_local_port(s.peer[1])) and psutil.pid_exists(pid) for s in st)
+                (pid := edge.stream_pid(s)) and psutil.pid_exists(pid) for s in st)
                 and st, 15, what="six live workers streaming")
-            owners = {s.id: pid_of_local_port(s.peer[1]) for s in streams}
+            owners = {s.id: edge.stream_pid(s) for s in streams}
             victim_stream = streams[round_ % len(streams)]
             sent: dict[str, int | None] = {}
             for s in streams:  # a distinct update per worker: six writers at once

@@ -67,7 +67,7 @@ from tests.history.schedule import (
 from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.memcached import Memcached
 from tests.support.redis import Redis
-from tests.support.servers import fh_log_lines, pid_of_local_port
+from tests.support.servers import fh_log_lines
 from tests.support.state import (
     State,
     converged,
@@ -334,7 +334,7 @@ class History:
         # nobody, not even the full list its replacement may already have received
         live = set(self.cluster.worker_pids())
         owned = [(s.id, pid) for s in self.edge.streams()
-                 if (pid := pid_of_local_port(s.peer[1])) in live]
+                 if (pid := self.edge.stream_pid(s)) in live]
         if not owned:
             send(feature)
             return " [no stream of a live worker open: sent to all]"

@@ -30,7 +30,6 @@ from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, mak
 from fh_prefork.testing.failover import (
     measure_failover,
     measure_propagation,
-    pid_of_local_port,
     sole_leader,
 )
 from tests.faults.whole_state import (
@@ -199,7 +198,7 @@ def test_graceful_exit_of_the_leader_hands_over_within_a_refresh(
     proc.wait(timeout=15)
     gone_at = time.time()
     new = wait_for(lambda: [s for s in edge.streams()
-                            if pid_of_local_port(s.peer[1]) not in (None, leader)],
+                            if edge.stream_pid(s) not in (None, leader)],
                    8, interval=0.02, what="a stream from the next leader")
     took = max(0.0, new[0].opened_at - gone_at)
     print(f"graceful hand-over took {took:.2f} s after the leader exited")
@@ -324,4 +323,4 @@ def test_failover_benchmark_small(leader_cluster: StartCluster,
     print(f"propagation: p50 {propagation.p50:.2f} s, p99 {propagation.p99:.2f} s")
     assert len(propagation.seconds) >= 3 * 3 - 3  # followers may change with respawns
     assert propagation.p99 < PROPAGATION_BOUND
-    assert pid_of_local_port(edge.streams()[0].peer[1]) in cluster.worker_pids()
+    assert edge.stream_pid(edge.streams()[0]) in cluster.worker_pids()

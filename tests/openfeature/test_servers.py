@@ -15,7 +15,7 @@ import pytest
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
-from tests.support.servers import cluster_starter, pid_of_local_port
+from tests.support.servers import cluster_starter
 
 from .conftest import API_KEY, feature
 
@@ -143,7 +143,7 @@ def test_four_gunicorn_workers(start: Callable[..., Cluster], edge: EdgeSimulato
     # -- a change sent to ONE worker's Edge stream reaches every worker as an event -------
     assert edge.wait_for_streams(4, 10)
     stream = edge.streams()[0]
-    owner = pid_of_local_port(stream.peer[1])
+    owner = edge.stream_pid(stream)
     assert owner is None or owner in pids
     sent = time.monotonic()
     edge.push_feature(feature("STR_FLAG", "green", 3, "STRING"), stream_id=stream.id)
@@ -185,7 +185,7 @@ def test_leader_mode(start: Callable[..., Cluster], edge: EdgeSimulator) -> None
     pids = cluster.worker_pids()
     until_every_worker(cluster, "/events", lambda a: a["status"] == "READY")
     assert edge.wait_until(lambda: len(edge.streams()) == 1, 15)
-    leader = pid_of_local_port(edge.streams()[0].peer[1])
+    leader = edge.stream_pid(edge.streams()[0])
     edge.push_feature(feature("STR_FLAG", "leader", 3, "STRING"))
     changed = until_every_worker(cluster, "/events",
                                  saw("PROVIDER_CONFIGURATION_CHANGED", "STR_FLAG"))

@@ -99,7 +99,11 @@ def test_idle_costs_nothing_but_the_safety_poll(push_url: str, stores: Any) -> N
     # machine: idling starts once those ticks are over
     before = wait_quiet(counts, quiet=0.3, timeout=BOUND * 3, what="the write's ticks")
     time.sleep(0.5)   # idle: nothing may be read (the refresh period is a minute)
-    assert counts() == before
+    after = counts()
+    assert after[:2] == before[:2], "a full read while idle"
+    # a store's first safety tick lands at a random moment of its first minute (jitter),
+    # so one tick (a token check, no read) may fall inside the window; a second may not
+    assert after[2] - before[2] <= 1, "notifications kept waking an idle store"
 
 
 def test_close_interrupts_a_blocked_wait_promptly(push_url: str, stores: Any) -> None:

@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
-
 from fh_prefork.testing.cluster import APP, Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 
@@ -37,17 +35,9 @@ def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:
     return {pid: flags[key]["version"] for pid, flags in cluster.flags(key).items()}
 
 
-def pid_of_local_port(port: int) -> int | None:
-    """The process that owns the local end of a loopback TCP connection."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.pid:
-            return int(conn.pid)
-    return None
-
-
 def stream_owners(edge: EdgeSimulator) -> list[int | None]:
     """Pid of the process behind each open Edge stream."""
-    return [pid_of_local_port(s.peer[1]) for s in edge.streams()]
+    return [edge.stream_pid(s) for s in edge.streams()]
 
 
 def fh_log_lines(cluster: Cluster) -> list[str]:
