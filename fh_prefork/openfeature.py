@@ -427,7 +427,7 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
         strategies = holder._encoded_strategies
         if strategies:
             fh = fh_context(repository, context)
-            applied = repository.apply(_indexed(holder, strategies), key, state["id"], fh)
+            applied = repository.apply(_indexed(strategies), key, state["id"], fh)
             if applied.matched:
                 strategy = strategies[applied.value]
                 raw = _cast(strategy.value, feature_type)
@@ -477,19 +477,22 @@ def _convert(kind: str, raw: Any) -> tuple[Any, str | None, ErrorCode]:
     return parsed, None, mismatch
 
 
-#: per feature holder: its strategies, and copies of them whose value is their position
-_INDEXED: weakref.WeakKeyDictionary[Any, tuple[list[Any], list[Any]]] = \
-    weakref.WeakKeyDictionary()
+#: id(strategy list) -> (that list, copies of its strategies whose value is their position).
+#: Holding the list keeps its id from being reused while cached; cleared when it grows past
+#: _INDEXED_MAX (every feature update brings a new list). A plain dict: a weak-keyed one
+#: makes a weak reference on every lookup, which costs more than the evaluation saves.
+_INDEXED: dict[int, tuple[list[Any], list[Any]]] = {}
+_INDEXED_MAX = 4096
 
 
-def _indexed(holder: Any, strategies: list[Any]) -> list[Any]:
+def _indexed(strategies: list[Any]) -> list[Any]:
     """Copies of ``strategies`` whose value is their index, made once per strategy list.
 
     The SDK's matcher says only that a strategy matched and gives its value;
     run on these copies, its value names the strategy applied, for the
     variant and reason, in the one run that also gives the value.
     """
-    cached = _INDEXED.get(holder)
+    cached = _INDEXED.get(id(strategies))
     if cached is not None and cached[0] is strategies:
         return cached[1]
     copies = []
@@ -497,7 +500,9 @@ def _indexed(holder: Any, strategies: list[Any]) -> list[Any]:
         twin = copy.copy(strategy)
         twin._attr = {**strategy._attr, "value": index}
         copies.append(twin)
-    _INDEXED[holder] = (strategies, copies)
+    if len(_INDEXED) >= _INDEXED_MAX:
+        _INDEXED.clear()
+    _INDEXED[id(strategies)] = (strategies, copies)
     return copies
 
 
