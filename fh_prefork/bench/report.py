@@ -560,32 +560,19 @@ def section_openfeature(b: Bench) -> None:
             def client_flag() -> object:
                 return client.get_boolean_value("X", False)
 
-            def direct_targeted() -> object:
-                return fh_prefork.context().user_key("user-1").attribute_values(
-                    "country", ["new_zealand"]).feature("T").get_string
-
-            def provider_targeted() -> object:
-                return provider.resolve_string_details("T", "d", nz).value
-
-            def client_targeted() -> object:
-                return client.get_string_value("T", "d", nz)
-
-            def direct_third() -> object:
-                return fh_prefork.context().user_key("user-1").attribute_values(
-                    "country", ["new_zealand"]).feature("M").get_string
-
-            def provider_third() -> object:
-                return provider.resolve_string_details("M", "d", nz).value
-
-            def client_third() -> object:
-                return client.get_string_value("M", "d", nz)
+            def resolvers(key: str) -> dict[str, Callable[[], object]]:
+                """The three ways to resolve string feature ``key`` for a New Zealand user."""
+                return {
+                    "direct": lambda: fh_prefork.context().user_key("user-1").attribute_values(
+                        "country", ["new_zealand"]).feature(key).get_string,
+                    "provider": lambda: provider.resolve_string_details(key, "d", nz).value,
+                    "client": lambda: client.get_string_value(key, "d", nz)}
 
             fns: dict[str, Callable[[], object]] = {
                 "direct_flag": direct_flag, "provider_flag": provider_flag,
-                "client_flag": client_flag, "direct_targeted": direct_targeted,
-                "provider_targeted": provider_targeted, "client_targeted": client_targeted,
-                "direct_third": direct_third, "provider_third": provider_third,
-                "client_third": client_third}
+                "client_flag": client_flag}
+            for case, key in (("targeted", "T"), ("third", "M")):
+                fns.update({f"{via}_{case}": fn for via, fn in resolvers(key).items()})
             for name, fn in fns.items():
                 want = True if name.endswith("flag") else "kiwi"
                 assert fn() == want, f"{name} gave {fn()!r}"
