@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
@@ -82,6 +83,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         #: seconds a held feature must stay missing from Edge's full lists to count as deleted
         self.absence_seconds = 10.0
         self._unlisted_since: dict[str, float] = {}   # id -> monotonic, first missing list
+        self._clock: Callable[[], float] = time.monotonic   # tests step it past the grace
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -237,7 +239,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         Missing from one list starts the clock; missing from a list at least
         ``absence_seconds`` later (and never listed or sent between) deletes.
         """
-        now = time.monotonic()
+        now = self._clock()
         ids = {item.get("id") for item in listed if isinstance(item, dict)}
         unlisted: dict[str, dict[str, Any]] = {}
         for holder in list(self.features.values()):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from fh_prefork.listener import EDGE_SOURCE, ListeningRepository, RawUpdateFeatureListener
@@ -126,15 +125,20 @@ def test_an_edge_full_list_deletes_what_it_lacks() -> None:
 
 def test_a_feature_is_deleted_only_when_full_lists_keep_lacking_it_past_the_grace() -> None:
     repo = ListeningRepository()
+    now = [1000.0]
+    repo._clock = lambda: now[0]                      # the grace is stepped over, not slept
     repo.absence_seconds = 0.3
     repo.notify("features", [feat("A"), feat("B")])
     repo.notify("features", [feat("A")])              # one list lacking B: the clock starts
     assert repo.feature("B").exists
-    time.sleep(0.35)
+    now[0] += 0.35
     repo.notify("feature", feat("B"))                 # Edge sent B: it exists, clock reset
     repo.notify("features", [feat("A")])
     assert repo.feature("B").exists and "id-B" not in repo.tombstones()
-    time.sleep(0.35)
+    now[0] += 0.29
+    repo.notify("features", [feat("A")])              # inside the grace: still held
+    assert repo.feature("B").exists
+    now[0] += 0.02
     repo.notify("features", [feat("A")])              # still lacking it past the grace
     assert not repo.feature("B").exists and "id-B" in repo.tombstones()
     assert [f["key"] for f in repo.feature_states()] == ["A"]
