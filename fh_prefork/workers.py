@@ -50,16 +50,17 @@ class Publisher:
         self._status = status     # () -> the worker's status() dict
         self._master_pid, self._base = master_pid, base
         self._usable: bool | None = None
+        self.path: Path | None = None    # known once the store thread's first step ran
 
     def step(self) -> float:
         if self._usable is None:   # here, on the store thread: no folder work in post_fork
             try:
-                self.folder = records_folder(self._master_pid, self._base)
-                self.path = self.folder / f"{os.getpid()}.json"
-                self._usable = _private_folder(self.folder)
+                folder = records_folder(self._master_pid, self._base)
+                self._usable = _private_folder(folder)
+                self.path = folder / f"{os.getpid()}.json"
             except OSError:
                 self._usable = False
-        if not self._usable:
+        if not self._usable or self.path is None:
             return 3600.0   # someone else's or an open folder: publish nothing there
         s = self._status()
         store = s.get("store") or {}
@@ -70,13 +71,16 @@ class Publisher:
                   "prefix": (s.get("settings") or {}).get("prefix"),
                   "store_healthy": store.get("healthy"), "pending": store.get("pending"),
                   "state_problem": store.get("state_problem"), "written_at": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.folder)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, default=str)
         os.replace(tmp, self.path)
         return PERIOD
 
     def remove(self) -> None:
+        """Delete this worker's record; a worker that exits before its first step has none."""
+        if self.path is None:
+            return
         try:
             self.path.unlink()
         except OSError:
