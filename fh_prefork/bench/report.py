@@ -145,7 +145,8 @@ def section_storm(b: Bench, mode: str) -> None:
                          "cas_conflicts": r.cas_conflicts,
                          "writes_per_update": r.writes if mode == "same" else None,
                          "lost_updates": r.lost + shared_lost, "gave_up": r.gave_up,
-                         "fingerprint_ok": r.fingerprint_ok})
+                         "fingerprint_ok": r.fingerprint_ok,
+                         "fingerprint_stale_at_end": r.fingerprint_stale_at_end})
     if mode == "distinct":
         b.results["storm"] = {"rows": rows}
         b.emit(table("Compare-and-set storm (each process writes its own feature + a shared one)",
@@ -153,7 +154,8 @@ def section_storm(b: Bench, mode: str) -> None:
                       ("quiescence s", "seconds_to_quiescence"),
                       ("attempts/write", "attempts_per_write"), ("writes", "writes"),
                       ("conflicts", "cas_conflicts"), ("lost", "lost_updates"),
-                      ("gave up", "gave_up"), ("fingerprint ok", "fingerprint_ok")], rows))
+                      ("gave up", "gave_up"), ("stale sha left", "fingerprint_stale_at_end"),
+                      ("fingerprint ok", "fingerprint_ok")], rows))
     else:
         b.results["same"] = {"rows": rows}
         b.emit(table("Same-update storm (every process writes the same 20-feature update)",

@@ -40,7 +40,7 @@ def open_backend(url: str, data_key: str, timeout: float = 1.0) -> StoreBackend:
 
     The same code that owns each layout reads it: nothing is created, and an
     embedded store's missing folder raises ``FileNotFoundError``. Call only
-    ``read()``, ``lease_read()`` and ``close()`` on it.
+    ``read()``, ``change_token()``, ``lease_read()`` and ``close()`` on it.
     """
     if url.startswith("memcache://"):
         from .memcache import MemcacheBackend, make_client, parse_url

@@ -18,7 +18,8 @@ from typing import Any
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
-from ..store import SessionStore, open_store
+from ..apikey import environment_id
+from ..store import SessionStore, open_backend, open_store
 from . import faults
 
 API_KEY = "storm/env-storm/client*storm"
@@ -44,6 +45,7 @@ class StormResult:
     cas_conflicts: int
     gave_up: int
     crashed: int = 0
+    fingerprint_stale_at_end: bool = False   # before a live store repaired it (not a loss)
     per_process: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -87,6 +89,18 @@ def _writer(url: str, prefix: str, index: int, mode: str, barrier: Any, out: Any
     store.close(flush_timeout=0)
     out.put({"index": index, "pid": os.getpid(), "released": released, "finished": finished,
              "done": done, "shared_version": shared_version, **counters})
+
+
+def _fingerprint_stale(url: str, key: str) -> bool:
+    if not url.startswith(("memcache", "redis")):
+        return False        # the embedded store's token is the file's own stat
+    backend = open_backend(url, key, timeout=5.0)
+    try:
+        snapshot = backend.read()
+        decoded = fs.decode(snapshot.value, 10**8)
+        return snapshot.change_token not in decoded.consistent_fingerprints()
+    finally:
+        backend.close()
 
 
 def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str | None = None,
@@ -133,13 +147,24 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
                 p.join(timeout=5)
     crashed = sum(1 for p in procs if p.exitcode and p.exitcode < 0)
 
+    # The two keys are written one after the other, so when writers race the last fingerprint
+    # set may be an earlier writer's: a stale fingerprint is repaired by the next live store's
+    # first sync (that is the claim checked), here a reader store's. Then a bare backend
+    # reads what is left: a store's own thread must not share the client with that read.
+    key = f"{prefix}_{environment_id(API_KEY)}"
+    stale_at_end = _fingerprint_stale(url, key)
     config, reader = _open(url, prefix, 3600.0)
     try:
-        snapshot = reader._backend.read()
-        held = fs.decode(snapshot.value, 10**8).features
-        token = reader._backend.change_token()
+        reader.flush(timeout=30)
     finally:
         reader.close(flush_timeout=0)
+    backend = open_backend(url, key, timeout=5.0)
+    try:
+        snapshot = backend.read()
+        held = fs.decode(snapshot.value, 10**8).features
+        token = backend.change_token()
+    finally:
+        backend.close()
     by_id = {f["id"]: f["version"] for f in held}
     survivors = {r["index"] for r in reports}
     if mode == "same":
@@ -165,5 +190,6 @@ def run_storm(url: str, processes: int, *, mode: str = "distinct", prefix: str |
         cas_conflicts=sum(r["cas_conflicts"] for r in reports),
         gave_up=sum(1 for r in reports if not r["done"]),
         crashed=crashed,
+        fingerprint_stale_at_end=stale_at_end,
         per_process=reports,
     )
