@@ -75,11 +75,24 @@ class Worker:
         self.settings = settings
         self.started_at = time.time()
         self.repository = ListeningRepository()
+        # every part close() looks at exists before any can fail to start
+        self.switch: EdgeSwitch | None = None
+        self.election: Election | None = None
+        self.store: SessionStore | None = None
+        self.store_error: str | None = None
+        self.edge: SupervisedEdge | None = None
+        self.publisher: workers.Publisher | None = None
+        self.metrics = False
+        try:
+            self._build(settings, role)
+        except BaseException:   # KeyboardInterrupt in a post-fork hook too: stop what started
+            self.close(timeout=1.0)
+            raise
+
+    def _build(self, settings: Settings, role: str) -> None:
         provider: Any
         make_edge = edge_provider(transport=settings.edge, poll_interval=settings.poll_interval,
                                   backoff_max=settings.edge_backoff_max)
-        self.switch: EdgeSwitch | None = None
-        self.election: Election | None = None
         if role == MASTER:
             provider = lambda repository, api_keys, edge_url: _NoEdge()  # noqa: E731
         elif settings.edge_mode == "leader":
@@ -91,8 +104,6 @@ class Worker:
             provider = make_edge
         self.config = FeatureHubConfig(settings.edge_url, [settings.api_key],
                                        repository=self.repository, edge_provider=provider)
-        self.store: SessionStore | None = None
-        self.store_error: str | None = None
         try:
             # a master replays once and closes: no thread or connection to be forked
             self.store = open_store(settings.store, self.config, settings.store_options(),
@@ -101,7 +112,6 @@ class Worker:
             self.store_error = str(err)
             log.error("fh_prefork: store %s unusable, serving from Edge only: %s",
                       settings.store_display, err)
-        self.edge: SupervisedEdge | None = None
         # the service every context of this worker talks to (keys are client-evaluated)
         self.edge_service: EdgeService = self.config.get_or_create_edge_service()
         if role == MASTER:
@@ -113,13 +123,11 @@ class Worker:
             self.edge.start()
         if self.store is not None and role != MASTER:
             self.store.edge_live = self._edge_live
-        self.publisher: workers.Publisher | None = None
         if role != MASTER and self.store is not None:
             parent = os.getppid()      # the prefork master (or whoever started us)
             if parent > 1:
                 self.publisher = workers.Publisher(self.status, parent)
                 self.store.add_task(self.publisher.step, name="status record")
-        self.metrics = False
         if role != MASTER and self.store is not None and _metrics is not None:
             self.store.add_task(_metrics.Exporter(self.status).step, name="metrics")
             self.metrics = True
@@ -294,6 +302,7 @@ def start_worker(hooked: str = "start_worker()") -> Worker:
             return current
         if current is not None and current.pid == os.getpid():
             current.close(timeout=0)  # the master's dormant config, if this is it
+            _current = None
         _current = Worker(settings(), role=WORKER)
         _log_start(_current, hooked)
         return _current

@@ -73,6 +73,25 @@ def test_stop_worker_closes_edge_and_store(edge: EdgeSimulator) -> None:
     assert fh_prefork.config() is not worker.config  # starts again, fresh
 
 
+def test_a_worker_interrupted_while_starting_stops_what_it_started(
+        edge: EdgeSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or any error) in the post-fork hook after the store and Edge started: both
+    stop, so the interrupted process leaves no thread or stream behind."""
+    before = set(threading.enumerate())
+
+    def interrupted(*args: Any) -> None:
+        assert edge.wait_for_streams(1, 5)       # Edge and the store are running by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fh_prefork.workers.Publisher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fh_prefork.start_worker()
+    assert runtime.current_worker() is None
+    assert edge.wait_until(lambda: edge.open_streams == 0, 5)
+    wait_for(lambda: not (set(threading.enumerate()) - before), 5,
+             what="no thread left from the interrupted start")
+
+
 def test_store_none_keeps_the_lifecycle_without_shared_state(edge: EdgeSimulator) -> None:
     fh_prefork.configure(store="none")
     wait_for(lambda: flag_version() == 1, 5, what="flags from Edge only")
