@@ -80,6 +80,9 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         #: the ids Edge's stream says exist now: its last full list, plus the features it sent
         #: since, minus the ones it deleted (None until a full list arrived)
         self.edge_ids: set[str] | None = None
+        #: full lists Edge has sent this process: a list numbered N is evidence only about
+        #: features that existed before it arrived
+        self.edge_lists = 0
         #: seconds a held feature must stay missing from Edge's full lists to count as deleted
         self.absence_seconds = 10.0
         self._unlisted_since: dict[str, float] = {}   # id -> monotonic, first missing list
@@ -108,6 +111,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                 return
             with self._notify_lock:
                 if source == EDGE_SOURCE:
+                    self.edge_lists += 1
                     self.edge_ids = {item["id"] for item in data
                                      if isinstance(item, dict) and isinstance(item.get("id"), str)}
                 applied = [f for f in (self._apply_one(item, source) for item in data) if f]
@@ -163,10 +167,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if gone is not None:
                 self._tell("delete_feature", gone, source)
 
-    def edge_view(self) -> frozenset[str] | None:
-        """A copy of :attr:`edge_ids` (None before Edge's first full list)."""
+    def edge_view(self) -> tuple[frozenset[str], int] | None:
+        """A copy of :attr:`edge_ids` and the number of the list it starts from (None before
+        Edge's first full list)."""
         with self._notify_lock:
-            return None if self.edge_ids is None else frozenset(self.edge_ids)
+            return None if self.edge_ids is None else (frozenset(self.edge_ids), self.edge_lists)
 
     def tombstones(self) -> ts.Tombstones:
         """The deletions this process remembers (a copy)."""

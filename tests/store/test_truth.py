@@ -203,17 +203,51 @@ def test_a_store_feature_a_connected_edge_stream_never_lists_is_deleted_after_th
     and the leader, which never held it, hears no delete for it. Only the leader's Edge
     stream, which does not list it, says it is gone."""
     leader_cfg, follower_cfg = make_config(), make_config()
-    leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
-    connected = [True]
-    leader.edge_live = lambda: connected[0]
-    repo_of(leader_cfg).notify("features", [feat(k, v) for k, v in FIVE.items() if k != "F4"])
     follower = make_store(follower_cfg, refresh_timeout=0.05)
     repo_of(follower_cfg).notify("features", five(), source="replayed-earlier")
     assert follower.flush(2.0)
+    leader = make_store(leader_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    connected = [True]
+    leader.edge_live = lambda: connected[0]
+    assert held(leader_cfg) == FIVE          # replayed from the store before Edge answered
+    repo_of(leader_cfg).notify("features", [feat(k, v) for k, v in FIVE.items() if k != "F4"])
     expected = {k: v for k, v in FIVE.items() if k != "F4"}
     wait_for(lambda: stored(leader) == expected and held(follower_cfg) == expected
              and held(leader_cfg) == expected, 5, what="F4 gone from the store and the follower")
     assert "id-F4" in stored_tombstones(leader)
+
+
+def test_a_feature_pushed_to_one_stream_only_is_deleted_by_no_other_stream(
+        make_store: StoreFactory) -> None:
+    """SSE: Edge's create reaches A's stream, and B's stream lags or missed it. B's stream is
+    up and silent about NEW, but its full list came before NEW existed: that silence is no
+    evidence, so NEW lives on everywhere (in every process and the store), past the grace.
+    Only a full list that arrives after NEW was stored, and lacks it, judges it."""
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    b = make_store(b_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    a.edge_live = b.edge_live = lambda: True        # both streams connected
+    repo_of(a_cfg).notify("features", five())
+    repo_of(b_cfg).notify("features", five())
+    assert a.flush(2.0) and b.flush(2.0)
+    repo_of(a_cfg).notify("feature", feat("NEW", 1))  # pushed down A's stream only
+    assert a.flush(2.0)
+    expected = {**FIVE, "NEW": 1}
+    wait_for(lambda: held(b_cfg) == expected, 3, what="NEW reaches B through the store")
+    time.sleep(0.6)   # past the grace: the old judge deleted NEW fleet-wide by now
+    assert a.refresh(2.0) and b.refresh(2.0) and a.refresh(2.0) and b.refresh(2.0)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+    assert "id-NEW" not in stored_tombstones(a)
+    repo_of(b_cfg).notify("feature", feat("NEW", 1))  # B's stream catches up: nothing changes
+    assert b.refresh(2.0)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+
+    # NEW deleted on Edge while no stream heard it: both streams reconnect, their lists lack it
+    repo_of(a_cfg).notify("features", five())
+    repo_of(b_cfg).notify("features", five())
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == FIVE, 5,
+             what="NEW deleted everywhere once lists made after it was stored lack it")
+    assert "id-NEW" in stored_tombstones(a)
 
 
 def test_a_poll_behind_a_peers_deletes_nothing_the_peer_saw_created(
