@@ -446,7 +446,7 @@ def _log_start(worker: Worker, how: str) -> None:
     cfg = worker.settings
     store = worker.store.status() if worker.store is not None else None
     log.info("fh_prefork: worker %d started by %s: store %s (%s), edge %s, mode %s", worker.pid,
-             how, cfg.store, f"{store['features']} feature(s)" if store else worker.store_error,
+             how, cfg.store_display, f"{store['features']} feature(s)" if store else worker.store_error,
              cfg.edge, cfg.edge_mode)
 
 

@@ -92,6 +92,20 @@ def test_a_worker_interrupted_while_starting_stops_what_it_started(
              what="no thread left from the interrupted start")
 
 
+def test_a_store_password_reaches_neither_the_start_line_nor_status(
+        edge: EdgeSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    from fh_prefork.testing.cluster import free_port
+
+    fh_prefork.configure(store=f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0")
+    with caplog.at_level(logging.DEBUG, logger="fh_prefork"):
+        fh_prefork.start_worker()
+        status = json.dumps(fh_prefork.status())
+    assert "worker" in caplog.text and "started by" in caplog.text
+    assert ":***@" in caplog.text          # the start line names the store, redacted
+    assert "s3cret-pw" not in caplog.text and "s3cret-pw" not in status
+
+
 def test_store_none_keeps_the_lifecycle_without_shared_state(edge: EdgeSimulator) -> None:
     fh_prefork.configure(store="none")
     wait_for(lambda: flag_version() == 1, 5, what="flags from Edge only")
