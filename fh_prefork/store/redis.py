@@ -352,7 +352,8 @@ class RedisBackend:
     def notifier(self, wake: Wake) -> RedisNotifier:
         """A subscriber to this store's channel on a client of its own; ``wake(full)`` runs
         on its thread (the store thread's client is never touched from there)."""
-        return RedisNotifier(self._notifier_client, self.channel, wake)
+        return RedisNotifier(self._notifier_client, self.channel, wake,
+                             owns_client=not (self._given and self.cluster))
 
     def _notifier_client(self) -> Any:
         given: Any = self._client_or_factory
@@ -414,8 +415,10 @@ class RedisNotifier:
     POLL = 0.2          # s, longest blocking read: bounds how long close() waits
     BACKOFF_MAX = 5.0   # s
 
-    def __init__(self, connect: Callable[[], Any], channel: str, wake: Wake) -> None:
+    def __init__(self, connect: Callable[[], Any], channel: str, wake: Wake, *,
+                 owns_client: bool = True) -> None:
         self._connect = connect
+        self._owns_client = owns_client   # False: the application's own client, not ours
         self._client: Any = None
         self._channel = channel
         self._wake = wake
@@ -439,6 +442,17 @@ class RedisNotifier:
         return pubsub
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:  # the thread owns the client it made: closed by it, never under it
+            client, self._client = self._client, None
+            if client is not None and self._owns_client:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+
+    def _listen(self) -> None:
         delay = 0.05
         first = True
         while not self._stop.is_set():
@@ -494,11 +508,6 @@ class RedisNotifier:
     def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "reconnects": self.reconnects,
                 "messages": self.messages, "last_error": self.last_error}
-        if not self._thread.is_alive() and self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
 
 
 class RedisSessionStore(SessionStore):
