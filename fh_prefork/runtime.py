@@ -322,7 +322,9 @@ def stop_worker(timeout: float = 2.0) -> None:
 #: at once; only a raw fork that ran no hook at all (and no post-fork hook of ours) is
 #: caught by comparing pids, which costs a system call that can cost more than the flag
 #: read itself: so it is made every 64th read. Until then a raw-forked child reads its copy
-#: of the parent's flags (memory only, no I/O).
+#: of the parent's flags (memory only, no I/O). A copy of a dormant master's runtime (uWSGI
+#: without fork hooks, flags read at import) is checked on every read: it never connects,
+#: so its flags would never change.
 PID_CHECK_EVERY = 64
 _reads = 0
 
@@ -343,7 +345,8 @@ def worker() -> Worker:
     global _reads
     current = _current
     _reads += 1
-    if current is None or (not _reads % PID_CHECK_EVERY and current.pid != os.getpid()):
+    if current is None or ((current.role == MASTER or not _reads % PID_CHECK_EVERY)
+                           and current.pid != os.getpid()):
         current = _start_lazily()
     return current
 
@@ -358,7 +361,8 @@ def context() -> ClientContext:
     global _reads
     current = _current
     _reads += 1
-    if current is None or (not _reads % PID_CHECK_EVERY and current.pid != os.getpid()):
+    if current is None or ((current.role == MASTER or not _reads % PID_CHECK_EVERY)
+                           and current.pid != os.getpid()):
         current = _start_lazily()
     return ClientEvalFeatureContext(current.repository, current.edge_service)
 
@@ -445,9 +449,9 @@ def _is_prefork_master(server: str) -> bool:
 def _log_start(worker: Worker, how: str) -> None:
     cfg = worker.settings
     store = worker.store.status() if worker.store is not None else None
+    held = f"{store['features']} feature(s)" if store else worker.store_error
     log.info("fh_prefork: worker %d started by %s: store %s (%s), edge %s, mode %s", worker.pid,
-             how, cfg.store_display, f"{store['features']} feature(s)" if store else worker.store_error,
-             cfg.edge, cfg.edge_mode)
+             how, cfg.store_display, held, cfg.edge, cfg.edge_mode)
 
 
 def _reset_if_forked() -> None:
