@@ -16,6 +16,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -172,9 +173,17 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conns: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._pool = self._new_pool()
+        self._pool: urllib3.HTTPConnectionPool | None = None   # made on the Edge thread
 
     def _new_pool(self) -> urllib3.HTTPConnectionPool:
+        """The connection pool, made by the Edge thread at its first request.
+
+        For https it carries an SSLContext made there too: under gevent that
+        is the patched ``ssl``'s (urllib3, imported in the master before the
+        patch, would make the unpatched one, and its handshake recurses until
+        RecursionError), and loading the CA store (about 70 ms) stays out of
+        the post-fork hook.
+        """
         parsed = urllib3.util.parse_url(self._edge_url)
         kwargs: dict[str, Any] = {
             "timeout": self._timeout,
@@ -184,7 +193,9 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             "fh_tracker": self._track,
         }
         if parsed.scheme == "https":
-            https = urllib3.HTTPSConnectionPool(parsed.host or "", parsed.port, **kwargs)
+            https = urllib3.HTTPSConnectionPool(parsed.host or "", parsed.port,
+                                                ssl_context=ssl.create_default_context(),
+                                                **kwargs)
             https.ConnectionCls = _TrackedHTTPSConnection
             return https
         pool = urllib3.HTTPConnectionPool(parsed.host or "", parsed.port, **kwargs)
@@ -226,7 +237,8 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                             self._name, timeout)
         if not already:
             self._set_state("closed", logging.DEBUG, "fh_prefork: Edge connection closed")
-            self._pool.close()
+            if self._pool is not None:
+                self._pool.close()
 
     def client_evaluated(self) -> bool:
         return self._client_evaluated
@@ -380,6 +392,8 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
     def _request(self, path: str, headers: dict[str, str], preload: bool) -> Any:
         if self._stop.is_set():
             raise RuntimeError("closed")
+        if self._pool is None:
+            self._pool = self._new_pool()
         return self._pool.urlopen(
             "GET",
             path,

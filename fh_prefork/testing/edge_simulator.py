@@ -25,6 +25,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -358,7 +359,11 @@ class EdgeSimulator:
         port: int = 0,
         *,
         keepalive_interval: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a server-side context, to serve https; its certificate must name
+        ``localhost``, the host :attr:`url` then gives."""
+        self._tls = tls
         self._api_keys = None if api_keys is None else list(api_keys)
         self._host = host
         self._port = port
@@ -414,6 +419,8 @@ class EdgeSimulator:
     @property
     def url(self) -> str:
         """Edge base URL with the trailing slash the SDK expects."""
+        if self._tls is not None:
+            return f"https://localhost:{self._port}/"
         return f"http://{self._host}:{self._port}/"
 
     def _listen(self) -> None:
@@ -421,6 +428,8 @@ class EdgeSimulator:
             if self._server is not None:
                 return
             server = _Server((self._host, self._port), _Handler)
+            if self._tls is not None:
+                server.socket = self._tls.wrap_socket(server.socket, server_side=True)
             server.sim = self
             self._port = int(server.server_address[1])
             self._server = server

@@ -14,6 +14,8 @@ fh_prefork).
 from __future__ import annotations
 
 import re
+import shutil
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.hardening.tls import make_pki
 from tests.support.procs import wait_for
 from tests.support.servers import versions
 
@@ -96,3 +99,30 @@ def test_gevent_workers_converge_green_and_exit_clean(
           f"{', '.join(f'{spent * 1000:.0f} ms' for _, spent in hooks)}; from it to the "
           f"process gone {', '.join(f'{e * 1000:.0f} ms' for e in exits)}")
     assert max(spent for _, spent in hooks) < 0.25, hooks
+
+
+def test_gevent_workers_reach_an_https_edge(server_env: dict[str, str], tmp_path: Path) -> None:
+    """Production Edge is https. A worker makes its TLS context on its Edge greenlet, after
+    gevent patched: urllib3's own, from the master's unpatched ``ssl``, recursed in the
+    handshake until RecursionError, and the worker never connected."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a CA")
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.server_cert, pki.server_key)
+    with EdgeSimulator(keepalive_interval=1.0, tls=tls) as https_edge:
+        https_edge.set_features([make_feature("FLAG", True, 1)])
+        env = {**server_env, **ENV, "FEATUREHUB_EDGE_URL": https_edge.url,
+               "SSL_CERT_FILE": str(pki.ca), "FH_PREFORK_STORE": f"file://{tmp_path}/store"}
+        cluster = GeventCluster("gunicorn", 2, env, log_dir=str(tmp_path)).start()
+        try:
+            assert https_edge.wait_for_streams(2, timeout=10), cluster.log_text()[-3000:]
+            wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags over https")
+            https_edge.push_feature(make_feature("FLAG", False, 2))
+            wait_for(lambda: set(versions(cluster).values()) == {2}, 5, what="an https update")
+            for status in cluster.statuses().values():
+                assert status["edge_state"] == "connected", status
+        finally:
+            cluster.stop()
+    assert "maximum recursion depth" not in cluster.log_text()
