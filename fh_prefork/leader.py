@@ -233,7 +233,7 @@ class Election:
                 "terms": self.terms,
                 "role_changes": self.changes,
                 "failures": self._failures,
-                "fallback_reason": self.fallback_reason if self.role == "fallback" else None,
+                "fallback_reason": self.fallback_reason if self.role == FALLBACK else None,
                 "last_error": self._last_error,
             }
 

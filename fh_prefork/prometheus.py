@@ -36,6 +36,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from prometheus_client import multiprocess as _multiprocess
 
+from .leader import LEADER as LEADER_ROLE
+
 __all__ = ["Exporter", "mark_dead"]
 
 PERIOD = 1.0
@@ -91,7 +93,7 @@ class Exporter:
         if last is not None:
             REFRESH_AGE.set(max(0.0, time.time() - float(last)))
         EDGE_CONNECTED.set(1 if edge.get("state") == "connected" else 0)
-        LEADER.set(1 if status.get("role") == "leader" else 0)
+        LEADER.set(1 if status.get("role") == LEADER_ROLE else 0)
         FEATURES.set(int(status.get("features") or 0))
         return PERIOD
 
