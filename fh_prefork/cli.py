@@ -276,8 +276,29 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def inspect_server(master_pid: int, timeout: float = 1.0) -> dict[str, Any]:
-    """Every live worker of a gunicorn or uWSGI master, and whether each agrees with its store."""
+def describe_store(url: str) -> str:
+    """A store URL as logs and status show it: a Redis password masked."""
+    from .store.redis import describe_url, is_redis_url
+
+    return describe_url(url) if is_redis_url(url) else url
+
+
+def _master_store(master: psutil.Process) -> str | None:
+    """FH_PREFORK_STORE as the master has it: the URL with its password, which records mask."""
+    try:
+        return master.environ().get("FH_PREFORK_STORE")
+    except psutil.Error:
+        return None
+
+
+def inspect_server(master_pid: int, timeout: float = 1.0,
+                   store: str | None = None) -> dict[str, Any]:
+    """Every live worker of a gunicorn or uWSGI master, and whether each agrees with its store.
+
+    ``store``: the store URL to compare with, for a store whose password the
+    workers' records mask (default: ``FH_PREFORK_STORE`` in the master's
+    environment, when it can be read).
+    """
     from . import workers
 
     try:
@@ -286,16 +307,22 @@ def inspect_server(master_pid: int, timeout: float = 1.0) -> dict[str, Any]:
     except psutil.Error as err:
         return {"master_pid": master_pid, "workers": [], "healthy": False,
                 "problems": [f"no such process: {err}"], "exit_code": EXIT_UNREACHABLE}
-    records = workers.read_server(master_pid)
+    records, silent = workers.read_server(master_pid)
     report: dict[str, Any] = {"master_pid": master_pid, "command": title, "workers": records,
-                              "stores": {}, "problems": []}
+                              "silent": silent, "stores": {}, "problems": []}
+    unmasked = store or _master_store(master)
     now = time.time()
     for record in records:
-        if record.get("missing"):
-            report["problems"].append(f"worker {record['pid']} has published no status "
-                                      "(fh_prefork not started there, or just starting)")
-            continue
-        store_key = (str(record.get("store")), str(record.get("environment_id")),
+        url = str(record.get("store"))
+        if ":***@" in url:
+            if unmasked is None or describe_store(unmasked) != url:
+                report["problems"].append(
+                    f"worker {record['pid']}'s store {url} has a masked password: pass "
+                    "--store with the full URL to compare with it")
+                record["agrees"] = None
+                continue
+            url = unmasked
+        store_key = (url, str(record.get("environment_id")),
                      str(record.get("prefix") or "featurehub"))
         if store_key not in report["stores"]:
             report["stores"][store_key] = _store_fingerprint(*store_key, timeout=timeout)
@@ -308,8 +335,11 @@ def inspect_server(master_pid: int, timeout: float = 1.0) -> dict[str, Any]:
                                       f"{str(record.get('fingerprint'))[:12]}, the store "
                                       f"{str(stored)[:12]}")
     if not records:
-        report["problems"].append(f"process {master_pid} has no live workers")
-    report["stores"] = {f"{k[0]} {k[2]}_{k[1]}": v for k, v in report["stores"].items()}
+        report["problems"].append(f"process {master_pid} has no live worker publishing its "
+                                  "status" + (f" ({len(silent)} child process(es) publish none: "
+                                              "fh_prefork not started there)" if silent else ""))
+    report["stores"] = {f"{describe_store(k[0])} {k[2]}_{k[1]}": v
+                        for k, v in report["stores"].items()}
     report["healthy"] = not report["problems"]
     report["exit_code"] = EXIT_OK if report["healthy"] else (
         EXIT_UNREACHABLE if not records else EXIT_UNHEALTHY)
@@ -340,11 +370,14 @@ def format_server(report: dict[str, Any]) -> str:
         rows.append((str(r["pid"]), str(r.get("role")), str(r.get("edge_state") or "-"),
                      "-" if age is None else f"{age:.1f} s ago", str(r.get("features", "-")),
                      str(r.get("fingerprint") or "-")[:12],
-                     "agrees" if r.get("agrees") else "DIFFERS"))
+                     {True: "agrees", None: "unknown"}.get(r.get("agrees"), "DIFFERS")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out.append("")
     out += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in rows]
+    if report.get("silent"):
+        out.append(f"  no status from child process(es) {', '.join(map(str, report['silent']))}"
+                   ": not a worker (uWSGI's HTTP router), or fh_prefork not started there")
     for problem in report["problems"]:
         out.append(f"problem: {problem}")
     return "\n".join(out) + "\n"
@@ -352,7 +385,7 @@ def format_server(report: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.server is not None:
-        server = inspect_server(args.server, timeout=args.timeout)
+        server = inspect_server(args.server, timeout=args.timeout, store=args.store)
         if args.json:
             print(json.dumps(server, default=str, sort_keys=True))
         else:
@@ -423,8 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "or unreadable, 2 bad arguments or settings, 3 reachable but empty, "
                     "inconsistent or holding junk.")
     p.add_argument("--store", metavar="URL",
-                   help="memcache://host:port[,host:port] or file:///folder "
-                        "(default: $FH_PREFORK_STORE, else the embedded default store)")
+                   help="memcache://host:port[,host:port], redis://..., file:///folder "
+                        "(default: $FH_PREFORK_STORE, else the embedded default store; with "
+                        "--server: the store to compare with when records mask a password, "
+                        "default the master's $FH_PREFORK_STORE)")
     p.add_argument("--api-key", metavar="KEY",
                    help="client-evaluated API key; names the environment "
                         "(default: $FEATUREHUB_API_KEY)")

@@ -87,18 +87,53 @@ class Publisher:
             pass
 
 
-def read_server(master_pid: int, base: Path | None = None) -> list[dict[str, Any]]:
-    """The records of ``master_pid``'s live workers, by pid (a dead worker's record is skipped)."""
+def server_folder(master_pid: int) -> Path | None:
+    """Where ``master_pid``'s workers write their records, found as they would find it.
+
+    The folder follows the server's environment and user, not the caller's:
+    ``$XDG_RUNTIME_DIR`` as the master has it, the master's uid, and the
+    private folder a worker falls back to when the usual one was taken.
+    Nothing is created. None when no such folder exists (or the master's
+    environment cannot be read, e.g. another user's server without root).
+    """
+    try:
+        master = psutil.Process(master_pid)
+        uid = master.uids().effective
+        runtime = master.environ().get("XDG_RUNTIME_DIR")
+    except psutil.Error:
+        return None
+    usual = [Path(runtime) / "fh-prefork"] if runtime else []
+    usual += [Path("/dev/shm") / f"fh-prefork-{uid}",
+              Path(tempfile.gettempdir()) / f"fh-prefork-{uid}"]
+    for folder in usual:
+        try:
+            beside = sorted(p for p in folder.parent.iterdir()
+                            if p.name.startswith(f"{folder.name}-"))
+        except OSError:
+            beside = []
+        for candidate in (folder, *beside):
+            if records_folder(master_pid, candidate).is_dir():
+                return records_folder(master_pid, candidate)
+    return None
+
+
+def read_server(master_pid: int, base: Path | None = None
+                ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of ``master_pid``'s live workers, by pid, and the live children that have
+    none (a worker where fh_prefork has not started, or a child that is no worker at all,
+    such as uWSGI's HTTP router). A dead worker's record is skipped."""
     try:
         live = {c.pid for c in psutil.Process(master_pid).children()
                 if c.status() != psutil.STATUS_ZOMBIE}
     except psutil.Error:
         live = set()
-    out = []
+    folder = records_folder(master_pid, base) if base is not None else server_folder(master_pid)
+    records, silent = [], []
     for pid in sorted(live):
-        path = records_folder(master_pid, base) / f"{pid}.json"
         try:
-            out.append(json.loads(path.read_text()))
+            if folder is None:
+                raise FileNotFoundError(pid)
+            records.append(json.loads((folder / f"{pid}.json").read_text()))
         except (OSError, ValueError):
-            out.append({"pid": pid, "role": "unknown", "missing": True})
-    return out
+            silent.append(pid)
+    return records, silent

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
+import pytest
 
-from fh_prefork.testing.cluster import Cluster
+from fh_prefork.testing.cluster import Cluster, free_port
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.procs import wait_for
 from tests.support.servers import versions
@@ -74,28 +80,77 @@ def test_forgotten_hooks_leave_the_master_dormant_and_say_what_to_add(
     assert "[WARNING]" in hints[0] or "WARNING" in hints[0]
 
 
+@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi-with-http-router"])
 def test_status_of_a_whole_server_lists_every_worker_and_agreement(
-        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+        start_cluster: StartCluster, edge: EdgeSimulator, tmp_path: Path, kind: str) -> None:
+    """Asked from an operator's shell, not the server's: another XDG_RUNTIME_DIR and no
+    FH_PREFORK_* settings. The records are found as the server's workers wrote them, and a
+    child that is no worker (uWSGI's HTTP router) is listed, not counted as a failure."""
+    server_runtime, operator_runtime = tmp_path / "server-run", tmp_path / "operator-run"
+    server_runtime.mkdir(mode=0o700)
+    operator_runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(server_runtime)}
+    if kind == "gunicorn":
+        cluster = start_cluster("gunicorn", 3, env=env)
+    else:   # process titles tell the router ("uWSGI http 1") from the workers
+        cluster = start_cluster("uwsgi", 3, ("--http", f"127.0.0.1:{free_port()}",
+                                             "--auto-procname"), env=env)
+    children = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(cluster.master_pid).children()}
+    workers = {pid for pid, title in children.items()
+               if kind == "gunicorn" or "uWSGI worker" in title}
+    assert len(workers) == 3, children
 
-    cluster = start_cluster("gunicorn", 3)
-    wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags everywhere")
+    def served() -> bool:
+        answers = cluster.sample("/flags?key=FLAG", pids=sorted(workers))
+        return {a["flags"]["FLAG"]["version"] for a in answers.values()} == {1}
+
+    wait_for(served, 10, what="flags everywhere")
     cli = [str(Path(sys.executable).parent / "fh-prefork"), "status", "--server",
            str(cluster.master_pid)]
+    operator_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("FH_PREFORK_", "FEATUREHUB_"))}
+    operator_env["XDG_RUNTIME_DIR"] = str(operator_runtime)
 
     def report() -> dict | None:
         run = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30,
-                             env=cluster.env)
+                             env=operator_env)
         answer = json.loads(run.stdout)
         connected = all(w.get("edge_state") == "connected" for w in answer["workers"])
         return answer if run.returncode == 0 and connected else None  # records: once a second
 
     answer = wait_for(report, 10, what="every worker published and agrees with the store")
-    assert {w["pid"] for w in answer["workers"]} == set(cluster.worker_pids())
+    assert {w["pid"] for w in answer["workers"]} == workers
     assert all(w["agrees"] and w["edge_state"] == "connected" for w in answer["workers"])
-    text = subprocess.run(cli, capture_output=True, text=True, timeout=30, env=cluster.env)
+    assert set(answer["silent"]) == set(children) - workers
+    assert answer["silent"] if kind != "gunicorn" else not answer["silent"]
+    assert not any(operator_runtime.iterdir()), "a reading tool creates nothing"
+    text = subprocess.run(cli, capture_output=True, text=True, timeout=30, env=operator_env)
     assert text.returncode == 0 and text.stdout.count("agrees") == 3, text.stdout
     print(text.stdout)
+
+
+def test_status_of_a_server_whose_store_url_has_a_password(
+        start_cluster: StartCluster, edge: EdgeSimulator, tmp_path: Path) -> None:
+    """Records mask the password; the command compares with the store as the master names
+    it (its environment), or says to pass --store, and prints the password nowhere."""
+    pytest.importorskip("redis")
+    from tests.support.redis import Redis
+
+    with Redis(password="s3cret-pw") as redis_server:
+        cluster = start_cluster("gunicorn", 2, env={"FH_PREFORK_STORE": redis_server.url})
+        wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags everywhere")
+        cli = [str(Path(sys.executable).parent / "fh-prefork"), "status", "--server",
+               str(cluster.master_pid), "--json"]
+        operator_env = {k: v for k, v in os.environ.items()
+                        if not k.startswith(("FH_PREFORK_", "FEATUREHUB_"))}
+
+        def report() -> dict | None:
+            run = subprocess.run(cli, capture_output=True, text=True, timeout=30,
+                                 env=operator_env)
+            assert "s3cret-pw" not in run.stdout + run.stderr
+            answer = json.loads(run.stdout)
+            return answer if run.returncode == 0 and len(answer["workers"]) == 2 else None
+
+        answer = wait_for(report, 10, what="both workers agree with the password store")
+        assert all(w["agrees"] for w in answer["workers"])
+        assert all(":***@" in w["store"] for w in answer["workers"])
