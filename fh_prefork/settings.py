@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verify_every", "FH_PREFORK_VERIFY_EVERY", _count, "12",
             "a full read every N refreshes even when the fingerprint says nothing changed: "
             "bounds how long a stale or foreign-overwritten store goes unhealed"),
+    Setting("edge_absence_seconds", "FH_PREFORK_EDGE_ABSENCE_SECONDS", _positive_float, "10",
+            "a feature Edge's full lists (or a connected SSE stream, for what was stored "
+            "before its list) keep lacking this long was deleted while no stream heard it"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
     Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _whole_seconds, "30",
@@ -195,6 +198,7 @@ class Settings:
     refresh_seconds: float
     refresh_jitter: float
     verify_every: int
+    edge_absence_seconds: float
     edge: str
     poll_interval: float
     edge_backoff_max: float
@@ -212,7 +216,8 @@ class Settings:
     def store_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"prefix": self.prefix, "refresh_timeout": self.refresh_seconds,
                                 "refresh_jitter": self.refresh_jitter,
-                                "verify_every": self.verify_every}
+                                "verify_every": self.verify_every,
+                                "edge_absence_seconds": self.edge_absence_seconds}
         if self.store.startswith("memcache://"):
             opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
         if is_redis_url(self.store):

@@ -34,7 +34,7 @@ from pymemcache.client.base import Client
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.memcached import Memcached
-from tests.support.procs import wait_for
+from tests.support.procs import hold_for, wait_for
 from tests.support.redis import Redis
 from tests.support.servers import fh_log_lines
 from tests.support.state import State, decode_state, describe, edge_state, worker_states
@@ -43,7 +43,6 @@ from .whole_state import (
     StoreReader,
     data_key,
     file_reader,
-    hold_for,
     many_features,
     memcached_reader,
     redis_reader,
@@ -62,7 +61,13 @@ SLACK = 3.0
 BOUND = 2 * REFRESH * 1.2 + SLACK
 #: leader mode may have to elect again (the lease went with the data): ttl, a refresh, slack
 LEADER_BOUND = math.ceil(TTL) + 2 * REFRESH * 1.2 + SLACK
-FAST = {"FH_PREFORK_REFRESH_SECONDS": str(REFRESH)}
+#: Edge-absence grace and verify reads short enough that a state is checked past both:
+#: one that agrees for a moment and is then judged away by a worker is no convergence
+ABSENCE, VERIFY_EVERY = 1.0, 3
+FAST = {"FH_PREFORK_REFRESH_SECONDS": str(REFRESH),
+        "FH_PREFORK_EDGE_ABSENCE_SECONDS": str(ABSENCE),
+        "FH_PREFORK_VERIFY_EVERY": str(VERIFY_EVERY)}
+STAY = ABSENCE + VERIFY_EVERY * REFRESH * 1.2 + 0.5
 LEADER = {"FH_PREFORK_EDGE_MODE": "leader", "FH_PREFORK_LEASE_SECONDS": str(TTL)}
 
 
@@ -175,7 +180,7 @@ def test_emptied_store_then_one_update_keeps_every_feature(
 
     wait_converged(edge, cluster, store, LEADER_BOUND if mode == "leader" else BOUND,
                    f"{how} ({mode} mode), then one update to one stream",
-                   never_lose=held_keys(before))
+                   never_lose=held_keys(before), stay=STAY)
 
 
 # -- b. a delete that waited while memcached was down ----------------------------------------
@@ -208,7 +213,7 @@ def test_delete_pending_while_memcached_was_down_deletes_only_that_feature(
 
     states = wait_converged(edge, cluster, store, BOUND,
                             f"memcached back empty with the delete of {gone['key']} pending",
-                            never_lose=held_keys(before))
+                            never_lose=held_keys(before), stay=STAY)
     assert all(gone["key"] not in s for s in states.values())
 
 
@@ -286,7 +291,7 @@ def test_stopped_node_of_three_comes_back_without_rollback_or_deletion(
 
         new = add_worker(cluster)
         wait_converged(edge, cluster, store, BOUND, f"new worker {new} and the rest",
-                       workers=WORKERS + 1)
+                       workers=WORKERS + 1, stay=STAY)
     finally:
         for node in nodes:  # stopped by pid; a SIGSTOPped one was SIGCONTed above
             node.stop()
@@ -328,7 +333,7 @@ def test_deleted_feature_does_not_come_back(
 
     new = add_worker(cluster)
     states = wait_converged(edge, cluster, store, BOUND, f"{how}: new worker {new}",
-                            workers=WORKERS + 1)
+                            workers=WORKERS + 1, stay=STAY)
     assert gone["key"] not in states[new]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.support.procs import hold_for
 from tests.support.state import (
     State,
     converged,
@@ -86,14 +87,30 @@ def losses(expected: State, workers: Mapping[int, State],
 def wait_converged(edge: EdgeSimulator, cluster: Cluster | list[Cluster], store: StoreReader,
                    timeout: float, what: str, *, workers: int | None = None,
                    never_lose: Mapping[int, Collection[str]] | None = None,
-                   interval: float = 0.1) -> dict[int, State]:
+                   interval: float = 0.1, stay: float = 0.0) -> dict[int, State]:
     """Wait (bounded) until every worker and the store hold exactly Edge's state.
 
     ``workers``: how many workers must answer (default: the cluster's size), so
     an empty or half-started cluster cannot converge vacuously.
     ``never_lose``: pid -> keys that worker held before the fault; the wait
     fails at once if one of them goes missing while Edge still has it.
+    ``stay``: once agreed, wait this long and require the agreement again: a
+    state that agrees for a moment and is then judged away is no convergence
+    (pass ``STAY``: the Edge-absence grace and a verify read).
     """
+    states = _converge(edge, cluster, store, timeout, what, workers, never_lose, interval)
+    if stay <= 0:
+        return states
+    hold_for(stay)
+    return _converge(edge, cluster, store, max(5.0, stay), f"{what}, still {stay:.1f} s later",
+                     workers, never_lose or {pid: list(s) for pid, s in states.items()},
+                     interval)
+
+
+def _converge(edge: EdgeSimulator, cluster: Cluster | list[Cluster], store: StoreReader,
+              timeout: float, what: str, workers: int | None,
+              never_lose: Mapping[int, Collection[str]] | None,
+              interval: float) -> dict[int, State]:
     clusters = cluster if isinstance(cluster, list) else [cluster]
     wanted = workers if workers is not None else sum(c.workers for c in clusters)
     deadline = time.monotonic() + timeout
@@ -123,14 +140,6 @@ def wait_converged(edge: EdgeSimulator, cluster: Cluster | list[Cluster], store:
             raise AssertionError(f"{what}: not converged to Edge's {len(expected)} features "
                                  f"within {timeout:.1f} s:\n{last}")
         time.sleep(interval)  # polling interval of a bounded wait
-
-
-def hold_for(seconds: float) -> None:
-    """Let ``seconds`` of wall time pass (bounded by definition): a period the store must
-    survive, e.g. a verify period, before the state is checked again."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
 def short_verify_env() -> dict[str, str]:

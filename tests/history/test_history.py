@@ -66,6 +66,7 @@ from tests.history.schedule import (
 )
 from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.memcached import Memcached
+from tests.support.procs import hold_for
 from tests.support.redis import Redis
 from tests.support.servers import fh_log_lines
 from tests.support.state import (
@@ -95,6 +96,11 @@ SETTLE_BOUND = 8.0
 TTOU_BOUND = 15.0          # gunicorn's graceful timeout is 10 s
 QUIESCE_BOUND = 30.0
 POLL = 0.2
+#: Edge-absence grace the workers run with (FH_PREFORK_EDGE_ABSENCE_SECONDS), and how long an
+#: agreement must then last: the grace plus a full verify read (12 refreshes), with slack. A
+#: state that agrees for a moment and is then judged away by a worker is no convergence.
+ABSENCE = 1.0
+STAY = ABSENCE + 12 * REFRESH * 1.2 + 0.5
 
 #: Seeds CI runs for every backend x mode (together they use every step kind of both
 #: backends: test_ci_seeds_cover_every_step_kind).
@@ -358,7 +364,8 @@ def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
     edge.set_features(schedule.initial_features())
     env = {"FH_PREFORK_STORE": store.url, "FH_PREFORK_EDGE_MODE": mode,
            # a full read (verify) every 12 refreshes: every 3.6 s, well inside QUIESCE_BOUND
-           "FH_PREFORK_REFRESH_SECONDS": str(REFRESH)}
+           "FH_PREFORK_REFRESH_SECONDS": str(REFRESH),
+           "FH_PREFORK_EDGE_ABSENCE_SECONDS": str(ABSENCE)}
     if mode == "leader":
         env["FH_PREFORK_LEASE_SECONDS"] = str(LEASE)
     cluster = start_cluster("gunicorn", schedule.workers, env=env)
@@ -391,6 +398,12 @@ def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
     assert edge_state(edge) == edge_after(schedule), "the Edge simulator lost track of the schedule"
     if took is None:
         pytest.fail(failure(f"did not converge within {QUIESCE_BOUND:g} s of quiescence"),
+                    pytrace=False)
+    hold_for(STAY)
+    history.note(f"held {STAY:.1f} s past convergence (absence grace and a verify read)")
+    if history.wait_converged(SETTLE_BOUND) is None:
+        pytest.fail(failure(f"converged, then lost the agreement within {STAY:.1f} s (the "
+                            f"{ABSENCE:g} s Edge-absence grace and a verify read)"),
                     pytrace=False)
     print(f"history {label}: {len(schedule.steps)} steps in {ran:.1f} s, "
           f"converged {took:.2f} s after quiescence, {history.workers} workers")

@@ -46,6 +46,14 @@ def wait_quiet(read: Callable[[], T], quiet: float, timeout: float,
     return value
 
 
+def hold_for(seconds: float) -> None:
+    """Let ``seconds`` of wall time pass (bounded by definition): a period the store must
+    survive, e.g. a verify period, before the state is checked again."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
