@@ -13,22 +13,27 @@ and points fh_prefork's settings at it, with a private embedded store in the
 test's ``tmp_path``: the application under test, in this process or in a
 server it starts with :attr:`FeatureHubFlags.env`, gets its flags the way it
 does in production (Edge stream, store, replay), not through a mock. ``set``
-and ``delete`` return once this process serves the change (when fh_prefork
-runs here); a server in a subprocess follows within milliseconds (its Edge
-streams) and :meth:`FeatureHubFlags.wait_served` can check it.
+and ``delete`` return once the change is served: by fh_prefork in this
+process, or, for a server in a subprocess, by what ``probe(key)`` answers
+(the version the server serves, e.g. from an endpoint of the app; None when
+it has none). Without a probe and with no fh_prefork here they return once
+Edge has the change, and a server follows within milliseconds (its streams).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .edge_simulator import EdgeSimulator
+
+#: ``probe(key)``: the version of ``key`` the application serves now (None: it has none).
+Probe = Callable[[str], int | None]
 
 #: A client-evaluated key of the simulator's environment ``tests``.
 API_KEY = "app-tests/tests/client*secret"
@@ -42,38 +47,47 @@ class FeatureHubFlags:
         #: environment for a server the test starts in a subprocess
         self.env = dict(env)
 
-    def set(self, key: str, value: Any, type: str | None = None,
-            timeout: float = 5.0) -> dict[str, Any]:
+    def set(self, key: str, value: Any, type: str | None = None, timeout: float = 5.0,
+            probe: Probe | None = None) -> dict[str, Any]:
         """Create or change a flag (type inferred from ``value`` unless given); the new state."""
         body: dict[str, Any] = {"key": key, "value": value}
         if type is not None:
             body["type"] = type
         feature: dict[str, Any] = self.edge.control_push(body)
-        self.wait_served(key, feature["version"], timeout)
+        self.wait_served(key, feature["version"], timeout, probe)
         return feature
 
-    def set_many(self, flags: Mapping[str, Any], timeout: float = 5.0) -> None:
+    def set_many(self, flags: Mapping[str, Any], timeout: float = 5.0,
+                 probe: Probe | None = None) -> None:
         for key, value in flags.items():
-            self.set(key, value, timeout=timeout)
+            self.set(key, value, timeout=timeout, probe=probe)
 
-    def delete(self, key: str, timeout: float = 5.0) -> None:
+    def delete(self, key: str, timeout: float = 5.0, probe: Probe | None = None) -> None:
         self.edge.delete_feature({"key": key})
-        self.wait_served(key, None, timeout)
+        self.wait_served(key, None, timeout, probe)
 
-    def wait_served(self, key: str, version: int | None, timeout: float = 5.0) -> None:
-        """Wait until this process serves ``key`` at ``version`` (None: deleted).
+    def wait_served(self, key: str, version: int | None, timeout: float = 5.0,
+                    probe: Probe | None = None) -> None:
+        """Wait until ``key`` is served at ``version`` (None: deleted), as ``probe(key)``
+        answers, else as fh_prefork in this process serves it.
 
-        Returns at once when fh_prefork is not running in this process.
+        Returns at once with no probe when fh_prefork is not running in this process.
         """
         from .. import runtime
 
-        worker = runtime.current_worker()
-        if worker is None:
-            return
+        if probe is None:
+            worker = runtime.current_worker()
+            if worker is None:
+                return
+            repository = worker.repository
+
+            def probe(key: str) -> int | None:
+                holder = repository.features.get(key)
+                return holder.get_version if holder is not None and holder.exists else None
+
         deadline = time.monotonic() + timeout
         while True:
-            holder = worker.repository.features.get(key)
-            held = holder.get_version if holder is not None and holder.exists else None
+            held = probe(key)
             if held == version:
                 return
             if time.monotonic() >= deadline:
