@@ -46,7 +46,7 @@ def _open(url: str, prefix: str, refresh: float, push: bool) -> tuple[Any, Any]:
 
 
 def _follower(index: int, url: str, prefix: str, refresh: float, push: bool, ready: Any,
-              out: Any, stop: Any) -> None:
+              out: Any, idle: Any, stop: Any) -> None:
     from ..listener import RawUpdateFeatureListener
 
     config, store = _open(url, prefix, refresh, push)
@@ -71,7 +71,12 @@ def _follower(index: int, url: str, prefix: str, refresh: float, push: bool, rea
             and time.monotonic() < deadline:
         time.sleep(0.01)  # bounded: a Redis subscriber confirming its subscription
     ready.release()
+    idle.wait(120)      # the updates are over: count what the store does while nothing changes
+    before, started = store.counters.as_dict(), time.monotonic()
     stop.wait(120)
+    after, seconds = store.counters.as_dict(), time.monotonic() - started
+    out.put(("idle", index, after["reads"] - before["reads"],
+             after["refreshes"] - before["refreshes"], seconds))
     store.close(flush_timeout=0)
 
 
@@ -83,21 +88,27 @@ class PushResult:
     refresh: float
     latencies: list[float] = field(default_factory=list)   # s, per update: the last follower
     missed: int = 0                                         # updates some follower never saw
+    idle_reads_per_min: float = float("nan")    # full reads per follower per minute, idle
+    idle_ticks_per_min: float = float("nan")    # refresh ticks (token checks) likewise
 
 
 def measure(url: str, backend: str, *, followers: int = 6, updates: int = 30,
             refresh: float = 5.0, push: bool = True, gap: float = 0.15,
-            bound: float | None = None) -> PushResult:
-    """Send ``updates`` updates through a leader; time until every follower applied each."""
+            bound: float | None = None, idle: float = 0.0) -> PushResult:
+    """Send ``updates`` updates through a leader; time until every follower applied each.
+
+    ``idle``: then let nothing change for that long and count what each
+    follower's store did meanwhile (with push on it should be the safety poll).
+    """
     prefix = f"push{os.getpid()}x{time.time_ns() % 10**10}"
     bound = bound if bound is not None else 2.5 * refresh + 2
     ctx = mp.get_context("spawn")
-    ready, stop, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    ready, quiet, stop, out = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
     config, leader = _open(url, prefix, refresh, push)
     config.repository().notify("features", [_feature(1)])
     assert leader.flush(5), "the leader could not write the first state"
     procs = [ctx.Process(target=_follower, name=f"push-{i}", daemon=True,
-                         args=(i, url, prefix, refresh, push, ready, out, stop))
+                         args=(i, url, prefix, refresh, push, ready, out, quiet, stop))
              for i in range(followers)]
     result = PushResult(backend, push, followers, refresh)
     try:
@@ -123,7 +134,20 @@ def measure(url: str, backend: str, *, followers: int = 6, updates: int = 30,
                 result.missed += 1
             else:
                 result.latencies.append(max(seen.values()) - sent)
+        if idle > 0:
+            quiet.set()
+            time.sleep(idle)    # the measured idle window itself
+            stop.set()
+            reads = ticks = seconds = 0.0
+            for _ in procs:
+                item = out.get(timeout=30)
+                while item[0] != "idle":     # a late update report
+                    item = out.get(timeout=30)
+                reads, ticks, seconds = reads + item[2], ticks + item[3], seconds + item[4]
+            result.idle_reads_per_min = 60 * reads / seconds
+            result.idle_ticks_per_min = 60 * ticks / seconds
     finally:
+        quiet.set()
         stop.set()
         for p in procs:
             p.join(timeout=10)

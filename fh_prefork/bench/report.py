@@ -628,6 +628,7 @@ def section_push(b: Bench) -> None:
 
     followers = 6
     push_updates, poll_updates = (10, 4) if b.quick else (40, 12)
+    idle = 3.0 if b.quick else 20.0     # s with nothing changing: what a store costs idle
     server: Any = None
     redis_url = b.redis_url
     if redis_url is None and redis_mod.available() and importlib.util.find_spec("redis"):
@@ -651,12 +652,14 @@ def section_push(b: Bench) -> None:
             _progress(f"push: {backend} {'push' if push else 'polling'}, refresh {refresh:g} s, "
                       f"{updates} updates")
             r = measure(url, backend, followers=followers, updates=updates, refresh=refresh,
-                        push=push)
+                        push=push, idle=idle)
             ms = [x * 1000 for x in r.latencies]
             rows.append({"backend": backend, "mode": "push" if push else "polling",
                          "refresh": refresh, "followers": followers, "updates": updates,
                          "p50": percentile(ms, 50), "p99": percentile(ms, 99),
-                         "max": max(ms) if ms else float("nan"), "missed": r.missed})
+                         "max": max(ms) if ms else float("nan"), "missed": r.missed,
+                         "idle_reads_per_min": round(r.idle_reads_per_min, 2),
+                         "idle_ticks_per_min": round(r.idle_ticks_per_min, 2)})
     finally:
         if server is not None:
             server.stop()
@@ -666,7 +669,9 @@ def section_push(b: Bench) -> None:
                  "serves it (leader mode, one host)",
                  [("backend", "backend"), ("mode", "mode"), ("refresh s", "refresh"),
                   ("followers", "followers"), ("updates", "updates"), ("p50 ms", "p50"),
-                  ("p99 ms", "p99"), ("max ms", "max"), ("missed", "missed")], rows))
+                  ("p99 ms", "p99"), ("max ms", "max"), ("missed", "missed"),
+                  ("idle reads/min", "idle_reads_per_min"),
+                  ("idle ticks/min", "idle_ticks_per_min")], rows))
 
 
 RUNNERS: dict[str, Callable[[Bench], None]] = {

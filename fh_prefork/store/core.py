@@ -156,7 +156,7 @@ class SessionStore(RawUpdateFeatureListener):
         #: the runtime, so the store can judge stored features by it (see _judge_by_edge)
         self.edge_live: Callable[[], bool] | None = None
         self._absent_since: dict[str, float] = {}   # id -> monotonic, absent from Edge since
-        self._stored_since_list: dict[str, int] = {}  # id -> Edge lists heard when first stored
+        self._known_since_list: dict[str, int] = {}  # id -> Edge lists heard when first known
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
@@ -551,28 +551,33 @@ class SessionStore(RawUpdateFeatureListener):
         store: a feature Edge's stream has not listed or sent for
         ``edge_absence_seconds`` while connected does not exist on Edge.
         (In poll mode the listener judges successive full lists instead.)
-        Only features this process saw stored before its stream's current full
-        list arrived are judged. Edge pushes a new feature down every stream,
-        but one stream can lag or miss the event; a feature that reached the
-        store through a peer's stream after our list is judged only after our
-        next full list (a reconnect). The grace covers a peer's stream, or a
-        foreign store's, being a little ahead of ours at the moment of our list.
+        Only features this process knew (held, or saw stored, even if the
+        store was emptied since) before its stream's current full list arrived
+        are judged. Edge pushes a new feature down every stream, but one stream
+        can lag or miss the event; a feature first known through a peer's
+        stream after our list is judged only after our next full list (a
+        reconnect). The grace covers a peer's stream, or a foreign store's,
+        being a little ahead of ours at the moment of our list.
         """
         view = self._repository.edge_view()
         lists = view[1] if view is not None else 0
-        self._stored_since_list = {fid: self._stored_since_list.get(fid, lists)
-                                   for fid in stored.placed}
+        local = self._repository.tombstones()
+        known = self._known_since_list
+        for fid in (*stored.placed, *(f["id"] for f in self._held())):
+            known.setdefault(fid, lists)    # kept while the store is emptied and refilled
+        for fid in [fid for fid in known if fid in local]:
+            del known[fid]                  # deleted: judged already
         if self.edge_live is None or view is None or not self.edge_live():
             self._absent_since.clear()
             return
         edge_ids = view[0]
         now = time.monotonic()
-        local = self._repository.tombstones()
-        # only what was stored before the stream's full list arrived: that list, and every
-        # change Edge pushed since, would have named it; a feature stored after the list may
-        # be one Edge pushed to a peer's stream and not yet to ours (lag, a missed event)
+        # only what this process knew (held, or saw stored) before its stream's full list
+        # arrived: that list, and every change Edge pushed since, would have named it; one
+        # first known after the list may be a feature Edge pushed to a peer's stream and not
+        # yet to ours (lag, a missed event)
         absent = {fid: f for fid, f in stored.placed.items()
-                  if fid not in edge_ids and self._stored_since_list[fid] < lists
+                  if fid not in edge_ids and known.get(fid, lists) < lists
                   and not (fid in local and local[fid].covers(f))}
         for fid in list(self._absent_since):
             if fid not in absent:

@@ -250,6 +250,25 @@ def test_a_feature_pushed_to_one_stream_only_is_deleted_by_no_other_stream(
     assert "id-NEW" in stored_tombstones(a)
 
 
+def test_a_stored_feature_newer_than_a_tombstone_held_here_is_judged_without_error(
+        make_store: StoreFactory) -> None:
+    """The judge meets a stored feature whose id this process buried at an older version
+    (a delete, then the same id stored again at a newer one): a thread error looped there."""
+    a_cfg, b_cfg = make_config(), make_config()
+    a = make_store(a_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
+    a.edge_live = lambda: True
+    repo_of(a_cfg).notify("features", [feat(k, v) for k, v in FIVE.items() if k != "F4"])
+    assert a.flush(2.0)
+    repo_of(a_cfg).bury("id-F4", "F4", 1, source="edge")     # deleted here at version 1
+    b = make_store(b_cfg, refresh_timeout=0.05)
+    repo_of(b_cfg).notify("feature", feat("F4", 2), source="a-peer")  # stored again, newer
+    assert b.flush(2.0)
+    for _ in range(5):
+        assert a.refresh(2.0)
+    assert a.counters.errors == 0, "the store thread raised"
+    assert held(a_cfg)["F4"] == 2, "first known after A's list: not A's to judge"
+
+
 def test_a_poll_behind_a_peers_deletes_nothing_the_peer_saw_created(
         make_store: StoreFactory) -> None:
     """Poll mode: B's poll lists a new feature that A's poll (a moment older, or from a
