@@ -72,6 +72,16 @@ return 1
 """
 
 # KEYS: one key. ARGV: its digest as read ('' = absent), the new value.
+# Set the fingerprint only while the data is unchanged since it was read.
+_SETTLE_ONE_NODE = """
+local v = redis.call('GET', KEYS[1])
+local d = ''
+if v then d = redis.sha1hex(v) end
+if d ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
 _CAS_ONE_KEY = """
 local v = redis.call('GET', KEYS[1])
 local d = ''
@@ -308,8 +318,16 @@ class RedisBackend:
             pass  # the data landed; subscribers still see it at their safety poll
 
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
-        self._call("set", self.sha_key, fingerprint.encode("ascii"))
-        return fingerprint
+        if self.cluster:    # the two keys live in different slots: no one atomic step
+            self._call("set", self.sha_key, fingerprint.encode("ascii"))
+            return fingerprint
+        digest = snapshot.cas_token if isinstance(snapshot.cas_token, str) \
+            else _digest(snapshot.value)
+        # only while the data is still what the fingerprint was computed from: a write that
+        # landed since set its own, and must not be overwritten with an older one
+        settled = self._script("settle", _SETTLE_ONE_NODE, [self.data_key, self.sha_key],
+                               [digest, fingerprint])
+        return fingerprint if int(settled) == 1 else None
 
     # -- leader lease -------------------------------------------------------------------------
 

@@ -236,3 +236,26 @@ def test_a_client_that_decodes_responses_is_refused(redis_server: Redis) -> None
             RedisSessionStore(client, make_config())
     finally:
         client.close()
+
+
+def test_a_fingerprint_repair_never_overwrites_a_newer_write(redis_server: Redis,
+                                                             prefix: str) -> None:
+    """settle() repairs _sha for the data it read; a write that landed in between set its
+    own fingerprint, which an older repair must not replace."""
+    from fh_prefork.store import open_backend
+
+    key = f"{prefix}_env-test"
+    backend = open_backend(redis_server.url, key)
+    writer = open_backend(redis_server.url, key)
+    try:
+        old = fs.encode([feat("A", 1)])
+        assert writer.write(old, fs.fingerprint([feat("A", 1)]), writer.read())
+        snapshot = backend.read()
+        new_state = [feat("A", 1), feat("B", 1)]
+        assert writer.write(fs.encode(new_state), fs.fingerprint(new_state), writer.read())
+        assert backend.settle(snapshot, fs.fingerprint([feat("A", 1)])) is None
+        assert backend.change_token() == fs.fingerprint(new_state)
+        assert backend.settle(backend.read(), "f" * 64) == "f" * 64   # unchanged data: set
+    finally:
+        backend.close()
+        writer.close()
