@@ -245,8 +245,36 @@ class MemcacheBackend:
             return None
         if not self._store(self.data_key, value, previous.value is None, previous.cas_token):
             return None
-        self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
+        self._set_fingerprint(value, fingerprint)
         return fingerprint
+
+    #: Attempts at setting the fingerprint while other writers race for it; past them the
+    #: next full read (a verify at the latest) repairs it.
+    FINGERPRINT_ATTEMPTS = 5
+
+    def _set_fingerprint(self, value: bytes, fingerprint: str) -> bool:
+        """Set ``_sha`` for ``value``, only while the data still is ``value``.
+
+        The two keys are written one after the other, so a writer delayed
+        between them would otherwise set its fingerprint over a newer
+        writer's (the data stays whole, but a reader whose token equals the
+        stale fingerprint misses the newer state until a full read). Read
+        the fingerprint's CAS token first, then check the data, then
+        compare-and-set: a newer writer in between makes the CAS fail, and
+        the data check then leaves the fingerprint to it.
+        """
+        encoded = fingerprint.encode("ascii")
+        for _ in range(self.FINGERPRINT_ATTEMPTS):
+            current, cas = self._call(self._client.gets, self.sha_key)
+            if self._call(self._client.get, self.data_key) != value:
+                return False        # moved on: the newer writer sets its own
+            if current is None:
+                stored = self._call(self._client.add, self.sha_key, encoded, noreply=False)
+            else:
+                stored = self._call(self._client.cas, self.sha_key, encoded, cas, noreply=False)
+            if stored is True:
+                return True
+        return False
 
     def _store(self, key: str, value: bytes, absent: bool, cas: Any) -> bool:
         """add when it was absent, else compare-and-set: True only when the server stored it."""
@@ -256,7 +284,8 @@ class MemcacheBackend:
         return self._call(self._client.cas, key, value, cas, noreply=False) is True
 
     def settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
-        self._call(self._client.set, self.sha_key, fingerprint.encode("ascii"), noreply=False)
+        if snapshot.value is None or not self._set_fingerprint(snapshot.value, fingerprint):
+            return None     # the data moved: the next tick reads it
         return fingerprint
 
     # -- leader lease -------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def inject(store: Any, point: str, hook: Callable[[], None]) -> Callable[[], Non
         return _wrap(backend, "_call", lambda name, key=None, *a, **k:
                      name == "set" and key == backend.sha_key, hook)
     if hasattr(backend, "_client") and hasattr(backend, "sha_key"):  # memcached
-        return _wrap(backend._client, "set", lambda key, *a, **k: key == backend.sha_key, hook)
+        # the fingerprint's CAS token is read once the data landed, before it is set
+        return _wrap(backend._client, "gets", lambda key, *a, **k: key == backend.sha_key, hook)
     if hasattr(backend, "_replace"):                                     # embedded store
         return _wrap(backend, "_replace", lambda path, *a, **k: path == backend.path, hook)
     raise ValueError(f"no {point} point on {type(backend).__name__}")

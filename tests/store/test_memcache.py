@@ -156,6 +156,40 @@ def test_crash_between_data_and_fingerprint_never_leaves_others_stale(
         watcher.close()
 
 
+def test_a_writer_delayed_between_data_and_fingerprint_never_sets_it_over_a_newer_write(
+        memcached: Memcached, client: Any, prefix: str) -> None:
+    """A's data lands, then A stalls before its fingerprint; B writes data and fingerprint;
+    A resumes. A's fingerprint must not replace B's: the data is B's."""
+    import threading
+
+    a_cfg, b_cfg = make_config(), make_config()
+    a = MemcacheSessionStore(memcached.address, a_cfg, {"prefix": prefix})
+    b = MemcacheSessionStore(memcached.address, b_cfg, {"prefix": prefix})
+    entered, release = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        entered.set()
+        release.wait(10)
+
+    undo = faults.inject(a, "between_data_and_fingerprint", stall)
+    try:
+        repo_of(a_cfg).notify("feature", feat("A", 1))
+        assert entered.wait(5), "A's write reached the point between its two keys"
+        undo()
+        repo_of(b_cfg).notify("feature", feat("B", 1))
+        assert b.flush(5)
+        release.set()
+        assert a.flush(5)
+        data = client.get(f"{prefix}_env-test")
+        held = fs.decode(data, fs.MAX_READ_BYTES).placed.values()
+        assert {f["key"] for f in held} == {"A", "B"}
+        assert client.get(f"{prefix}_env-test_sha") == fs.fingerprint(held).encode()
+    finally:
+        release.set()
+        a.close()
+        b.close()
+
+
 def test_stale_fingerprint_is_repaired_by_the_periodic_full_read(
         memcached: Memcached, client: Any, prefix: str) -> None:
     """Worst case of a crash: the fingerprint still matches what readers saw last."""

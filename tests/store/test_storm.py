@@ -15,6 +15,7 @@ def test_distinct_writers_all_survive_and_shared_ends_at_highest(
     assert result.surviving_distinct == result.sent_distinct == 12, result
     assert result.shared_stored == result.shared_max_sent
     assert result.fingerprint_ok
+    assert not result.fingerprint_stale_at_end, "a delayed writer set its fingerprint over a newer"
     assert result.writes >= 1 and result.cas_conflicts == result.write_attempts - result.writes
 
 
