@@ -161,7 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
             "a full read every N refreshes even when the fingerprint says nothing changed: "
             "bounds how long a stale or foreign-overwritten store goes unhealed"),
     Setting("edge_absence_seconds", "FH_PREFORK_EDGE_ABSENCE_SECONDS", _positive_float, "10",
-            "a feature Edge's full lists (or a connected SSE stream, for what was stored "
+            "a feature Edge's full lists (or a connected SSE stream, for what was known "
             "before its list) keep lacking this long was deleted while no stream heard it"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
