@@ -293,7 +293,7 @@ def start_worker(hooked: str = "start_worker()") -> Worker:
 
     ``hooked`` names the caller for the log (the adapters pass their hook's name).
     """
-    global _current, _unanswered_fork
+    global _current, _unanswered_fork, _check_every
     _reset_if_forked()
     _unanswered_fork = None
     with _lock:
@@ -304,6 +304,7 @@ def start_worker(hooked: str = "start_worker()") -> Worker:
             current.close(timeout=0)  # the master's dormant config, if this is it
             _current = None
         _current = Worker(settings(), role=WORKER)
+        _check_every = PID_CHECK_EVERY
         _log_start(_current, hooked)
         return _current
 
@@ -327,6 +328,9 @@ def stop_worker(timeout: float = 2.0) -> None:
 #: so its flags would never change.
 PID_CHECK_EVERY = 64
 _reads = 0
+#: PID_CHECK_EVERY, or 1 while the runtime is a dormant master's (checked on every read, so
+#: its raw-forked children replace it at once; set where the runtime is made, at no cost here)
+_check_every = PID_CHECK_EVERY
 
 
 def config() -> FeatureHubConfig:
@@ -345,8 +349,7 @@ def worker() -> Worker:
     global _reads
     current = _current
     _reads += 1
-    if current is None or ((current.role == MASTER or not _reads % PID_CHECK_EVERY)
-                           and current.pid != os.getpid()):
+    if current is None or (not _reads % _check_every and current.pid != os.getpid()):
         current = _start_lazily()
     return current
 
@@ -361,8 +364,7 @@ def context() -> ClientContext:
     global _reads
     current = _current
     _reads += 1
-    if current is None or ((current.role == MASTER or not _reads % PID_CHECK_EVERY)
-                           and current.pid != os.getpid()):
+    if current is None or (not _reads % _check_every and current.pid != os.getpid()):
         current = _start_lazily()
     return ClientEvalFeatureContext(current.repository, current.edge_service)
 
@@ -381,7 +383,7 @@ def current_worker() -> Worker | None:
 
 
 def _start_lazily() -> Worker:
-    global _current, _unanswered_fork
+    global _current, _unanswered_fork, _check_every
     _reset_if_forked()
     with _lock:
         if _current is not None and _current.pid == os.getpid():
@@ -400,6 +402,7 @@ def _start_lazily() -> Worker:
                         _HOOK_LINES.get(server or "", _HOOK_LINES[""]))
         _unanswered_fork = None
         _current = Worker(settings(), role=MASTER if master else WORKER)
+        _check_every = 1 if master else PID_CHECK_EVERY
         if not master:
             _log_start(_current, "first flag read")
         return _current
