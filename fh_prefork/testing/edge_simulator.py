@@ -156,6 +156,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "fh-prefork-edge-simulator/1"
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
         super().setup()
         self.server.sim._track_connection(self.connection, True)
 
@@ -287,9 +290,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], 0)
             if not readable:
                 return False
+            if isinstance(self.connection, ssl.SSLSocket):
+                return self._tls_client_gone(self.connection)
             return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
         except OSError:
             return True
+
+    @staticmethod
+    def _tls_client_gone(conn: ssl.SSLSocket) -> bool:
+        """TLS has no peek: read without blocking (an SSE client sends nothing after its
+        request), where a record that carries no data (a session ticket) is not an EOF."""
+        timeout = conn.gettimeout()
+        conn.settimeout(0)
+        try:
+            return conn.recv(1) == b""
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        finally:
+            conn.settimeout(timeout)
 
     def _stream(self, api_key: str) -> None:
         sim = self.server.sim
@@ -428,8 +446,9 @@ class EdgeSimulator:
             if self._server is not None:
                 return
             server = _Server((self._host, self._port), _Handler)
-            if self._tls is not None:
-                server.socket = self._tls.wrap_socket(server.socket, server_side=True)
+            if self._tls is not None:   # each handshake on its request's thread, not in accept
+                server.socket = self._tls.wrap_socket(server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
             server.sim = self
             self._port = int(server.server_address[1])
             self._server = server
