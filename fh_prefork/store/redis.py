@@ -71,23 +71,15 @@ redis.call('PUBLISH', ARGV[7], ARGV[4])
 return 1
 """
 
-# KEYS: one key. ARGV: its digest as read ('' = absent), the new value.
-# Set the fingerprint only while the data is unchanged since it was read.
-_SETTLE_ONE_NODE = """
+# Compare-and-set by digest: set KEYS[2] only while KEYS[1] is what was read. KEYS[1] and
+# KEYS[2] are one key for a compare-and-set, the data and _sha for a fingerprint repair.
+# ARGV: KEYS[1]'s digest as read ('' = absent), the new value of KEYS[2].
+_SET_IF_UNCHANGED = """
 local v = redis.call('GET', KEYS[1])
 local d = ''
 if v then d = redis.sha1hex(v) end
 if d ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"""
-
-_CAS_ONE_KEY = """
-local v = redis.call('GET', KEYS[1])
-local d = ''
-if v then d = redis.sha1hex(v) end
-if d ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -309,7 +301,7 @@ class RedisBackend:
         return fingerprint
 
     def _cas(self, key: str, digest: str, value: bytes) -> bool:
-        return int(self._script("cas", _CAS_ONE_KEY, [key], [digest, value])) == 1
+        return int(self._script("set_if_unchanged", _SET_IF_UNCHANGED, [key, key], [digest, value])) == 1
 
     def _publish(self, fingerprint: str) -> None:
         try:
@@ -325,7 +317,7 @@ class RedisBackend:
             else _digest(snapshot.value)
         # only while the data is still what the fingerprint was computed from: a write that
         # landed since set its own, and must not be overwritten with an older one
-        settled = self._script("settle", _SETTLE_ONE_NODE, [self.data_key, self.sha_key],
+        settled = self._script("set_if_unchanged", _SET_IF_UNCHANGED, [self.data_key, self.sha_key],
                                [digest, fingerprint])
         return fingerprint if int(settled) == 1 else None
 
