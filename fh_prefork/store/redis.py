@@ -301,7 +301,8 @@ class RedisBackend:
         return fingerprint
 
     def _cas(self, key: str, digest: str, value: bytes) -> bool:
-        return int(self._script("set_if_unchanged", _SET_IF_UNCHANGED, [key, key], [digest, value])) == 1
+        stored = self._script("set_if_unchanged", _SET_IF_UNCHANGED, [key, key], [digest, value])
+        return int(stored) == 1
 
     def _publish(self, fingerprint: str) -> None:
         try:
