@@ -29,16 +29,19 @@ Metrics (names follow the Prometheus conventions; ``_total`` for counters):
 
 from __future__ import annotations
 
+import glob
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.metrics_core import Metric
 
 from .leader import LEADER as LEADER_ROLE
 
-__all__ = ["Exporter", "mark_dead"]
+__all__ = ["Exporter", "MultiProcessCollector", "mark_dead"]
 
 PERIOD = 1.0
 
@@ -102,6 +105,31 @@ class Exporter:
         if delta > 0:
             metric.inc(delta)
         self._seen[name] = value
+
+
+class MultiProcessCollector(_multiprocess.MultiProcessCollector):
+    """prometheus_client's multiprocess collector, minus one way to fail every scrape.
+
+    A process creates its ``.db`` file at 0 bytes and sizes it a moment later;
+    the stock collector raises ``struct.error`` on a file read in that window
+    and the whole scrape answers 500 (prometheus/client_python#1199). Workers
+    create their files at their first export, so a scrape during a worker's
+    start, or after one killed in that window (its empty file stays for good),
+    hit it. An empty file holds no samples yet, so it is skipped; a sized file
+    never shrinks, so one seen sized reads whole. Use it where the stock one goes.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db"))
+                 if _sized(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:   # a dead worker's live gauges, removed since the glob
+        return False
 
 
 def mark_dead(pid: int) -> None:

@@ -8,9 +8,10 @@ worker's gauges).
 import os
 
 from flask import Flask, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import fh_prefork
+from fh_prefork.prometheus import MultiProcessCollector
 
 app = Flask(__name__)
 
@@ -25,5 +26,5 @@ def index() -> dict[str, object]:
 @app.get("/metrics")
 def metrics() -> Response:
     registry = CollectorRegistry()           # a fresh one per scrape: multiprocess mode
-    multiprocess.MultiProcessCollector(registry)
+    MultiProcessCollector(registry)          # the stock one, minus a 500 while a worker starts
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
