@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -148,6 +149,14 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     sim: EdgeSimulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a worker killed, a stream cut) is routine, not a traceback."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, ssl.SSLError, TimeoutError)):
+            log.debug("client %s went away: %r", client_address, err)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -28,6 +28,15 @@ def scrape(server: Server) -> str:
         return resp.read().decode()
 
 
+def scrape_or_none(server: Server) -> str | None:
+    """A scrape inside a wait: a failed one is retried until the wait's deadline."""
+    try:
+        return scrape(server)
+    except OSError as err:       # HTTPError and URLError included
+        print(f"scrape failed, retrying: {err}")
+        return None
+
+
 def samples(text: str, name: str) -> dict[str, float]:
     """Label set (as written) -> value, for one metric name."""
     out = {}
@@ -55,7 +64,9 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         assert len(workers) == 4
 
         def every_worker_reports() -> str | None:
-            text = scrape(server)
+            text = scrape_or_none(server)
+            if text is None:
+                return None
             pids = {int(p) for p in re.findall(r'fh_prefork_features\{pid="(\d+)"\} 1\.0', text)}
             return text if workers <= pids else None
 
@@ -88,8 +99,9 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         churner.start()
         try:
             edge.push_feature(make_feature("NEW_CHECKOUT", False, 8))
-            wait_for(lambda: sum(samples(scrape(server), "fh_prefork_store_cas_conflicts_total")
-                                 .values()) > before, 10, what="the conflict counter to move")
+            wait_for(lambda: sum(samples(scrape_or_none(server) or "",
+                                         "fh_prefork_store_cas_conflicts_total").values()) > before,
+                     10, what="the conflict counter to move")
         finally:
             stop.set()
             churner.join()

@@ -22,7 +22,7 @@ from tests.support.state import converged, describe, edge_state, worker_states
 from .whole_state import StoreReader, data_key, file_reader, many_features, wait_converged
 
 StartCluster = Callable[..., Cluster]
-BOUND = 2 * REFRESH * 1.2 + 2
+BOUND = 2 * REFRESH * 1.2 + 3.0
 
 FileCluster = tuple[Cluster, Path, StoreReader]
 

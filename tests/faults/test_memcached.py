@@ -27,7 +27,7 @@ from .whole_state import many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 DATA_KEY_ENV = "env-srv"
-BOUND = 2 * REFRESH * 1.2 + 1.5
+BOUND = 2 * REFRESH * 1.2 + 3.0
 #: a whole-state wait after a fault: two refresh periods, a reconnect, a loaded 2-core box
 SETTLE = BOUND + 5
 
@@ -159,6 +159,10 @@ def test_memcached_unreachable_at_start_worker_serves_from_edge(
         start_cluster: StartCluster, own_memcached: Memcached, edge: EdgeSimulator,
         prefix: str, how: str) -> None:
     edge.set_features(many_features(8))
+    # the same start against a healthy memcached, in this run: the machine's own pace
+    started = time.monotonic()
+    start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": own_memcached.url}).stop()
+    baseline = time.monotonic() - started
     with FaultyProxy(own_memcached.port) as proxy:
         proxy.blackhole = True
         refused_port = free_port()
@@ -166,8 +170,9 @@ def test_memcached_unreachable_at_start_worker_serves_from_edge(
         started = time.monotonic()
         cluster = start_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"memcache://{address}"})
         took = time.monotonic() - started
-        print(f"4 workers up in {took:.2f} s with memcached {how}")
-        assert took < 3 + 2  # each worker within 3 s; the master adds its own boot
+        print(f"4 workers up in {took:.2f} s with memcached {how} ({baseline:.2f} s healthy, "
+              "start and stop)")
+        assert took < baseline + 3  # a worker waits at most its 3 s start budget on the store
         wait_for(lambda: set(versions(cluster).values()) == {1}, 10, what="flags from Edge")
         statuses: dict[int, Any] = cluster.statuses()
         assert all(s["store"]["healthy"] is False for s in statuses.values())

@@ -77,8 +77,10 @@ def test_gevent_workers_converge_green_and_exit_clean(
         edge.push_feature(make_feature("FLAG", False, 2), stream_id=edge.streams()[0].id)
         wait_for(lambda: set(versions(cluster).values()) == {2}, 5,
                  what="update in every worker")
-        for status in cluster.statuses().values():
-            assert status["edge_state"] == "connected", status
+        # the server side counts a stream before the worker's client has read its headers
+        wait_for(lambda: all(s["edge_state"] == "connected"
+                             for s in cluster.statuses().values()), 5,
+                 what="every worker's own stream connected")
 
         gone: dict[int, float] = {}
         stop = threading.Event()
@@ -98,7 +100,8 @@ def test_gevent_workers_converge_green_and_exit_clean(
     print(f"gevent/{store}: SIGTERM {took:.2f} s; fh_prefork's worker_exit "
           f"{', '.join(f'{spent * 1000:.0f} ms' for _, spent in hooks)}; from it to the "
           f"process gone {', '.join(f'{e * 1000:.0f} ms' for e in exits)}")
-    assert max(spent for _, spent in hooks) < 0.25, hooks
+    # a hook blocking the hub costs about 1 s (the old join); 0.5 s leaves room for load
+    assert max(spent for _, spent in hooks) < 0.5, hooks
 
 
 def test_gevent_workers_reach_an_https_edge(server_env: dict[str, str], tmp_path: Path) -> None:

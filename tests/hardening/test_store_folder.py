@@ -124,8 +124,12 @@ def test_a_swapped_folder_cannot_redirect_reads_or_writes(
     # a worker forked after the swap uses the folder the master opened, too
     old = cluster.worker_pids()
     os.kill(old[0], signal.SIGKILL)
-    wait_for(lambda: len(set(cluster.worker_pids()) - set(old)) == 1, 10, what="a new worker")
-    edge.push_feature(make_feature("FLAG", True, 3), stream_id=edge.streams()[-1].id)
+    new = wait_for(lambda: set(cluster.worker_pids()) - set(old), 10, what="a new worker")
+    # the new worker's own stream (the killed one's may still be listed for a moment):
+    # what it hears must reach the other worker through the folder the master opened
+    stream = wait_for(lambda: next((s for s in edge.streams() if edge.stream_pid(s) in new),
+                                   None), 10, what="the new worker's stream")
+    edge.push_feature(make_feature("FLAG", True, 3), stream_id=stream.id)
     wait_for(lambda: set(versions(cluster).values()) == {3}, 5, what="second update")
 
     wait_for(lambda: store_version(moved, prefix) == 3, 5, what="writes in the original folder")
