@@ -40,8 +40,9 @@ Failure model:
   does so once its lease's validity window has passed. The next successful
   lease operation makes it leader or follower again;
 * store reachable but without a usable state (``state_problem``: the data is
-  absent for longer than a refresh period, unreadable, or over the item
-  limit): a follower falls back too, since following would serve nothing, and
+  unreadable or over the item limit for longer than a refresh period, or
+  absent for longer than three, the time a new leader may need to fill an
+  empty store): a follower falls back too, since following would serve nothing, and
   follows again once the store holds the state. ``status()["fallback_reason"]``
   says why.
 """

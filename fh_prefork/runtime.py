@@ -153,7 +153,9 @@ class Worker:
         refresh = self.settings.refresh_seconds
 
         def state_problem() -> str | None:  # a follower that cannot get the state falls back
-            return store.state_problem(min_age=refresh)
+            # an empty store is also a new leader's first moments: its Edge connect and
+            # write, then our read a jittered period later; three periods cover a far Edge
+            return store.state_problem(min_age=refresh, absent_min_age=3 * refresh)
 
         self.election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
                                  renew_seconds=self.settings.lease_renew_seconds,

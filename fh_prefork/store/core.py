@@ -50,6 +50,8 @@ log = logging.getLogger("fh_prefork.store")
 
 #: Outcomes of one sync: done, retry soon, or blocked until the state changes (too large).
 _DONE, _RETRY, _BLOCKED = "done", "retry", "blocked"
+#: The state problem of a reachable store with no data under its key.
+NO_STATE = "the store holds no state yet"
 
 
 @dataclass
@@ -305,15 +307,20 @@ class SessionStore(RawUpdateFeatureListener):
                 self._cond.wait(remaining)
             return not (self._dirty or self._blocked)
 
-    def state_problem(self, min_age: float = 0.0) -> str | None:
+    def state_problem(self, min_age: float = 0.0, absent_min_age: float | None = None
+                      ) -> str | None:
         """Why this process cannot get the state from the store, once it has lasted ``min_age`` s.
 
         Absent data, a value no form of which can be read, a state over the
         item limit, an unreachable store: a leader-mode follower in that state
-        needs its own Edge connection.
+        needs its own Edge connection. Absent data is also what a store looks
+        like while a new leader fills it, so it may be given longer
+        (``absent_min_age``).
         """
         with self._cond:
             problem, since = self._problem, self._problem_since
+        if problem == NO_STATE and absent_min_age is not None:
+            min_age = absent_min_age
         if problem is None or since is None or time.monotonic() - since < min_age:
             return None
         return problem
@@ -611,7 +618,7 @@ class SessionStore(RawUpdateFeatureListener):
         if snapshot.value is None:
             self._change_token = snapshot.change_token
             self._fingerprint = None
-            self._set_problem("the store holds no state yet")
+            self._set_problem(NO_STATE)
             return
         if decoded.too_large:
             self._change_token = None
@@ -647,7 +654,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._stored_count = len(decoded.placed)
         self._change_token = None     # a write is wanted: the next tick syncs in full
         if snapshot.value is None:
-            self._set_problem("the store holds no state yet")
+            self._set_problem(NO_STATE)
 
     def _written(self, snapshot: Snapshot, plan: Plan, token: str, fingerprint: str,
                  dirty_ids: set[str]) -> None:

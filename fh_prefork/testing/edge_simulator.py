@@ -206,6 +206,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if parts.path == "/_sim/state":
             self._send(200, sim.state())
             return
+        if sim.response_delay and parts.path.startswith("/features"):
+            time.sleep(sim.response_delay)    # an Edge far away: every answer starts late
         failure = sim._failure_status
         if failure is not None:
             if parts.path.startswith("/features"):
@@ -251,6 +253,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif parts.path == "/_sim/failure":
                 status = query.get("status", ["none"])[0]
                 sim.set_failure(None if status.lower() in ("none", "", "0") else int(status))
+            elif parts.path == "/_sim/delay":
+                sim.response_delay = max(0.0, float(query.get("seconds", ["0"])[0]))
             elif parts.path == "/_sim/close_after_each_event":
                 enabled = query.get("enabled", ["1"])[0].lower() in ("1", "true", "yes")
                 sim.close_after_each_event = enabled
@@ -377,6 +381,10 @@ class EdgeSimulator:
     poll_max_age: int | None
     """When set, polling answers carry ``Cache-Control: max-age=N``."""
 
+    response_delay: float
+    """Seconds every Edge answer (stream or poll) waits before it starts: an Edge far away
+    or a slow TLS handshake, as production sees it."""
+
     keepalive_interval: float
 
     def __init__(
@@ -396,6 +404,7 @@ class EdgeSimulator:
         self._port = port
         self.keepalive_interval = keepalive_interval
         self.close_after_each_event = False
+        self.response_delay = 0.0
         self.poll_max_age = None
         self._cond = threading.Condition()
         self._features: dict[str, dict[str, Any]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -107,3 +108,22 @@ def test_short_form_malformed_requests_and_a_restart(
     sim.start("--feature", "NEW_CHECKOUT=true")
     wait_for(lambda: {v for v, _ in served(cluster)} == {True}, 10,
              what="the restarted simulator's state in every worker")
+
+
+def test_a_delay_starts_every_edge_answer_late(sim: SimulatorProcess) -> None:
+    sim.start("--feature", "NEW_CHECKOUT=true")
+    url = f"http://127.0.0.1:{sim.port}/features?apiKey=p/env/c*s"
+
+    def answer_time() -> float:
+        started = time.monotonic()
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200
+        return time.monotonic() - started
+
+    status, answer = sim.post("delay?seconds=0.4")
+    assert status == 200, answer
+    assert answer_time() >= 0.4          # a lower bound: load only makes it later
+    status, answer = sim.post("delay?seconds=0")
+    assert status == 200, answer
+    status, answer = sim.post("delay?seconds=soon")
+    assert status == 400, answer

@@ -307,3 +307,44 @@ def test_raw_fork_from_a_dormant_master_starts_a_fresh_worker(first: str) -> Non
     assert child["new"] and child["version"] == 1 and child["role"] == "worker", child
     if first == "context":
         assert child["reads"] == 1, child
+
+
+def test_a_follower_gives_a_new_leader_three_refresh_periods_to_fill_an_empty_store(
+        edge: EdgeSimulator, memcached: Any, prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new leader's first moments look like an empty store (its Edge connect, its write).
+    A follower that fell back after one period, as before, opened a second Edge stream at
+    most cold starts against an Edge a second away; it now waits three periods, and still
+    falls back when the store stays empty (a leader that cannot fill it)."""
+    from fh_prefork.store.backend import Lease
+    from fh_prefork.store.core import NO_STATE
+    from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
+    from fh_prefork.store.options import MemcacheSessionStoreOptions
+
+    refresh = 0.3
+    other = MemcacheBackend(make_client(parse_servers(memcached.url),
+                                        MemcacheSessionStoreOptions()),
+                            f"{prefix}_env-rt", "another host")
+    try:   # a leader elsewhere that holds the lease and has written nothing yet
+        assert other.lease_acquire(Lease("elsewhere:1:x", "elsewhere", 1, time.time() + 60),
+                                   60).held
+        for name, value in {"FH_PREFORK_STORE": memcached.url, "FH_PREFORK_PREFIX": prefix,
+                            "FH_PREFORK_EDGE_MODE": "leader",
+                            "FH_PREFORK_REFRESH_SECONDS": str(refresh)}.items():
+            monkeypatch.setenv(name, value)
+        started = time.monotonic()   # before the first read: the store's problem is younger
+        fh_prefork.start_worker()
+        roles = []
+        # past 2.2 periods: the old one-period rule had fallen back by then, whatever the
+        # jitter; short of three, so load (which only delays a check) cannot fail it
+        while time.monotonic() - started < 2.8 * refresh:
+            roles.append(fh_prefork.status()["role"])
+            time.sleep(0.02)
+        assert set(roles) == {"follower"}, roles
+        assert edge.total_stream_connections == 0
+        status = wait_for(lambda: (s := fh_prefork.status())["role"] == "fallback" and s, 5,
+                          what="the fallback once the store stays empty")
+        assert status["election"]["fallback_reason"] == NO_STATE, status["election"]
+        assert edge.wait_for_streams(1, 5), "the fallback's own Edge connection"
+    finally:
+        other.close()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fh_prefork import FileSessionStore
+from fh_prefork.store.core import NO_STATE
 from fh_prefork.store.file import FileBackend, default_directory
 from tests.conftest import make_config
 from tests.support.procs import wait_for
@@ -154,3 +155,23 @@ def _parses(path: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def test_an_empty_store_is_a_problem_only_after_its_own_longer_grace(tmp_path: Path) -> None:
+    """A leader-mode follower gives a new leader longer to fill an empty store than it
+    gives any other problem (runtime: two refresh periods, against one)."""
+    config = make_config()
+    store = FileSessionStore(tmp_path / "store", config)
+    try:
+        assert store.state_problem(min_age=0, absent_min_age=30) is None
+        assert store.state_problem(min_age=30, absent_min_age=0) == NO_STATE
+        assert store.state_problem(min_age=0) == NO_STATE
+    finally:
+        store.close(flush_timeout=0)
+    write_and_close(FileSessionStore(tmp_path / "store", config), config, "feature",
+                    feat("A", 1))
+    store = FileSessionStore(tmp_path / "store", config)
+    try:
+        assert store.state_problem(min_age=0, absent_min_age=0) is None
+    finally:
+        store.close(flush_timeout=0)
