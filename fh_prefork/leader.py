@@ -40,11 +40,14 @@ Failure model:
   does so once its lease's validity window has passed. The next successful
   lease operation makes it leader or follower again;
 * store reachable but without a usable state (``state_problem``: the data is
-  unreadable or over the item limit for longer than a refresh period, or
-  absent for longer than three, the time a new leader may need to fill an
-  empty store): a follower falls back too, since following would serve nothing, and
-  follows again once the store holds the state. ``status()["fallback_reason"]``
-  says why.
+  unreadable for longer than a refresh period, or absent for longer than a
+  refresh period plus ``NEW_LEADER_SECONDS``, the time a new leader may need
+  to fill an empty store): a follower falls back too, since following would
+  serve nothing, and follows again once the store holds the state;
+* a leader whose state is over the item limit cannot write it, and its
+  followers would serve the older state the store holds: the leader says so
+  in its lease, and they fall back until a renewal says the state fits again.
+  ``status()["fallback_reason"]`` says why.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ LEADER = "leader"
 FOLLOWER = "follower"
 FALLBACK = "fallback"
 
+#: Seconds, beyond one refresh period, a follower gives a new leader to fill an empty store
+#: before opening its own Edge connection: time for an Edge answer from far away.
+NEW_LEADER_SECONDS = 2.0
+
 
 def supports_lease(backend: object) -> bool:
     """True when ``backend`` implements the lease operations of :class:`LeaseBackend`."""
@@ -90,6 +97,7 @@ class Election:
                  on_role: Callable[[str, str], None] | None = None,
                  state_problem: Callable[[], str | None] | None = None,
                  edge_state: Callable[[], str | None] | None = None,
+                 write_problem: Callable[[], str | None] | None = None,
                  host: str | None = None, pid: int | None = None,
                  logger: logging.Logger | None = None) -> None:
         if not ttl > 0 or not math.isfinite(ttl):
@@ -109,6 +117,7 @@ class Election:
         self._on_role = on_role
         self._state_problem = state_problem or (lambda: None)
         self._edge_state = edge_state or (lambda: None)
+        self._write_problem = write_problem or (lambda: None)
         self.fallback_reason: str | None = None
         self._log = logger or log
         self.host = host or socket.gethostname()
@@ -136,8 +145,9 @@ class Election:
         started = time.monotonic()
         try:
             if self.role == LEADER and self._mine is not None:
-                answer = self._backend.lease_renew(replace(self._mine, edge=self._edge_state()),
-                                                   self.ttl)
+                answer = self._backend.lease_renew(
+                    replace(self._mine, edge=self._edge_state(), store=self._write_problem()),
+                    self.ttl)
             else:
                 answer = self._backend.lease_acquire(self._candidate(), self.ttl)
         except StoreUnavailable as err:
@@ -163,6 +173,9 @@ class Election:
             self._mine = None
         leader = self._describe(answer.current)
         problem = self._state_problem()
+        if problem is None and answer.current is not None and answer.current.store:
+            # the store holds an older state that fitted; the leader's newer one does not
+            problem = f"the leader cannot write the state: {answer.current.store}"
         if problem is not None:
             if self.role != FALLBACK or self.fallback_reason != problem:
                 self.fallback_reason = problem
@@ -242,7 +255,7 @@ class Election:
 
     def _candidate(self) -> Lease:
         return Lease(self.holder, self.host, self.pid, time.time() + self.ttl,
-                     self._edge_state())
+                     self._edge_state(), self._write_problem())
 
     def _spread(self, period: float) -> float:
         return period * random.uniform(1 - self._jitter, 1 + self._jitter)

@@ -42,7 +42,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from . import serverlog, workers
 from . import settings as settings_mod
 from .edge import SupervisedEdge, edge_provider
-from .leader import FALLBACK, FOLLOWER, EdgeSwitch, Election, supports_lease
+from .leader import FALLBACK, FOLLOWER, NEW_LEADER_SECONDS, EdgeSwitch, Election, supports_lease
 from .listener import ListeningRepository
 from .settings import Settings
 from .store import SessionStore, open_store
@@ -153,16 +153,20 @@ class Worker:
         refresh = self.settings.refresh_seconds
 
         def state_problem() -> str | None:  # a follower that cannot get the state falls back
-            # an empty store is also a new leader's first moments: its Edge connect and
-            # write, then our read a jittered period later; three periods cover a far Edge
-            return store.state_problem(min_age=refresh, absent_min_age=3 * refresh)
+            # an empty store is also a new leader's first moments: its Edge answer (however
+            # far), its write, our read a period later. A fallback stays one until the
+            # store holds the state: it must not drop a connection still being answered.
+            grace = refresh if election.role == FALLBACK else refresh + NEW_LEADER_SECONDS
+            return store.state_problem(min_age=refresh, absent_min_age=grace)
 
-        self.election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
-                                 renew_seconds=self.settings.lease_renew_seconds,
-                                 follow_seconds=refresh, jitter=self.settings.refresh_jitter,
-                                 on_role=on_role, state_problem=state_problem,
-                                 edge_state=lambda: switch.status().get("state"))
-        self.store.add_task(self.election.step, on_close=self.election.release, name="election")
+        election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
+                            renew_seconds=self.settings.lease_renew_seconds,
+                            follow_seconds=refresh, jitter=self.settings.refresh_jitter,
+                            on_role=on_role, state_problem=state_problem,
+                            edge_state=lambda: switch.status().get("state"),
+                            write_problem=store.write_problem)
+        self.election = election
+        self.store.add_task(election.step, on_close=election.release, name="election")
 
     def _edge_live(self) -> bool:
         """Whether this worker's Edge view is current (see SupervisedEdge.live)."""

@@ -140,7 +140,9 @@ class Lease:
     deadline, never a comparison of two hosts' clocks. ``edge`` is the
     leader's Edge connection state at its last renewal (``connected``,
     ``key_not_found``...): followers never talk to Edge, and learn from it
-    that the API key was deleted.
+    that the API key was deleted. ``store`` is why the leader cannot write the
+    state it holds (over the item limit), if it cannot: its followers would
+    otherwise serve the older state in the store for as long as that lasts.
     """
 
     holder: str
@@ -148,12 +150,15 @@ class Lease:
     pid: int
     expires_at: float
     edge: str | None = None
+    store: str | None = None
 
     def encode(self) -> bytes:
         record: dict[str, Any] = {"holder": self.holder, "host": self.host, "pid": self.pid,
                                   "expires_at": round(self.expires_at, 3)}
         if self.edge is not None:
             record["edge"] = self.edge[:40]
+        if self.store is not None:
+            record["store"] = self.store[:200]
         return json.dumps(record, separators=(",", ":")).encode("utf-8")
 
     def stamped(self, ttl: float) -> Lease:
@@ -177,12 +182,13 @@ class Lease:
                 and isinstance(pid, int) and not isinstance(pid, bool)
                 and isinstance(expires, (int, float)) and not isinstance(expires, bool)):
             return None
-        edge = data.get("edge")
-        return cls(holder, host, pid, float(expires), edge if isinstance(edge, str) else None)
+        edge, store = data.get("edge"), data.get("store")
+        return cls(holder, host, pid, float(expires), edge if isinstance(edge, str) else None,
+                   store if isinstance(store, str) and store else None)
 
     def public(self) -> dict[str, Any]:
         return {"holder": self.holder, "host": self.host, "pid": self.pid,
-                "expires_at": self.expires_at, "edge": self.edge}
+                "expires_at": self.expires_at, "edge": self.edge, "store": self.store}
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._dirty_ids: set[str] = set()   # ids Edge changed since the last write
         self._blocked = False               # the state cannot be written until it changes
         self._too_large_fingerprint: str | None = None   # the state that did not fit
+        self._write_problem: str | None = None           # why it did not
         self._in_flight = False
         self._in_flight_ids: set[str] = set()   # the batch being written: still pending
         self._closing = False
@@ -324,6 +325,14 @@ class SessionStore(RawUpdateFeatureListener):
         if problem is None or since is None or time.monotonic() - since < min_age:
             return None
         return problem
+
+    def write_problem(self) -> str | None:
+        """Why the state this process holds cannot be written (over the item limit), if so.
+
+        A leader puts it in its lease: its followers cannot see it in the store,
+        which still holds an older state that fitted.
+        """
+        return self._write_problem
 
     def refresh(self, timeout: float = 2.0) -> bool:
         """Ask the store thread for a full read now; wait until it ran."""
@@ -615,6 +624,8 @@ class SessionStore(RawUpdateFeatureListener):
         to the store thread: the hook must not wait on a second read and a write.
         """
         self._stored_count = len(plan.live)
+        if snapshot.value is not None and not decoded.too_large:
+            self._too_large_fingerprint = self._write_problem = None   # the store holds it
         if snapshot.value is None:
             self._change_token = snapshot.change_token
             self._fingerprint = None
@@ -659,7 +670,7 @@ class SessionStore(RawUpdateFeatureListener):
     def _written(self, snapshot: Snapshot, plan: Plan, token: str, fingerprint: str,
                  dirty_ids: set[str]) -> None:
         self.counters.writes += 1
-        self._too_large_fingerprint = None
+        self._too_large_fingerprint = self._write_problem = None
         self._last_write = time.time()
         self._change_token = token
         self._fingerprint = fingerprint
@@ -683,8 +694,9 @@ class SessionStore(RawUpdateFeatureListener):
         self.counters.errors += 1
         self.counters.deferred += 1
         self._last_error = f"merged state of {size} bytes exceeds the item limit"
-        self._set_problem(f"the state ({size} bytes) is over the store's "
-                          f"{self.options.max_item_bytes}-byte item limit")
+        self._write_problem = (f"the state ({size} bytes) is over the store's "
+                               f"{self.options.max_item_bytes}-byte item limit")
+        self._set_problem(self._write_problem)
         self._size_log.failure(
             "fh_prefork: merged feature state is %d bytes, over the %d-byte item limit "
             "of %s; serving from memory, retrying when the state changes",

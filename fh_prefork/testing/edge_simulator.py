@@ -254,7 +254,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status = query.get("status", ["none"])[0]
                 sim.set_failure(None if status.lower() in ("none", "", "0") else int(status))
             elif parts.path == "/_sim/delay":
-                sim.response_delay = max(0.0, float(query.get("seconds", ["0"])[0]))
+                seconds = float(query.get("seconds", ["0"])[0])
+                if not 0 <= seconds <= 600:     # nan and inf fail this too
+                    raise ValueError("seconds must be from 0 to 600")
+                sim.response_delay = seconds
             elif parts.path == "/_sim/close_after_each_event":
                 enabled = query.get("enabled", ["1"])[0].lower() in ("1", "true", "yes")
                 sim.close_after_each_event = enabled

@@ -482,3 +482,36 @@ def test_leader_mode_state_over_item_limit_followers_fall_back_to_edge(
         print(f"{size} bytes of state: {len(fallback)} followers fell back; reason: "
               f"{next(iter(fallback.values()))['election']['fallback_reason']}")
         assert json.dumps(statuses)  # status stays JSON
+
+
+def test_leader_mode_state_growing_over_item_limit_followers_fall_back_to_edge(
+        start_cluster: StartCluster, edge: EdgeSimulator, prefix: str) -> None:
+    """The store keeps the older state that fitted; only the leader knows the newer one does
+    not. Before: followers served the older state for as long as that lasted, silently."""
+    small_state = many_features(8)
+    edge.set_features(small_state)
+    with Memcached() as small:  # default item size: 1 MB
+        cluster = start_cluster("gunicorn", WORKERS, env={
+            **FAST, **LEADER, "FH_PREFORK_STORE": small.url})
+        wait_for(lambda: (st := worker_states(cluster)) and len(st) >= WORKERS
+                 and all(s == edge_state(edge) for s in st.values()), LEADER_BOUND,
+                 interval=0.5, what="the small state in every worker")
+        grown = [*small_state, *(make_feature(f"FEATURE_{i:05d}", i % 2 == 0, 1)
+                                 for i in range(10_000))]
+        size = len(json.dumps(grown, separators=(",", ":")).encode())
+        assert size > 1024 * 1024, size
+        edge.set_features(grown)
+        expected = edge_state(edge)
+        wait_for(lambda: (st := worker_states(cluster)) and len(st) >= WORKERS
+                 and all(s == expected for s in st.values()),
+                 LEADER_BOUND + 6 * REFRESH * 1.2 + 5, interval=0.5,
+                 what=f"all {len(grown)} features ({size} bytes) in every worker")
+        statuses = cluster.statuses()
+        reasons = {pid: (s.get("election") or {}).get("fallback_reason")
+                   for pid, s in statuses.items() if s["role"] != "leader"}
+        assert len(reasons) >= WORKERS - 1, reasons
+        # the leader's lease says it first; a follower that then fetched the grown state
+        # and failed to write it too says its own
+        assert all(r and "item limit" in r for r in reasons.values()), reasons
+        print(f"state grew to {size} bytes: {len(reasons)} followers fell back; reason: "
+              f"{next(iter(reasons.values()))}")

@@ -44,7 +44,7 @@ from tests.support.procs import wait_for
 
 TTL = 3.0
 REFRESH = 0.4
-SLACK = 3.5
+SLACK = 2.5
 #: Two follower refresh periods at the top of their jitter, plus scheduling slack.
 PROPAGATION_BOUND = 2 * REFRESH * 1.2 + SLACK
 #: The lease's time to live (memcached rounds up to whole seconds), one refresh, slack.
@@ -297,7 +297,10 @@ def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
                                          tmp_path: Path, prefix: str) -> None:
     store = tmp_path / "store"
     edge.set_features(many_features(8))
-    cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"file://{store}"})
+    # a long lease: a take-over well inside it proves the lock died with the process (the
+    # record's expiry, stamped at each renewal, would come 5 s or more after the kill)
+    cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_STORE": f"file://{store}",
+                                                 "FH_PREFORK_LEASE_SECONDS": "8"})
     leader = first_leader([cluster], edge)
     assert edge.max_concurrent_streams == 1, edge.state()
     check_roles([cluster], leader)

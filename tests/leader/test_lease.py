@@ -431,3 +431,30 @@ def test_followers_learn_the_leaders_edge_state_from_the_lease(
         "h", "x", 1, 2.0, "key_not_found")
     assert Lease.decode(b'{"holder":"h","host":"x","pid":1,"expires_at":2}') == Lease(
         "h", "x", 1, 2.0), "a record without edge (an older fh_prefork) still reads"
+
+
+def test_followers_fall_back_while_the_leader_says_its_state_does_not_fit(
+        backends: Callable[[], Any]) -> None:
+    """The store still holds an older state that fitted: only the leader knows its newer
+    one is over the item limit, and its followers must not serve the older one meanwhile."""
+    problem: list[str | None] = [None]
+    a = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=301,
+                 write_problem=lambda: problem[0])
+    b = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=302)
+    a.step()
+    b.step()
+    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    problem[0] = "the state (1300000 bytes) is over the store's 1048576-byte item limit"
+    a.step()                       # the renewal carries it
+    b.step()
+    assert b.role == FALLBACK, b.status()
+    assert b.fallback_reason == f"the leader cannot write the state: {problem[0]}"
+    assert b.status()["lease"]["store"] == problem[0]
+    problem[0] = None              # the state fits again (written, or shrunk)
+    a.step()
+    b.step()
+    assert b.role == FOLLOWER, b.status()
+    record = Lease("h", "x", 1, 2.0, "connected", "over the limit")
+    assert Lease.decode(record.encode()) == record
+    assert Lease.decode(b'{"holder":"h","host":"x","pid":1,"expires_at":2,"store":5}') == Lease(
+        "h", "x", 1, 2.0), "junk in the field is no problem"

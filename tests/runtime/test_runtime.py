@@ -309,13 +309,14 @@ def test_raw_fork_from_a_dormant_master_starts_a_fresh_worker(first: str) -> Non
         assert child["reads"] == 1, child
 
 
-def test_a_follower_gives_a_new_leader_three_refresh_periods_to_fill_an_empty_store(
+def test_a_follower_gives_a_new_leader_time_to_fill_an_empty_store(
         edge: EdgeSimulator, memcached: Any, prefix: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A new leader's first moments look like an empty store (its Edge connect, its write).
     A follower that fell back after one period, as before, opened a second Edge stream at
-    most cold starts against an Edge a second away; it now waits three periods, and still
-    falls back when the store stays empty (a leader that cannot fill it)."""
+    most cold starts against an Edge a second away; it now waits a period plus
+    NEW_LEADER_SECONDS, and still falls back when the store stays empty."""
+    from fh_prefork.leader import NEW_LEADER_SECONDS
     from fh_prefork.store.backend import Lease
     from fh_prefork.store.core import NO_STATE
     from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
@@ -336,8 +337,8 @@ def test_a_follower_gives_a_new_leader_three_refresh_periods_to_fill_an_empty_st
         fh_prefork.start_worker()
         roles = []
         # past 2.2 periods: the old one-period rule had fallen back by then, whatever the
-        # jitter; short of three, so load (which only delays a check) cannot fail it
-        while time.monotonic() - started < 2.8 * refresh:
+        # jitter; well short of the grace, so load (which only delays a check) cannot fail it
+        while time.monotonic() - started < refresh + NEW_LEADER_SECONDS / 2:
             roles.append(fh_prefork.status()["role"])
             time.sleep(0.02)
         assert set(roles) == {"follower"}, roles
@@ -345,6 +346,7 @@ def test_a_follower_gives_a_new_leader_three_refresh_periods_to_fill_an_empty_st
         status = wait_for(lambda: (s := fh_prefork.status())["role"] == "fallback" and s, 5,
                           what="the fallback once the store stays empty")
         assert status["election"]["fallback_reason"] == NO_STATE, status["election"]
-        assert edge.wait_for_streams(1, 5), "the fallback's own Edge connection"
+        wait_for(lambda: edge.total_stream_connections >= 1, 5,
+                 what="the fallback's own Edge connection")
     finally:
         other.close()

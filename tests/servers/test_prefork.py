@@ -220,7 +220,8 @@ def test_refresh_ticks_of_eight_workers_are_spread(start_cluster: StartCluster) 
         # load only delays a wake-up: the lower bound is strict, the upper one allows two
         # late wake-ups of the 11 (8 workers start on 2 cores while these are taken)
         assert min(gaps) > REFRESH * 0.8 - 0.05, gaps
-        assert sum(g >= REFRESH * 1.2 + 0.15 for g in gaps) <= 2 and max(gaps) < REFRESH * 3, gaps
+        assert sum(g >= REFRESH * 1.2 + 0.15 for g in gaps) <= 2, gaps
+        assert max(gaps) < REFRESH * 1.2 + 0.5, gaps   # late, never a period skipped
         mean = sum(gaps) / len(gaps)
         spread = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
         assert spread > 0.04, f"worker {pid} ticks at a fixed period: {gaps}"

@@ -159,7 +159,7 @@ def _parses(path: Path) -> bool:
 
 def test_an_empty_store_is_a_problem_only_after_its_own_longer_grace(tmp_path: Path) -> None:
     """A leader-mode follower gives a new leader longer to fill an empty store than it
-    gives any other problem (runtime: two refresh periods, against one)."""
+    gives any other problem (runtime: a period plus NEW_LEADER_SECONDS, against one)."""
     config = make_config()
     store = FileSessionStore(tmp_path / "store", config)
     try:
