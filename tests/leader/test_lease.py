@@ -412,16 +412,23 @@ def test_lease_settings_defaults_and_validation() -> None:
         s.load({**base, "FH_PREFORK_LEASE_SECONDS": "3", "FH_PREFORK_LEASE_RENEW_SECONDS": "3"})
 
 
-def test_followers_learn_the_leaders_edge_state_from_the_lease(
-        backends: Callable[[], Any]) -> None:
-    """Followers never talk to Edge: a deleted API key (Edge 404) reaches them in the lease."""
-    edge = ["connected"]
-    a = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=201,
-                 edge_state=lambda: edge[0])
+def leader_and_follower(backends: Callable[[], Any], **leader: Any
+                        ) -> tuple[Election, Election]:
+    """Two elections on one store, ``a`` leading (with ``leader``'s callbacks), ``b``
+    following: what the leader puts in its lease reaches ``b`` at the next two steps."""
+    a = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=201, **leader)
     b = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=202)
     a.step()
     b.step()
     assert (a.role, b.role) == (LEADER, FOLLOWER)
+    return a, b
+
+
+def test_followers_learn_the_leaders_edge_state_from_the_lease(
+        backends: Callable[[], Any]) -> None:
+    """Followers never talk to Edge: a deleted API key (Edge 404) reaches them in the lease."""
+    edge = ["connected"]
+    a, b = leader_and_follower(backends, edge_state=lambda: edge[0])
     assert b.status()["lease"]["edge"] == "connected"
     edge[0] = "key_not_found"
     a.step()                       # the renewal carries the new state
@@ -438,12 +445,7 @@ def test_followers_fall_back_while_the_leader_says_its_state_does_not_fit(
     """The store still holds an older state that fitted: only the leader knows its newer
     one is over the item limit, and its followers must not serve the older one meanwhile."""
     problem: list[str | None] = [None]
-    a = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=301,
-                 write_problem=lambda: problem[0])
-    b = Election(backends(), ttl=2.0, renew_seconds=0.5, follow_seconds=0.2, pid=302)
-    a.step()
-    b.step()
-    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    a, b = leader_and_follower(backends, write_problem=lambda: problem[0])
     problem[0] = "the state (1300000 bytes) is over the store's 1048576-byte item limit"
     a.step()                       # the renewal carries it
     b.step()
