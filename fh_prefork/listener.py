@@ -167,6 +167,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if gone is not None:
                 self._tell("delete_feature", gone, source)
 
+    def edge_list_unchanged(self) -> None:
+        """Edge answered that its full list is the one it sent last (a poll's 304).
+
+        It counts as Edge's last list seen again: the absence judge's clock runs on it.
+        """
+
     def edge_view(self) -> tuple[frozenset[str], int] | None:
         """A copy of :attr:`edge_ids` and the number of the list it starts from (None before
         Edge's first full list)."""
