@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
 from . import tombstones as ts
+from .absence import SUSPECT_FACTOR, AbsenceJudge, EdgeView, list_is_suspect
 from .feature_shape import MAX_VERSION
 from .features import feature_problem, identity_problem
 from .ratelog import RateLimitedLog
@@ -45,6 +47,9 @@ class RawUpdateFeatureListener:
     def delete_feature(self, feature: dict[str, Any], source: str) -> None:
         """A feature was deleted (Edge ``delete_feature`` event)."""
 
+    def marks_changed(self) -> None:
+        """An absence mark was proposed here, and no feature state changed (the store writes it)."""
+
     def close(self) -> None:
         """The repository is going away; release resources."""
 
@@ -55,15 +60,18 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     * Feature states the SDK would raise on (see :mod:`fh_prefork.feature_shape`)
       are dropped with a rate-limited warning, one entry at a time: one bad
       entry never costs the others.
-    * Deletions are remembered as tombstones (:mod:`fh_prefork.tombstones`),
-      so a lagging stream or store re-sending the deleted version cannot bring
-      the feature back; a later version (a re-created feature) still can.
-    * A full ``features`` list from Edge is the whole environment: a feature
-      this process holds that Edge's full lists keep lacking for
-      ``absence_seconds`` was deleted while we were not listening, and is
-      deleted here too. One list is not enough: a poll behind a peer's (or a
-      lagging Edge replica) lacks what was created a moment ago, and a
-      tombstone made from it would refuse that feature everywhere.
+    * Edge's ``delete_feature`` deletes, whatever version it carries. The
+      real Edge sends a deleted feature with version 0 and no value (and a
+      retired one with its real version): a delete without a usable version
+      removes the feature id for good, since FeatureHub never brings a deleted
+      feature's id back (a re-created feature gets a new one). The deletion is
+      remembered as a tombstone (:mod:`fh_prefork.tombstones`), so a lagging
+      stream, the store or a peer re-sending the deleted version cannot bring
+      it back; a later version (an unretired feature) still can.
+    * A feature Edge's view keeps lacking is removed by the absence judge
+      (:mod:`fh_prefork.absence`) and recorded as an absence mark, which never
+      refuses Edge: any Edge list or event naming the feature again brings it
+      back at once, and the store spreads that to every worker.
     * A state whose id differs from the one held under its key replaces it
       when it comes from Edge or when the held one was deleted: FeatureHub
       gives a re-created feature a new id, whose version restarts.
@@ -74,19 +82,58 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._listeners: list[RawUpdateFeatureListener] = []
         self._notify_lock = threading.RLock()
         self._tombstones: ts.Tombstones = {}
+        #: absence marks this process made that no store read has shown yet (it writes them)
+        self._own_marks: ts.Tombstones = {}
         self._junk_log = RateLimitedLog(log)
+        self._suspect_log = RateLimitedLog(log)
         #: feature states applied and deletions made, by source (for metrics and status)
         self.applied: dict[str, int] = {}
-        #: the ids Edge's stream says exist now: its last full list, plus the features it sent
-        #: since, minus the ones it deleted (None until a full list arrived)
-        self.edge_ids: set[str] | None = None
-        #: full lists Edge has sent this process: a list numbered N is evidence only about
-        #: features that existed before it arrived
-        self.edge_lists = 0
-        #: seconds a held feature must stay missing from Edge's full lists to count as deleted
-        self.absence_seconds = 10.0
-        self._unlisted_since: dict[str, float] = {}   # id -> monotonic, first missing list
-        self._clock: Callable[[], float] = time.monotonic   # tests step it past the grace
+        #: what Edge's stream says exists now (None until a full list arrived)
+        self._view: EdgeView | None = None
+        #: id -> unix time Edge last named the feature (a list or an event)
+        self._named_at: dict[str, float] = {}
+        #: the judge of what Edge's silence means (see fh_prefork.absence)
+        self.judge = AbsenceJudge(grace=300.0)
+        #: () -> whether this process's Edge view is current; set by the runtime. None: it
+        #: is current once a full list arrived (a repository fed by hand, in tests)
+        self.edge_live: Callable[[], bool] | None = None
+        #: a shared store carries this process's absence marks to its peers: a mark is then
+        #: proposed first, and confirmed only if no peer's Edge view lifts it in time
+        self.shared = False
+
+    # -- settings and views ------------------------------------------------------------------
+
+    @property
+    def absence_seconds(self) -> float:
+        """Seconds a held feature must stay missing from Edge's view to count as deleted."""
+        return self.judge.grace
+
+    @absence_seconds.setter
+    def absence_seconds(self, seconds: float) -> None:
+        self.judge.grace = seconds
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self.judge.clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:   # tests step the grace over
+        self.judge.clock = clock
+
+    @property
+    def edge_ids(self) -> set[str] | None:
+        """The ids Edge's stream says exist now (None until a full list arrived)."""
+        view = self._view
+        return None if view is None else set(view.ids)
+
+    @property
+    def edge_lists(self) -> int:
+        """Full lists Edge has sent this process."""
+        view = self._view
+        return 0 if view is None else view.lists
+
+    def _live(self) -> bool:
+        return self.edge_live() if self.edge_live is not None else self._view is not None
 
     def register_raw_update_listener(self, listener: RawUpdateFeatureListener) -> None:
         with self._notify_lock:
@@ -102,6 +149,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     def raw_update_listeners(self) -> list[RawUpdateFeatureListener]:
         return list(self._listeners)
 
+    # -- what Edge says ------------------------------------------------------------------------
+
     def notify(self, status: str, data: Any, source: str = EDGE_SOURCE) -> None:
         """Apply an update like the SDK does, then pass what was applied to every listener."""
         if status == "features":
@@ -111,29 +160,25 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                 return
             with self._notify_lock:
                 if source == EDGE_SOURCE:
-                    self.edge_lists += 1
-                    self.edge_ids = {item["id"] for item in data
-                                     if isinstance(item, dict) and isinstance(item.get("id"), str)}
+                    self._new_list(data)
                 applied = [f for f in (self._apply_one(item, source) for item in data) if f]
-                deleted = self._delete_unlisted(data) if source == EDGE_SOURCE else []
                 self._ready = True
                 self._tell("features", applied, source)
-                for gone in deleted:
-                    self._tell("delete_feature", gone, source)
+                if source == EDGE_SOURCE:
+                    self._judge_held()
         elif status == "feature":
             with self._notify_lock:
                 if source == EDGE_SOURCE and isinstance(data, dict) and isinstance(
                         data.get("id"), str):
-                    self._unlisted_since.pop(data["id"], None)
-                    if self.edge_ids is not None:
-                        self.edge_ids.add(data["id"])
+                    self._named(data["id"])
                 applied_one = self._apply_one(data, source)
                 if applied_one is not None:
                     self._tell("feature", applied_one, source)
         elif status == "delete_feature":
             with self._notify_lock:
-                if source == EDGE_SOURCE and self.edge_ids is not None and isinstance(data, dict):
-                    self.edge_ids.discard(data.get("id"))
+                if source == EDGE_SOURCE and self._view is not None and isinstance(data, dict):
+                    fid = data.get("id")
+                    self._view = replace(self._view, ids=self._view.ids - {fid})
                 gone_one = self._delete(data, source)
                 if gone_one is not None:
                     self._tell("delete_feature", gone_one, source)
@@ -141,14 +186,158 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             with self._notify_lock:
                 super().notify(status, data)
 
+    def edge_list_unchanged(self) -> None:
+        """Edge answered that its full list is the one it sent last (a poll's 304).
+
+        It counts as Edge's last list seen again: what it names is named now,
+        and the absence judge's clocks run on.
+        """
+        with self._notify_lock:
+            view = self._view
+            if view is None:
+                return
+            now = time.time()
+            for fid in view.ids:
+                self._named_at[fid] = now
+            self._judge_held()
+
+    def _new_list(self, data: list[Any]) -> None:
+        ids = frozenset(item["id"] for item in data
+                        if isinstance(item, dict) and isinstance(item.get("id"), str))
+        held = [f["id"] for f in self._held_states()]
+        suspect, empty = list_is_suspect(ids, held)
+        lists = (self._view.lists if self._view is not None else 0) + 1
+        self.judge.know(held, lists - 1)
+        self._view = EdgeView(ids, lists, suspect, empty)
+        now = time.time()
+        for fid in ids:
+            self._named_at[fid] = now
+        if not suspect:
+            self._suspect_log.recovered("fh_prefork: Edge's full list names what this process "
+                                        "holds again")
+            return
+        self._suspect_log.failure(
+                "fh_prefork: Edge's full list names %d of the %d features this process holds; "
+                "not taken as deletions for %.0f s (an Edge that lost its cache?)",
+                len(set(held) & ids), len(held),
+                self.judge.grace * SUSPECT_FACTOR)
+
+    def _named(self, fid: str) -> None:
+        self._named_at[fid] = time.time()
+        if self._view is not None and fid not in self._view.ids:
+            self._view = replace(self._view, ids=self._view.ids | {fid})
+        self.judge.forget(fid)
+        self.judge.know([fid], self.edge_lists)
+
+    def named_at(self) -> dict[str, float]:
+        """id -> unix time Edge last named the feature; now for what a current view names."""
+        with self._notify_lock:
+            named = dict(self._named_at)
+            view = self._view
+            if view is not None and self._live():
+                now = time.time()
+                for fid in view.ids:
+                    named[fid] = now
+            return named
+
+    # -- absence --------------------------------------------------------------------------------
+
+    def judge_absent(self, stored: dict[str, dict[str, Any]] | None = None) -> list[str]:
+        """Mark what Edge's view has lacked long enough; return the ids marked absent.
+
+        ``stored``: id -> entry the store holds (the store thread passes what it
+        read), judged with what this process holds. With a shared store the
+        mark is a proposal (see :meth:`confirm_marks`); alone, it removes at once.
+        """
+        with self._notify_lock:
+            candidates: dict[str, dict[str, Any]] = dict(stored or {})
+            for state in self._held_states():
+                candidates[state["id"]] = state
+            self.judge.know(candidates, self.edge_lists)
+            for fid in [fid for fid in candidates if fid in self._tombstones
+                        and (self._tombstones[fid].covers(candidates[fid])
+                             or self._tombstones[fid].proposed)]:
+                del candidates[fid]          # deleted, marked or proposed already
+            gone = self.judge.absent(self._view, self._live(), candidates)
+            for fid in gone:
+                self._mark_absent(candidates[fid], proposed=self.shared)
+            return gone
+
+    def confirm_marks(self, stored: ts.Tombstones, after: float) -> list[str]:
+        """Confirm the store's proposed absence marks that stood ``after`` seconds unlifted.
+
+        Every process whose Edge view names a feature lifts a proposal for it
+        at its next read, so a proposal still standing after a few refresh
+        periods was lacked by every live view. Any process may confirm it
+        (the proposer may be gone), unless its own Edge named the feature since.
+        """
+        with self._notify_lock:
+            named = self.named_at()
+            now = time.time()
+            done = []
+            for tomb in stored.values():
+                if (tomb.proposed and now - tomb.deleted_at >= after
+                        and named.get(tomb.id, -1.0) < tomb.deleted_at
+                        and not (tomb.id in self._own_marks
+                                 and not self._own_marks[tomb.id].proposed)):
+                    self._mark_absent({"id": tomb.id, "key": tomb.key,
+                                       "version": tomb.version}, proposed=False)
+                    done.append(tomb.id)
+            return done
+
+    def _judge_held(self) -> None:
+        self.judge_absent()
+
+    def _mark_absent(self, state: dict[str, Any], proposed: bool) -> None:
+        tomb = Tombstone(state["id"], state["key"], state["version"], time.time(),
+                         inferred=True, proposed=proposed)
+        self._own_marks[tomb.id] = ts.newer(self._own_marks.get(tomb.id), tomb)
+        self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
+        if proposed:
+            log.info("fh_prefork: feature %r (id %s, version %s) has been missing from Edge's "
+                     "view for %.0f s; proposed as deleted (a peer whose Edge names it lifts "
+                     "the proposal)", state["key"], state["id"], state["version"],
+                     self.judge.grace)
+            for listener in list(self._listeners):
+                try:
+                    listener.marks_changed()
+                except Exception:  # a listener must never break flag updates
+                    log.exception("fh_prefork: listener %r failed on marks_changed", listener)
+            return
+        log.info("fh_prefork: feature %r (id %s, version %s) is missing from every Edge view; "
+                 "removed until Edge names it again", state["key"], state["id"],
+                 state["version"])
+        holder = self.features.get(state["key"])
+        held = holder.internal_feature_state if holder is not None else None
+        if held and tomb.covers(held):
+            self._guarded(super().notify, "delete_feature", {"id": tomb.id, "key": tomb.key})
+        self._tell("delete_feature", {"id": tomb.id, "key": tomb.key, "version": tomb.version},
+                   EDGE_SOURCE)
+
+    # -- what the store says ------------------------------------------------------------------
+
+    def shared_tombstones(self) -> ts.Tombstones:
+        """What this process adds to the store's tombstones: Edge's deletes it heard, and the
+        absence marks it made. Marks read from the store are the store's to keep or lift,
+        so they are not written back from memory."""
+        with self._notify_lock:
+            return ts.union(ts.explicit(self._tombstones), self._own_marks)
+
     def apply_shared(self, features: list[dict[str, Any]], tombstones: ts.Tombstones, *,
                      source: str, keep_seconds: float = ts.KEEP_SECONDS,
                      max_tombstones: int = ts.MAX_TOMBSTONES) -> None:
-        """Adopt what a shared store knows: its tombstones first, then its newer states."""
+        """Adopt what a shared store knows: its tombstones first, then its newer states.
+
+        Edge's deletes are kept as a union; absence marks follow the store's
+        current set (plus this process's own marks not written yet), so a mark
+        lifted anywhere is lifted here too.
+        """
         with self._notify_lock:
-            merged = ts.union(self._tombstones, tombstones)
+            marks = ts.union(ts.inferred(tombstones), self._own_marks)
+            merged = ts.union(ts.explicit(self._tombstones), ts.explicit(tombstones), marks)
+            merged = ts.lift(merged, self.named_at())
             self._tombstones = ts.prune(merged, time.time(), keep_seconds, max_tombstones)
-            for tomb in tombstones.values():
+            for tomb in self._tombstones.values():
                 holder = self.features.get(tomb.key)
                 state = holder.internal_feature_state if holder is not None else None
                 if state and tomb.covers(state):
@@ -160,6 +349,13 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if applied:
                 self._tell("features", applied, source)
 
+    def shared_written(self, tombstones: ts.Tombstones) -> None:
+        """The store now holds ``tombstones``: own marks it holds need no more writing."""
+        with self._notify_lock:
+            for fid in [fid for fid, t in self._own_marks.items()
+                        if fid in tombstones and tombstones[fid].rank() >= t.rank()]:
+                del self._own_marks[fid]
+
     def bury(self, fid: str, key: str, version: int, source: str) -> None:
         """Record that feature ``fid`` is deleted at ``version``, and delete it here if held."""
         with self._notify_lock:
@@ -167,24 +363,27 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if gone is not None:
                 self._tell("delete_feature", gone, source)
 
-    def edge_list_unchanged(self) -> None:
-        """Edge answered that its full list is the one it sent last (a poll's 304).
-
-        It counts as Edge's last list seen again: the absence judge's clock runs on it.
-        """
-
     def edge_view(self) -> tuple[frozenset[str], int] | None:
-        """A copy of :attr:`edge_ids` and the number of the list it starts from (None before
+        """The ids Edge's view names and the number of the list it starts from (None before
         Edge's first full list)."""
         with self._notify_lock:
-            return None if self.edge_ids is None else (frozenset(self.edge_ids), self.edge_lists)
+            view = self._view
+            return None if view is None else (view.ids, view.lists)
 
     def tombstones(self) -> ts.Tombstones:
-        """The deletions this process remembers (a copy)."""
+        """The deletions and absence marks this process knows (a copy)."""
         with self._notify_lock:
             return dict(self._tombstones)
 
     # -- applying -----------------------------------------------------------------------------
+
+    def _held_states(self) -> list[dict[str, Any]]:
+        out = []
+        for holder in list(self.features.values()):
+            held = holder.internal_feature_state
+            if held and identity_problem(held) is None:
+                out.append(held)
+        return out
 
     def _apply_one(self, item: Any, source: str) -> dict[str, Any] | None:
         """Apply one state if it is usable and not deleted; return it when the SDK took it."""
@@ -195,7 +394,13 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                                    key, source, problem)
             return None
         tomb = self._tombstones.get(item["id"])
-        if tomb is not None and tomb.covers(item):
+        if tomb is not None and tomb.inferred and source == EDGE_SOURCE:
+            # Edge names it again: the absence was not a deletion (see fh_prefork.absence)
+            del self._tombstones[item["id"]]
+            self._own_marks.pop(item["id"], None)
+            log.info("fh_prefork: Edge names feature %r (id %s) again; it is back", item["key"],
+                     item["id"])
+        elif tomb is not None and tomb.covers(item):
             return None
         holder = self.features.get(item["key"])
         held = holder.internal_feature_state if holder is not None else None
@@ -216,7 +421,14 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         return item if after is not None and after.internal_feature_state is item else None
 
     def _delete(self, data: Any, source: str) -> dict[str, Any] | None:
-        """Apply an Edge/store delete and remember it as a tombstone."""
+        """Apply an Edge/store delete and remember it as a tombstone.
+
+        A delete without a usable version (the real Edge sends 0) removes the
+        id at every version: FeatureHub never reuses a deleted feature's id,
+        and a tombstone at the held version only would let a newer copy that
+        reached the store first bring it back. A delete at a version older than
+        the one held is stale: remembered, but what is held stays.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("key"), str):
             self._junk_log.failure("fh_prefork: ignored malformed delete_feature from %s", source)
             return None
@@ -226,11 +438,13 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         fid = data.get("id") if isinstance(data.get("id"), str) and data.get("id") else None
         fid = fid or (held.get("id") if held else None)
         version = data.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            version = held.get("version") if held and held.get("id") == fid else MAX_VERSION
+        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+            version = MAX_VERSION
         if fid:
             tomb = Tombstone(fid, key, min(int(version), MAX_VERSION), time.time())
             self._tombstones[fid] = ts.newer(self._tombstones.get(fid), tomb)
+            self._own_marks.pop(fid, None)
+            self.judge.forget(fid)
             tomb = self._tombstones[fid]
             if held and not tomb.covers(held):
                 return None     # we hold a newer or another feature under this key
@@ -243,29 +457,6 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         tomb = Tombstone(state["id"], state["key"], state["version"], time.time())
         self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
         return self._tombstones[tomb.id]
-
-    def _delete_unlisted(self, listed: list[Any]) -> list[dict[str, Any]]:
-        """Edge's full lists are the environment: what we hold and they keep lacking was deleted.
-
-        Missing from one list starts the clock; missing from a list at least
-        ``absence_seconds`` later (and never listed or sent between) deletes.
-        """
-        now = self._clock()
-        ids = {item.get("id") for item in listed if isinstance(item, dict)}
-        unlisted: dict[str, dict[str, Any]] = {}
-        for holder in list(self.features.values()):
-            held = holder.internal_feature_state
-            if held and identity_problem(held) is None and held["id"] not in ids:
-                unlisted[held["id"]] = dict(held)
-        self._unlisted_since = {fid: self._unlisted_since.get(fid, now) for fid in unlisted}
-        gone = []
-        for fid, held in unlisted.items():
-            if now - self._unlisted_since[fid] >= self.absence_seconds:
-                del self._unlisted_since[fid]
-                deleted = self._delete(held, EDGE_SOURCE)
-                if deleted is not None:
-                    gone.append(deleted)
-        return gone
 
     def _guarded(self, apply: Any, *args: Any) -> bool:
         """Run one SDK call; a state it still raises on costs only itself."""

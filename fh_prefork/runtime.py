@@ -121,8 +121,8 @@ class Worker:
         elif isinstance(self.edge_service, SupervisedEdge):
             self.edge = self.edge_service
             self.edge.start()
-        if self.store is not None and role != MASTER:
-            self.store.edge_live = self._edge_live
+        if role != MASTER:   # the absence judge counts silence only from a current view
+            self.repository.edge_live = self._edge_live
         if role != MASTER and self.store is not None:
             parent = os.getppid()      # the prefork master (or whoever started us)
             if parent > 1:

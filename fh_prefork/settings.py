@@ -160,9 +160,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verify_every", "FH_PREFORK_VERIFY_EVERY", _count, "12",
             "a full read every N refreshes even when the fingerprint says nothing changed: "
             "bounds how long a stale or foreign-overwritten store goes unhealed"),
-    Setting("edge_absence_seconds", "FH_PREFORK_EDGE_ABSENCE_SECONDS", _positive_float, "10",
-            "a feature Edge's full lists (or a connected SSE stream, for what was known "
-            "before its list) keep lacking this long was deleted while no stream heard it"),
+    Setting("edge_absence_seconds", "FH_PREFORK_EDGE_ABSENCE_SECONDS", _positive_float, "300",
+            "a feature Edge's current view (its last full list and the events since) keeps "
+            "lacking this long was deleted while no stream heard it: removed, and back as "
+            "soon as Edge names it again. Longer than an Edge restart or a replica's lag; "
+            "a list naming less than half of what is held counts only after 6 times this, "
+            "an empty list never (see fh_prefork.absence)"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
     Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _whole_seconds, "30",

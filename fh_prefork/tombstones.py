@@ -39,35 +39,79 @@ MAX_TOMBSTONES = 1000
 
 @dataclass(frozen=True)
 class Tombstone:
-    """Feature ``id`` (``key``) deleted at ``version``; ``deleted_at`` is unix time."""
+    """Feature ``id`` (``key``) deleted at ``version``; ``deleted_at`` is unix time.
+
+    ``inferred``: an *absence mark*, made because Edge's view lacked the
+    feature (:mod:`fh_prefork.absence`), not because Edge said it was deleted.
+    It stops stale copies from the store and from peers like any tombstone,
+    but never a state Edge itself sends: that lifts it. ``proposed``: a mark
+    put to the fleet and not yet confirmed; it removes and refuses nothing,
+    so every process whose own Edge view still names the feature has a
+    refresh period or more to lift it first.
+    """
 
     id: str
     key: str
     version: int
     deleted_at: float
+    inferred: bool = False
+    proposed: bool = False
 
     def covers(self, feature: Mapping[str, Any]) -> bool:
         """True when ``feature`` is this deleted feature at the deleted version or older."""
-        return feature.get("id") == self.id and int(feature.get("version", 0)) <= self.version
+        return (not self.proposed and feature.get("id") == self.id
+                and int(feature.get("version", 0)) <= self.version)
+
+    def rank(self) -> tuple[int, bool, bool]:
+        """What wins between two tombstones of one id: the higher version, then Edge's
+        delete over an inference, then a confirmed mark over a proposal."""
+        return self.version, not self.inferred, not self.proposed
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "key": self.key, "version": self.version,
-                "deleted_at": round(self.deleted_at, 3)}
+        out: dict[str, Any] = {"id": self.id, "key": self.key, "version": self.version,
+                               "deleted_at": round(self.deleted_at, 3)}
+        if self.inferred:
+            out["inferred"] = True
+        if self.proposed:
+            out["proposed"] = True
+        return out
 
 
 Tombstones = dict[str, Tombstone]
 
 
 def newer(a: Tombstone | None, b: Tombstone) -> Tombstone:
-    """The tombstone that wins for one id: the higher version, then the earlier deletion.
+    """The tombstone that wins for one id: the higher :meth:`Tombstone.rank`, then the
+    earlier deletion.
 
     Keeping the earlier time means rewriting a tombstone never extends its life.
     """
-    if a is None or b.version > a.version:
+    if a is None or b.rank() > a.rank():
         return b
-    if b.version == a.version and b.deleted_at < a.deleted_at:
-        return b
-    return a
+    if b.rank() < a.rank():
+        return a
+    return b if b.deleted_at < a.deleted_at else a
+
+
+def explicit(tombs: Mapping[str, Tombstone]) -> Tombstones:
+    """The tombstones Edge's own deletes made (they refuse every source)."""
+    return {fid: t for fid, t in tombs.items() if not t.inferred}
+
+
+def inferred(tombs: Mapping[str, Tombstone]) -> Tombstones:
+    """The absence marks (they refuse stale copies, never Edge)."""
+    return {fid: t for fid, t in tombs.items() if t.inferred}
+
+
+def lift(tombs: Mapping[str, Tombstone], named_at: Mapping[str, float]) -> Tombstones:
+    """``tombs`` without the absence marks Edge has named again since they were made.
+
+    ``named_at``: id -> unix time this process last heard Edge name the feature
+    (a list or an event). A mark made after that stays: the judge that made it
+    saw Edge lack the feature later than we saw it named.
+    """
+    return {fid: t for fid, t in tombs.items()
+            if not (t.inferred and named_at.get(fid, -math.inf) >= t.deleted_at)}
 
 
 def union(*sets: Mapping[str, Tombstone]) -> Tombstones:
@@ -86,9 +130,9 @@ def prune(tombs: Mapping[str, Tombstone], now: float, keep_seconds: float,
     return {t.id: t for t in alive[:max_count]}
 
 
-def identity(tombs: Mapping[str, Tombstone]) -> set[tuple[str, int]]:
-    """What two sets must share to be the same: ids and versions (times may differ)."""
-    return {(t.id, t.version) for t in tombs.values()}
+def identity(tombs: Mapping[str, Tombstone]) -> set[tuple[str, int, bool, bool]]:
+    """What two sets must share to be the same: ids, versions and kinds (times may differ)."""
+    return {(t.id, t.version, t.inferred, t.proposed) for t in tombs.values()}
 
 
 def encode(tombs: Iterable[Tombstone]) -> bytes:
@@ -126,12 +170,15 @@ def _tombstone(item: Any) -> Tombstone | None:
         return None
     fid, key, version, at = (item.get("id"), item.get("key"), item.get("version"),
                              item.get("deleted_at"))
+    guess, proposed = item.get("inferred", False), item.get("proposed", False)
     if not (isinstance(fid, str) and fid and isinstance(key, str)):
         return None
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
         return None
     if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         return None
+    if not isinstance(guess, bool) or not isinstance(proposed, bool):
+        return None
     # a time in the future (a writer's clock ahead, or a hand-made entry) would never expire
     # and would stay first in the count cut: it is taken as deleted now
-    return Tombstone(fid, key, version, min(float(at), time.time()))
+    return Tombstone(fid, key, version, min(float(at), time.time()), guess, guess and proposed)

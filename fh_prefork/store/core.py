@@ -131,6 +131,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._log = options.logger or log
         self._repository = attach_repository(config)
         self._repository.absence_seconds = options.edge_absence_seconds
+        self._repository.shared = True
         self.counters = StoreCounters()
         self._cond = threading.Condition()
         self._dirty = False                 # something arrived that the store may lack
@@ -155,11 +156,6 @@ class SessionStore(RawUpdateFeatureListener):
         self._problem: str | None = None       # why the store cannot give us the state
         self._problem_since: float | None = None   # monotonic
         self._ticks_since_read = 0
-        #: () -> whether this process's Edge view is current (an SSE stream is up); set by
-        #: the runtime, so the store can judge stored features by it (see _judge_by_edge)
-        self.edge_live: Callable[[], bool] | None = None
-        self._absent_since: dict[str, float] = {}   # id -> monotonic, absent from Edge since
-        self._known_since_list: dict[str, int] = {}  # id -> Edge lists heard when first known
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
@@ -187,6 +183,16 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread.start()
         self._notifier = self._start_notifier() if options.push else None
 
+    @property
+    def edge_live(self) -> Callable[[], bool] | None:
+        """() -> whether this process's Edge view is current: the repository's, which its
+        absence judge reads (see fh_prefork.absence)."""
+        return self._repository.edge_live
+
+    @edge_live.setter
+    def edge_live(self, live: Callable[[], bool] | None) -> None:
+        self._repository.edge_live = live
+
     # -- RawUpdateFeatureListener: called on the notifying thread, must only mark ------------
 
     def process_updates(self, features: list[fs.FeatureState], source: str) -> None:
@@ -199,6 +205,9 @@ class SessionStore(RawUpdateFeatureListener):
     def delete_feature(self, feature: fs.FeatureState, source: str) -> None:
         if source != self.source:
             self._mark_dirty([feature.get("id")])
+
+    def marks_changed(self) -> None:
+        self._mark_dirty(())
 
     def _mark_dirty(self, ids: Any) -> None:
         with self._cond:
@@ -517,13 +526,14 @@ class SessionStore(RawUpdateFeatureListener):
             self.counters.reads += 1
             self._ticks_since_read = 0
             decoded = self._decode(snapshot)
-            self._judge_by_edge(decoded)
             stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, fs.MAX_READ_BYTES)
+            self._judge_by_edge(decoded, stored_tombs)
             plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
-                             self._held(), self._repository.tombstones(), now=time.time(),
-                             keep_seconds=self.options.tombstone_seconds,
+                             self._held(), self._repository.shared_tombstones(),
+                             now=time.time(), keep_seconds=self.options.tombstone_seconds,
                              max_tombstones=self.options.max_tombstones,
-                             knows_state=self._repository.is_ready())
+                             knows_state=self._repository.is_ready(),
+                             named_at=self._repository.named_at())
             self._apply(plan)
             self._last_refresh = time.time()
             if not plan.write and not bad_tombs:
@@ -556,53 +566,24 @@ class SessionStore(RawUpdateFeatureListener):
                           self._backend.description)
         return _RETRY
 
-    def _judge_by_edge(self, stored: fs.Decoded) -> None:
-        """Delete what the store keeps holding although this process's live Edge stream lacks it.
+    def _judge_by_edge(self, stored: fs.Decoded, stored_tombs: ts.Tombstones) -> None:
+        """Let the absence judge see what the store holds as well as what this process holds.
 
         A delete that reached no stream (every connection was down, or in
         leader mode the leader was being replaced) is visible only as absence
-        from Edge's next full list; followers never hear one, and a process
-        that did not hold the feature then cannot delete it, so the others
-        keep writing it back. A process whose SSE stream is up judges the
-        store: a feature Edge's stream has not listed or sent for
-        ``edge_absence_seconds`` while connected does not exist on Edge.
-        (In poll mode the listener judges successive full lists instead.)
-        Only features this process knew (held, or saw stored, even if the
-        store was emptied since) before its stream's current full list arrived
-        are judged. Edge pushes a new feature down every stream, but one stream
-        can lag or miss the event; a feature first known through a peer's
-        stream after our list is judged only after our next full list (a
-        reconnect). The grace covers a peer's stream, or a foreign store's,
-        being a little ahead of ours at the moment of our list.
+        from Edge's view; a process that does not hold the feature cannot
+        judge it from its own repository, so the others would keep writing it
+        back. The rules (and why an absence never refuses Edge) are in
+        :mod:`fh_prefork.absence`.
         """
-        view = self._repository.edge_view()
-        lists = view[1] if view is not None else 0
-        local = self._repository.tombstones()
-        known = self._known_since_list
-        for fid in (*stored.placed, *(f["id"] for f in self._held())):
-            known.setdefault(fid, lists)    # kept while the store is emptied and refilled
-        for fid in [fid for fid in known if fid in local]:
-            del known[fid]                  # deleted: judged already
-        if self.edge_live is None or view is None or not self.edge_live():
-            self._absent_since.clear()
-            return
-        edge_ids = view[0]
-        now = time.monotonic()
-        # only what this process knew (held, or saw stored) before its stream's full list
-        # arrived: that list, and every change Edge pushed since, would have named it; one
-        # first known after the list may be a feature Edge pushed to a peer's stream and not
-        # yet to ours (lag, a missed event)
-        absent = {fid: f for fid, f in stored.placed.items()
-                  if fid not in edge_ids and known.get(fid, lists) < lists
-                  and not (fid in local and local[fid].covers(f))}
-        for fid in list(self._absent_since):
-            if fid not in absent:
-                del self._absent_since[fid]
-        for fid, feature in absent.items():
-            since = self._absent_since.setdefault(fid, now)
-            if now - since >= self.options.edge_absence_seconds:
-                del self._absent_since[fid]
-                self._repository.bury(fid, feature["key"], feature["version"], source="edge")
+        self._repository.judge_absent(dict(stored.placed))
+        self._repository.confirm_marks(stored_tombs, self.confirm_seconds())
+
+    def confirm_seconds(self) -> float:
+        """How long a proposed absence mark stands in the store before it is confirmed: three
+        refresh periods at their longest, so every process whose Edge view still names the
+        feature has read the proposal (its write changed the store's token) and lifted it."""
+        return 3 * self.options.refresh_timeout * (1 + self.options.refresh_jitter)
 
     def _held(self) -> list[fs.FeatureState]:
         return [f for f in self._repository.feature_states() if fs.identity_problem(f) is None]
@@ -624,6 +605,7 @@ class SessionStore(RawUpdateFeatureListener):
         to the store thread: the hook must not wait on a second read and a write.
         """
         self._stored_count = len(plan.live)
+        self._repository.shared_written(plan.tombstones)
         if snapshot.value is not None and not decoded.too_large:
             self._too_large_fingerprint = self._write_problem = None   # the store holds it
         if snapshot.value is None:
@@ -675,6 +657,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._change_token = token
         self._fingerprint = fingerprint
         self._stored_count = len(plan.live)
+        self._repository.shared_written(plan.tombstones)
         self.counters.buried += len(plan.buried)
         healed = [fid for fid in plan.restored if fid not in dirty_ids]
         self.counters.heals += len(healed)

@@ -50,10 +50,10 @@ class SessionStoreOptions:
     tombstone_seconds: float = _opt(7 * 24 * 3600.0, "how long a deletion is remembered "
                                     "(see How it works)", "7 days")
     max_tombstones: int = _opt(1000, "deletions remembered at most, oldest dropped first")
-    edge_absence_seconds: float = _opt(10.0, "a feature that Edge's full lists (or a connected "
-                                       "SSE stream, for what was known before its list) keep "
-                                       "lacking for this long is deleted (a delete no stream "
-                                       "heard)", "10 s")
+    edge_absence_seconds: float = _opt(300.0, "a feature that Edge's current view keeps "
+                                       "lacking for this long is removed until Edge names it "
+                                       "again (a delete no stream heard; see "
+                                       "fh_prefork.absence)", "300 s")
     push: bool = _opt(True, "wake at once on the backend's change notifications (Redis "
                       "pub/sub, inotify on the embedded store); the refresh timer stays on as "
                       "the safety poll")

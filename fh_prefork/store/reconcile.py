@@ -5,7 +5,9 @@ backend shares: the store converges to the newest version of every live
 feature any process holds, minus what a tombstone deleted.
 
 * Absence is not deletion: a feature this process holds that the store lacks
-  (or holds older) is written back. Only a tombstone deletes.
+  (or holds older) is written back. Only a tombstone deletes, and an absence
+  mark (a tombstone inferred from Edge's silence) is lifted as soon as Edge
+  names the feature again.
 * Tombstones are the union of the store's and the process's, pruned by age
   and count; the process adopts the store's, the store the process's.
 * A value that could not be read in any known form is rewritten from what the
@@ -40,14 +42,17 @@ class Plan:
 def reconcile(stored: Decoded, present: bool, stored_tombs: Mapping[str, Tombstone],
               held: list[FeatureState], local_tombs: Mapping[str, Tombstone], *,
               now: float, keep_seconds: float, max_tombstones: int,
-              knows_state: bool) -> Plan:
+              knows_state: bool, named_at: Mapping[str, float] | None = None) -> Plan:
     """Merge the store's value with one process's knowledge.
 
     ``present``: the data key exists. ``knows_state``: the process has had a
     full state from somewhere (Edge or the store), so writing an empty array
-    into an absent key says something true.
+    into an absent key says something true. ``named_at``: id -> when this
+    process last heard Edge name the feature; an absence mark made before that
+    is lifted (Edge's state wins over an inference, see fh_prefork.absence).
     """
-    tombs = ts.prune(ts.union(stored_tombs, local_tombs), now, keep_seconds, max_tombstones)
+    tombs = ts.prune(ts.lift(ts.union(stored_tombs, local_tombs), named_at or {}), now,
+                     keep_seconds, max_tombstones)
     live: dict[str, FeatureState] = dict(stored.placed)
     held_by_id = {f["id"]: f for f in held}
     restored = []

@@ -40,6 +40,10 @@ def stored_tombstones(store: SessionStore) -> set[str]:
     return set(ts.decode(peek(store).read().tombstones, 10**8)[0])
 
 
+def stored_tombstone_objects(store: SessionStore) -> list[ts.Tombstone]:
+    return list(ts.decode(peek(store).read().tombstones, 10**8)[0].values())
+
+
 def empty_the_store(store: SessionStore) -> None:
     """What a flush_all, a restart, an eviction or a deleted file leaves: nothing at all."""
     backend = peek(store)
@@ -271,39 +275,44 @@ def test_a_stored_feature_newer_than_a_tombstone_held_here_is_judged_without_err
 
 def test_a_poll_behind_a_peers_deletes_nothing_the_peer_saw_created(
         make_store: StoreFactory) -> None:
-    """Poll mode: B's poll lists a new feature that A's poll (a moment older, or from a
-    lagging Edge replica) lacks. A's view is as old as its poll, so that absence must not
-    tombstone the feature; only full lists that keep lacking it past the grace do."""
+    """Poll mode: B's poll lists a new feature that A's polls (from a lagging Edge replica)
+    keep lacking past the grace. A proposes it as deleted; B's current view names it and
+    lifts the proposal before it is confirmed, so NEW is never removed anywhere. Only when
+    every view lacks it (a real delete no stream heard) does the proposal stand."""
     a_cfg, b_cfg = make_config(), make_config()
     a = make_store(a_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
     b = make_store(b_cfg, refresh_timeout=0.05, edge_absence_seconds=0.5)
-    a.edge_live = b.edge_live = lambda: False     # what the runtime says in poll mode
+    a.edge_live = b.edge_live = lambda: True     # both polls answered within their interval
     older = [feat(k, v) for k, v in FIVE.items()]
     repo_of(a_cfg).notify("features", older)              # A's poll
     repo_of(b_cfg).notify("features", older + [feat("NEW", 1)])  # B's poll, a moment later
     assert b.flush(2.0)
     expected = {**FIVE, "NEW": 1}
     wait_for(lambda: held(a_cfg) == expected, 3, what="NEW reaches A through the store")
-    repo_of(a_cfg).notify("features", older)              # A's next poll: a lagging replica
-    time.sleep(0.6)   # past the grace: a judge of one list would have deleted NEW by now
-    assert a.refresh(2.0) and b.refresh(2.0)
-    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
-    assert "id-NEW" not in stored_tombstones(a)
-    repo_of(a_cfg).notify("features", older + [feat("NEW", 1)])   # A's poll catches up
-    time.sleep(0.6)
-    repo_of(a_cfg).notify("features", older + [feat("NEW", 1)])
-    assert a.refresh(2.0) and b.refresh(2.0)
-    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+    ever_missing = []
+    deadline = time.monotonic() + 2.0      # four graces of A's replica lacking NEW
+    while time.monotonic() < deadline:
+        repo_of(a_cfg).notify("features", older)          # A's replica keeps lagging
+        assert a.refresh(2.0) and b.refresh(2.0)
+        for state in (held(a_cfg), held(b_cfg), stored(a)):
+            if state != expected:
+                ever_missing.append(state)
+        time.sleep(0.05)
+    assert not ever_missing, f"NEW was removed while B's Edge listed it: {ever_missing[:3]}"
+    assert not any(t.covers(feat("NEW", 1)) for t in stored_tombstone_objects(a))
 
     # a real delete no stream heard: every poll lacks it from now on
-    for _ in range(2):
+    for _ in range(3):
         repo_of(a_cfg).notify("features", older)
         repo_of(b_cfg).notify("features", older)
         time.sleep(0.6)
-    repo_of(a_cfg).notify("features", older)
     wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == FIVE, 5,
-             what="NEW deleted everywhere once every poll kept lacking it past the grace")
+             what="NEW removed everywhere once every poll kept lacking it past the grace")
     assert "id-NEW" in stored_tombstones(a)
+    # and Edge naming it again (the lists were bad after all) brings it back everywhere
+    repo_of(b_cfg).notify("features", older + [feat("NEW", 1)])
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == expected, 5,
+             what="NEW back everywhere once one Edge view names it again")
 
 
 def test_absence_from_edge_is_not_judged_while_the_stream_is_down_or_within_the_grace(
@@ -327,3 +336,61 @@ def test_absence_from_edge_is_not_judged_while_the_stream_is_down_or_within_the_
     time.sleep(0.6)   # past the 0.5 s grace: what is judged depends on time itself
     assert leader.refresh(2.0) and leader.refresh(2.0)
     assert stored(leader) == expected and held(other_cfg) == expected
+
+
+# -- the real Edge's truths (issue 19): deletes delete, absences never refuse Edge ---------
+
+
+def test_a_real_edge_delete_at_version_0_leaves_every_process_and_the_store_for_good(
+        make_store: StoreFactory) -> None:
+    """The real Edge deletes with version 0 and no value (edge-common
+    FeatureTransformerUtils.java). It reaches one stream; the store, the peer, and a newer
+    copy the store got first must all lose it, and no stale copy brings it back."""
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.05)
+    repo_of(b_cfg).notify("feature", feat("F2", 3), source="a-peer-ahead")  # newer elsewhere
+    wait_for(lambda: stored(a) is not None and stored(a)["F2"] == 3, 3, what="F2 v3 stored")
+    repo_of(a_cfg).notify("delete_feature", {"id": "id-F2", "key": "F2", "version": 0,
+                                             "type": "BOOLEAN", "l": False})
+    expected = {k: v for k, v in FIVE.items() if k != "F2"}
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == expected, 5,
+             what="F2 gone from every process and the store")
+    for version in (1, 3, 9):                          # stale copies of every kind
+        repo_of(b_cfg).notify("feature", feat("F2", version), source="a-lagging-peer")
+        repo_of(a_cfg).notify("feature", feat("F2", version))   # a lagging stream
+    assert a.refresh(2.0)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == expected
+
+
+def test_an_empty_edge_list_removes_nothing_anywhere(make_store: StoreFactory) -> None:
+    """An Edge restarting with an empty cache serves an empty list, for longer than the
+    grace: no flag leaves any process or the store."""
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.05,
+                                      edge_absence_seconds=0.2)
+    a.edge_live = lambda: True
+    for _ in range(8):
+        repo_of(a_cfg).notify("features", [])
+        assert a.refresh(2.0)
+        time.sleep(0.1)
+    assert held(a_cfg) == held(b_cfg) == stored(a) == FIVE
+    assert not stored_tombstones(a)
+
+
+def test_a_feature_removed_by_absence_comes_back_at_the_same_version_everywhere(
+        make_store: StoreFactory) -> None:
+    """Edge lacked F3 past the grace (it was a bad list, not a delete): removed everywhere.
+    Edge names it again at the very same id and version: back in every process and the
+    store within a refresh, and the store keeps no mark that could refuse it."""
+    a_cfg, a, b_cfg = a_and_b_holding(make_store, FIVE, refresh_timeout=0.05,
+                                      edge_absence_seconds=0.3)
+    a.edge_live = lambda: True
+    without = {k: v for k, v in FIVE.items() if k != "F3"}
+    deadline = time.monotonic() + 10
+    while held(b_cfg) != without and time.monotonic() < deadline:
+        repo_of(a_cfg).notify("features", [feat(k, v) for k, v in without.items()])
+        time.sleep(0.1)
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == without, 5,
+             what="F3 removed everywhere after the grace and the confirmation")
+    repo_of(a_cfg).notify("features", five())
+    wait_for(lambda: held(a_cfg) == held(b_cfg) == stored(a) == FIVE, 3,
+             what="F3 back everywhere at the same version")
+    assert "id-F3" not in stored_tombstones(a)

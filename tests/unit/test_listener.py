@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from fh_prefork.feature_shape import MAX_VERSION
 from fh_prefork.listener import EDGE_SOURCE, ListeningRepository, RawUpdateFeatureListener
 
 
@@ -95,11 +96,43 @@ def test_a_deleted_version_never_comes_back_but_a_later_one_does() -> None:
     assert repo.feature("A").get_version == 4
 
 
-def test_a_delete_without_a_version_takes_the_held_one() -> None:
+def test_a_delete_without_a_version_removes_the_id_at_every_version() -> None:
     repo = ListeningRepository()
     repo.notify("feature", feat("A", 5))
     repo.notify("delete_feature", {"key": "A"})
-    assert repo.tombstones()["id-A"].version == 5 and not repo.feature("A").exists
+    assert repo.tombstones()["id-A"].version == MAX_VERSION and not repo.feature("A").exists
+
+
+def test_the_real_edge_delete_at_version_0_deletes_and_sticks() -> None:
+    """Real Edge: ``delete_feature`` carries version 0 and no value (edge-common
+    FeatureTransformerUtils.java; mr-eventing DbCacheSource.kt publishes a delete with no
+    feature value). It deletes whatever is held, and no copy of that id comes back from the
+    store or a lagging stream, at any version; a re-created feature (a new id) is accepted."""
+    repo = ListeningRepository()
+    repo.notify("features", [feat("A", 5), feat("B", 2)])
+    repo.notify("delete_feature", {"id": "id-A", "key": "A", "type": "BOOLEAN", "l": False,
+                                   "version": 0})
+    assert not repo.feature("A").exists and repo.feature("B").exists
+    for version in (5, 6, 1000):
+        repo.notify("feature", feat("A", version), source="memcache-store")
+        repo.notify("feature", feat("A", version))      # a lagging stream re-sends it
+        assert not repo.feature("A").exists, version
+    repo.notify("feature", {**feat("A", 1), "id": "id-A-new"})
+    assert repo.feature("A").exists and repo.feature("A").get_version == 1
+
+
+def test_a_retired_feature_deleted_at_its_version_comes_back_newer() -> None:
+    """Real Edge: a retired feature is a ``delete_feature`` with its real version; unretired,
+    it comes back as ``feature`` at a newer version (edge-full TimedBucketClientConnection;
+    adks/e2e-sdk/features/flags.feature @retired)."""
+    repo = ListeningRepository()
+    repo.notify("features", [feat("A", 3)])
+    repo.notify("delete_feature", feat("A", 3))
+    assert not repo.feature("A").exists
+    repo.notify("feature", feat("A", 3), source="memcache-store")
+    assert not repo.feature("A").exists
+    repo.notify("feature", feat("A", 4))
+    assert repo.feature("A").get_version == 4
 
 
 def test_a_stale_delete_does_not_remove_a_newer_state() -> None:
@@ -109,7 +142,7 @@ def test_a_stale_delete_does_not_remove_a_newer_state() -> None:
     assert repo.feature("A").get_version == 5
 
 
-def test_an_edge_full_list_deletes_what_it_lacks() -> None:
+def test_an_edge_full_list_removes_what_it_lacks_until_edge_names_it_again() -> None:
     repo, rec = ListeningRepository(), Recorder()
     repo.absence_seconds = 0.0                      # one list is enough: judged at once
     repo.notify("features", [feat("A"), feat("B"), feat("C")])
@@ -117,10 +150,82 @@ def test_an_edge_full_list_deletes_what_it_lacks() -> None:
     repo.notify("features", [feat("A"), feat("C", 2)])
     assert not repo.feature("B").exists and repo.feature("C").get_version == 2
     assert ("delete", "B", EDGE_SOURCE) in rec.calls
-    assert "id-B" in repo.tombstones()
-    # a store's list is not the environment: it never deletes by absence
+    assert repo.tombstones()["id-B"].inferred, "an absence is a mark, not Edge's delete"
+    # a stale copy (the store, a peer) is refused while the mark stands
+    repo.notify("feature", feat("B"), source="memcache-store")
+    assert not repo.feature("B").exists
+    # a store's list is not the environment: it never removes by absence
     repo.notify("features", [feat("A")], source="memcache-store")
     assert repo.feature("C").exists
+    # Edge names B again, at the very version it had: back at once, the mark lifted
+    repo.notify("features", [feat("A"), feat("B"), feat("C", 2)])
+    assert repo.feature("B").get_version == 1 and "id-B" not in repo.tombstones()
+
+
+def test_an_event_naming_a_removed_feature_brings_it_back() -> None:
+    repo = ListeningRepository()
+    repo.absence_seconds = 0.0
+    repo.notify("features", [feat("A"), feat("B")])
+    repo.notify("features", [feat("A")])
+    assert not repo.feature("B").exists
+    repo.notify("feature", feat("B"))
+    assert repo.feature("B").exists and "id-B" not in repo.tombstones()
+
+
+def test_an_empty_list_never_removes_anything() -> None:
+    repo = ListeningRepository()
+    now = [1000.0]
+    repo._clock = lambda: now[0]
+    repo.absence_seconds = 1.0
+    repo.notify("features", [feat("A"), feat("B")])
+    for _ in range(5):
+        now[0] += 1000.0
+        repo.notify("features", [])               # an Edge restarting with an empty cache
+        repo.edge_list_unchanged()
+    assert repo.feature("A").exists and repo.feature("B").exists and not repo.tombstones()
+
+
+def test_a_list_lacking_most_features_counts_only_after_six_graces() -> None:
+    repo = ListeningRepository()
+    now = [1000.0]
+    repo._clock = lambda: now[0]
+    repo.absence_seconds = 10.0
+    repo.notify("features", [feat(k) for k in "ABCD"])
+    repo.notify("features", [feat("A")])          # names 1 of 4: suspect
+    now[0] += 59.0
+    repo.edge_list_unchanged()
+    assert all(repo.feature(k).exists for k in "BCD")
+    now[0] += 1.5
+    repo.edge_list_unchanged()
+    assert not any(repo.feature(k).exists for k in "BCD") and repo.feature("A").exists
+
+
+def test_a_poll_304_keeps_the_absence_clock_running() -> None:
+    """A 304 is Edge's last list seen again (edge-common FeatureGet.kt answers 304 when
+    If-None-Match matches): a feature that list lacks is removed after the grace even when
+    Edge never sends another full list."""
+    repo = ListeningRepository()
+    now = [1000.0]
+    repo._clock = lambda: now[0]
+    repo.absence_seconds = 10.0
+    repo.notify("features", [feat("A"), feat("B")])
+    repo.notify("features", [feat("A")])
+    now[0] += 10.5
+    repo.edge_list_unchanged()
+    assert not repo.feature("B").exists and repo.feature("A").exists
+
+
+def test_silence_counts_only_while_the_edge_view_is_current() -> None:
+    repo = ListeningRepository()
+    live = [False]
+    repo.edge_live = lambda: live[0]
+    repo.absence_seconds = 0.0
+    repo.notify("features", [feat("A"), feat("B")])
+    repo.notify("features", [feat("A")])
+    assert repo.feature("B").exists
+    live[0] = True
+    repo.edge_list_unchanged()
+    assert not repo.feature("B").exists
 
 
 def test_a_feature_is_deleted_only_when_full_lists_keep_lacking_it_past_the_grace() -> None:
