@@ -261,6 +261,10 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             gone = self.judge.absent(self._view, self._live(), candidates)
             for fid in gone:
                 self._mark_absent(candidates[fid], proposed=self.shared)
+            if gone and not self.shared:
+                log.info("fh_prefork: %d feature(s) missing from Edge's view for %.0f s removed "
+                         "until Edge names them again: %s", len(gone), self.judge.grace,
+                         ", ".join(sorted(candidates[f]["key"] for f in gone)[:10]))
             return gone
 
     def confirm_marks(self, stored: ts.Tombstones, after: float) -> list[str]:
@@ -282,7 +286,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                                  and not self._own_marks[tomb.id].proposed)):
                     self._mark_absent({"id": tomb.id, "key": tomb.key,
                                        "version": tomb.version}, proposed=False)
-                    done.append(tomb.id)
+                    done.append(tomb.key)
+            if done:
+                log.info("fh_prefork: %d feature(s) missing from every Edge view for %.0f s "
+                         "removed until Edge names them again: %s", len(done),
+                         self.judge.grace, ", ".join(sorted(done)[:10]))
             return done
 
     def _judge_held(self) -> None:
@@ -294,19 +302,16 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._own_marks[tomb.id] = ts.newer(self._own_marks.get(tomb.id), tomb)
         self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
         if proposed:
-            log.info("fh_prefork: feature %r (id %s, version %s) has been missing from Edge's "
-                     "view for %.0f s; proposed as deleted (a peer whose Edge names it lifts "
-                     "the proposal)", state["key"], state["id"], state["version"],
-                     self.judge.grace)
+            log.debug("fh_prefork: feature %r (id %s, version %s) has been missing from Edge's "
+                      "view for %.0f s; proposed as deleted (a peer whose Edge names it lifts "
+                      "the proposal)", state["key"], state["id"], state["version"],
+                      self.judge.grace)
             for listener in list(self._listeners):
                 try:
                     listener.marks_changed()
                 except Exception:  # a listener must never break flag updates
                     log.exception("fh_prefork: listener %r failed on marks_changed", listener)
             return
-        log.info("fh_prefork: feature %r (id %s, version %s) is missing from every Edge view; "
-                 "removed until Edge names it again", state["key"], state["id"],
-                 state["version"])
         holder = self.features.get(state["key"])
         held = holder.internal_feature_state if holder is not None else None
         if held and tomb.covers(held):
