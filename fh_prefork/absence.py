@@ -101,11 +101,15 @@ class AbsenceJudge:
         """The candidates Edge's view has lacked long enough to be taken as deleted.
 
         ``candidates``: ids this process holds or saw stored. Their clocks start
-        on the first call that finds them missing, and stop (reset) whenever the
-        view is not current, names them, or is an empty list.
+        on the first call that finds them missing and reset when the view names
+        them or is an empty list. While the view is not current nothing is
+        judged, but the clocks run on: the real Edge ends every stream after
+        30 s, and a clock reset at each reconnect would never reach the grace.
         """
-        if view is None or not live or view.empty:
+        if view is None or view.empty:
             self._missing_since.clear()
+            return []
+        if not live:
             return []
         now = self.clock()
         grace = self.grace * (SUSPECT_FACTOR if view.suspect else 1)

@@ -270,3 +270,24 @@ def test_one_state_the_sdk_rejects_costs_only_itself() -> None:
     assert repo.known_features() == 2
     assert repo.feature("A").exists and repo.feature("B").exists
     assert not repo.feature("BAD").exists and not repo.feature("ODD").exists
+
+
+def test_the_absence_clock_runs_across_a_reconnect() -> None:
+    """The real Edge ends every SSE stream after 30 s (edge-full EventOutputBucketService:
+    ``bye`` after drop-after-seconds): a clock reset at each reconnect would never reach a
+    longer grace, and a feature deleted while no stream listened would stay for good."""
+    repo = ListeningRepository()
+    now = [1000.0]
+    live = [True]
+    repo._clock = lambda: now[0]
+    repo.edge_live = lambda: live[0]
+    repo.absence_seconds = 100.0
+    repo.notify("features", [feat("A"), feat("B")])
+    for _ in range(4):                       # four 30 s streams, each list lacking B
+        repo.notify("features", [feat("A")])
+        now[0] += 30.0
+        live[0] = False
+        repo.edge_list_unchanged()           # judged while reconnecting: nothing happens
+        live[0] = True
+    repo.notify("features", [feat("A")])
+    assert not repo.feature("B").exists and repo.feature("A").exists
