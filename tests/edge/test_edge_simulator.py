@@ -81,22 +81,25 @@ def test_stream_sends_ack_then_features_then_pushed_events(sim: EdgeSimulator) -
     try:
         assert reader.resp.status == 200
         assert reader.resp.headers["content-type"] == "text/event-stream"
-        id1, name, _ = reader.next_event()
-        assert name == "ack"
+        id1, name, data = reader.next_event()
+        assert (id1, name, json.loads(data)) == ("", "ack", {"status": "discover"})
         id2, name, data = reader.next_event()
         assert name == "features"
+        assert id2 and not id2.startswith('"')   # the etag, unquoted
         assert {f["key"]: f["value"] for f in json.loads(data)} == {"FLAG_A": True, "FLAG_B": False}
         assert sim.wait_for_streams(1, 5)
         sim.push_feature(make_feature("FLAG_A", False, version=2))
         id3, name, data = reader.next_event()
         assert (name, json.loads(data)["value"]) == ("feature", False)
+        flag_b = next(f for f in sim.features() if f["key"] == "FLAG_B")
         sim.delete_feature({"key": "FLAG_B"})
         _, name, data = reader.next_event()
-        assert (name, json.loads(data)["key"]) == ("delete_feature", "FLAG_B")
+        assert (name, json.loads(data)) == ("delete_feature", {
+            "id": flag_b["id"], "key": "FLAG_B", "l": False, "version": 0, "type": "BOOLEAN"})
         sim.send_config({"edge.stale": True})
         _, name, data = reader.next_event()
         assert (name, json.loads(data)) == ("config", {"edge.stale": True})
-        assert int(id1) < int(id2) < int(id3)
+        assert id3 == ""   # only a full list carries an id
         assert [f["key"] for f in sim.features()] == ["FLAG_A"]
         # idle streams get keepalive comments, which the reader skips
         deadline = time.monotonic() + 5
@@ -147,9 +150,21 @@ def test_polling_etag_gives_304(sim: EdgeSimulator) -> None:
     assert sim.total_poll_requests == 4
 
 
-def test_unknown_key_is_404(sim: EdgeSimulator) -> None:
-    assert get(f"{sim.url}features/other/key*x").status == 404
+def test_unknown_key_is_404_on_poll_and_a_failure_event_on_the_stream(sim: EdgeSimulator
+                                                                       ) -> None:
+    reader = SseReader(f"{sim.url}features/other/key*x")
+    try:
+        assert reader.resp.status == 200
+        assert [reader.next_event()[1:] for _ in range(2)] == [
+            ("ack", '{"status": "discover"}'),
+            ("failure", '{"status": "Unrecognized API key. Please stop requesting."}')]
+        with pytest.raises(EOFError):
+            reader.next_event()
+    finally:
+        reader.close()
     assert get(f"{sim.url}features?apiKey=other/key*x").status == 404
+    sim.legacy_unknown_key_404 = True
+    assert get(f"{sim.url}features/other/key*x").status == 404
 
 
 def test_go_down_refuses_and_come_up_listens_on_same_port(sim: EdgeSimulator) -> None:
