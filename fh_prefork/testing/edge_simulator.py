@@ -321,9 +321,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not known:
             self._send(404, None, cache_control)
             return
-        features, tag = sim._listing()
+        features, tag = sim._listing(known[0])
         etag = f'"{tag}"'
+        sim._record_poll()
         if len(keys) == 1 and self.headers.get("If-None-Match") == etag:
+            sim._record_poll(not_modified=True)
             self.send_response(304)
             for name, value in {"ETag": etag, **cache_control}.items():
                 self.send_header(name, value)
@@ -331,8 +333,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.flush()
             return
-        body = [{"id": environment_id(k), "features": features} for k in known]
-        self._send(200, body, {"ETag": etag, **cache_control})
+        body = [{"id": environment_id(k), "features": sim._listing(k)[0]} for k in known]
+        self._send(236 if sim.stagnant else 200, body, {"ETag": etag, **cache_control})
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -374,6 +376,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         peer = (str(self.client_address[0]), int(self.client_address[1]))
         stream, features, tag = sim._open_stream(peer, api_key)
+        if sim.legacy_event_ids:
+            tag = ""
         self.close_connection = True
         # EtagHolder.kt: Last-Event-ID counts only when quoted; the id Edge sends is not
         last = self.headers.get("Last-Event-ID")
@@ -397,7 +401,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 if not (valid_etag and last == f'"{tag}"'):   # NO_CHANGE sends no list
                     self._write_chunk(sim._event("features", json.dumps(features),
-                                                 event_id=tag))
+                                                 event_id=tag or None))
                 if not sim.close_after_each_event:
                     drop = sim.drop_after
                     self._pump(stream, deadline=None if not drop else time.monotonic() + drop)
@@ -501,6 +505,13 @@ class EdgeSimulator:
     legacy_unknown_key_404: bool
     """Old simulator behaviour: an unknown key's stream gets HTTP 404."""
 
+    stagnant: bool
+    """Poll answers 236 ("environment stagnant", in the API spec; the open-source Edge never
+    sends it)."""
+
+    legacy_event_ids: bool
+    """Old simulator behaviour: no etag in the ``features`` event's ``id:``."""
+
     def __init__(
         self,
         api_keys: list[str] | None = None,
@@ -534,6 +545,10 @@ class EdgeSimulator:
         self.keys_unknown = False
         self.delete_sends_held_version = False
         self.legacy_unknown_key_404 = False
+        self.legacy_event_ids = False
+        self.stagnant = False
+        self.poll_times: list[float] = []
+        self.total_not_modified = 0
         self.ack_data = json.dumps({"status": "discover"})
         self.bye_data = json.dumps({"status": "closed"})
         self._cond: threading.Condition
@@ -549,6 +564,7 @@ class EdgeSimulator:
             self._members = replica_of._members
         self._members.append(self)
         self._hidden: set[str] = set()
+        self._views: dict[str, set[str]] = {}
         self._empty = False
         self._frozen: dict[str, dict[str, Any]] | None = None
         self._streams: dict[int, _Stream] = {}
@@ -764,6 +780,20 @@ class EdgeSimulator:
             self._hidden = set(keys)
             self._cond.notify_all()
 
+    def set_filter(self, api_key: str, keys: Iterable[str] | None) -> None:
+        """Feature filters on ``api_key``'s service account (``feature-filters.feature``): it
+        sees only ``keys`` (None: every feature). Open streams keep their list until they
+        reconnect; later updates of features it cannot see do not reach it."""
+        with self._cond:
+            if keys is None:
+                self._views.pop(api_key, None)
+            else:
+                self._views[api_key] = set(keys)
+
+    def _visible(self, api_key: str, key: Any) -> bool:
+        view = self._views.get(api_key)
+        return view is None or key in view
+
     def freeze(self) -> None:
         """Lag: this Edge keeps serving the state it has now and forwards no update."""
         with self._cond:
@@ -835,12 +865,20 @@ class EdgeSimulator:
                 raise KeyError(f"no open stream {stream_id}")
             self._streams[stream_id].queue.put((name, data))
             return
+        key = None
+        if name in ("feature", "delete_feature") and self._views:
+            try:
+                key = json.loads(data).get("key")
+            except (ValueError, AttributeError):
+                key = None
         for stream in self._streams.values():
-            stream.queue.put((name, data))
+            if key is None or self._visible(stream.info.api_key, key):
+                stream.queue.put((name, data))
 
     def _send_list(self) -> None:
         if self._frozen is None:
-            self._local_broadcast("features", json.dumps(self._listing()[0]), None)
+            for stream in self._streams.values():
+                stream.queue.put(("features", json.dumps(self._listing(stream.info.api_key)[0])))
 
     # -- inspection ----------------------------------------------------------------------------
     def features(self) -> list[dict[str, Any]]:
@@ -938,12 +976,13 @@ class EdgeSimulator:
                 self._connections.discard(conn)
             self._cond.notify_all()
 
-    def _listing(self) -> tuple[list[dict[str, Any]], str]:
-        """The full list this Edge serves now and its etag (unquoted, as the SSE id)."""
+    def _listing(self, api_key: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The full list this Edge serves ``api_key`` now and its etag (unquoted: the SSE id)."""
         with self._cond:
             source = self._frozen if self._frozen is not None else self._features
-            features = [] if self._empty else [dict(f) for k, f in source.items()
-                                               if k not in self._hidden]
+            features = [] if self._empty else [
+                dict(f) for k, f in source.items()
+                if k not in self._hidden and (api_key is None or self._visible(api_key, k))]
         digest = hashlib.sha256(json.dumps(features, sort_keys=True).encode("utf-8"))
         return features, digest.hexdigest()[:20]
 
@@ -968,9 +1007,16 @@ class EdgeSimulator:
             self._streams[stream.info.id] = stream
             self.total_stream_connections += 1
             self.max_concurrent_streams = max(self.max_concurrent_streams, len(self._streams))
-            features, tag = self._listing()
+            features, tag = self._listing(api_key)
             self._cond.notify_all()
         return stream, features, tag
+
+    def _record_poll(self, not_modified: bool = False) -> None:
+        with self._cond:
+            if not_modified:
+                self.total_not_modified += 1
+            else:
+                self.poll_times.append(time.monotonic())
 
     def _close_stream(self, stream: _Stream) -> None:
         with self._cond:
