@@ -381,6 +381,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         # EtagHolder.kt: Last-Event-ID counts only when quoted; the id Edge sends is not
         last = self.headers.get("Last-Event-ID")
+        sim.seen_last_event_ids.append(last)
         valid_etag = (last is not None and len(last) >= 2 and last.startswith('"')
                       and last.endswith('"'))
         try:
@@ -548,6 +549,7 @@ class EdgeSimulator:
         self.legacy_event_ids = False
         self.stagnant = False
         self.poll_times: list[float] = []
+        self.seen_last_event_ids: list[str | None] = []
         self.total_not_modified = 0
         self.ack_data = json.dumps({"status": "discover"})
         self.bye_data = json.dumps({"status": "closed"})
@@ -755,6 +757,17 @@ class EdgeSimulator:
             self._retired[key] = retired
             self._broadcast("delete_feature", json.dumps(retired), None)
             return dict(retired)
+
+    def update_retired(self, key: str, **changes: Any) -> dict[str, Any]:
+        """Change a retired feature (``flags.feature``: "I set the feature flag to on and
+        unlocked" while retired): the update still says retired, so Edge sends it as another
+        ``delete_feature`` at the newer version; lists still leave it out."""
+        with self._cond:
+            retired = self._retired[key]
+            updated = {**retired, **changes, "version": retired["version"] + 1}
+            self._retired[key] = updated
+            self._broadcast("delete_feature", json.dumps(updated), None)
+            return dict(updated)
 
     def unretire_feature(self, key: str, version: int | None = None) -> dict[str, Any]:
         """Unretire: the feature comes back as a ``feature`` event at a newer version."""

@@ -23,11 +23,11 @@ TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
 class SseReader:
     """Blocking SSE reader for tests; every read is bounded by the socket read timeout."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.http = urllib3.PoolManager()
         self.resp: Any = self.http.request(
             "GET", url, preload_content=False, retries=False, timeout=TIMEOUT,
-            headers={"Accept": "text/event-stream"},
+            headers={"Accept": "text/event-stream", **(headers or {})},
         )
         self.buf = b""
 
