@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -568,8 +569,9 @@ def test_every_row_has_its_test() -> None:
         test = getattr(module, row.test, None)
         assert test is not None, row.test
         doc = " ".join((test.__doc__ or "").split()).replace("/ ", "/")
-        for source in row.source.split(", "):
-            path = source.split(" (")[0].strip()
+        paths = re.findall(r"[\w/.-]+\.(?:kt|java|yaml)", row.source)
+        assert paths, row
+        for path in paths:
             assert path.rsplit("/", 1)[-1] in doc, f"{row.test} does not cite {path}"
 
 
@@ -606,7 +608,9 @@ def table(outcomes: dict[str, str] | None = None) -> str:
              "`tests/edge/test_conformance.py`; every row is a test there, which cites the "
              "FeatureHub server source it follows.", "", head, rule]
     for row in ROWS:
-        edge_text = f"{row.edge} (`{row.source.split(', ')[0].rsplit('/', 1)[-1]}`)"
+        files = ", ".join(f"`{p.rsplit('/', 1)[-1]}`"
+                          for p in re.findall(r"[\w/.-]+\.(?:kt|java|yaml)", row.source))
+        edge_text = f"{row.edge} ({files})"
         line = f"| {cell(row.point)} | {cell(edge_text)} | {cell(row.fh_prefork)} |"
         if outcomes is not None:
             line += f" `{row.test}`: {outcomes.get(row.test, 'not run')} |"
@@ -629,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         junit.unlink(missing_ok=True)
     text = table(outcomes)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     else:
         sys.stdout.write(text)
