@@ -5,6 +5,19 @@ polling on ``GET /features?apiKey=...``) so that tests, ``fh-prefork demo`` and 
 examples can exercise real sockets without a FeatureHub installation, and it can misbehave on
 demand (go down, answer 500/404, close streams after every event) to prove the supervision.
 
+Its defaults are what the real Edge's source does (edge-full and edge-common in
+``featurehub-io/featurehub``; ``tests/edge/test_conformance.py`` has one test per point, citing
+the file): a stream starts with ``ack {"status":"discover"}`` and a ``features`` list whose SSE
+``id:`` is the etag, unquoted; a ``Last-Event-ID`` counts only when quoted; a deleted feature is
+``delete_feature`` at version 0 without value; a retired one is ``delete_feature`` at its real
+version and left out of lists; every stream gets ``bye {"status":"closed"}`` after
+``drop_after`` (30 s); an unknown key's stream is 200, ``ack``, ``failure``, close; a cache not
+ready is 503 on polls and a late ``bye`` on streams; ``poll_only`` answers the stream 501.
+Faults tests need are switches: ``serve_empty``, ``hide`` (a short list), ``replica`` plus
+``freeze``/``catch_up`` (a second Edge, lagging), ``keys_unknown``, ``set_filter``. The old,
+friendlier behaviours stay as explicit options (``delete_sends_held_version``,
+``legacy_unknown_key_404``, ``legacy_event_ids``, ``keepalive_interval``).
+
 Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085 --api-key KEY``; a
 simulator in another process is driven through the ``/_sim/...`` control API (see the
 README), which checks what it is given: a malformed feature is answered 400 with the reason,
