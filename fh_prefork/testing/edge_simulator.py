@@ -5,6 +5,19 @@ polling on ``GET /features?apiKey=...``) so that tests, ``fh-prefork demo`` and 
 examples can exercise real sockets without a FeatureHub installation, and it can misbehave on
 demand (go down, answer 500/404, close streams after every event) to prove the supervision.
 
+Its defaults are what the real Edge's source does (edge-full and edge-common in
+``featurehub-io/featurehub``; ``tests/edge/test_conformance.py`` has one test per point, citing
+the file): a stream starts with ``ack {"status":"discover"}`` and a ``features`` list whose SSE
+``id:`` is the etag, unquoted; a ``Last-Event-ID`` counts only when quoted; a deleted feature is
+``delete_feature`` at version 0 without value; a retired one is ``delete_feature`` at its real
+version and left out of lists; every stream gets ``bye {"status":"closed"}`` after
+``drop_after`` (30 s); an unknown key's stream is 200, ``ack``, ``failure``, close; a cache not
+ready is 503 on polls and a late ``bye`` on streams; ``poll_only`` answers the stream 501.
+Faults tests need are switches: ``serve_empty``, ``hide`` (a short list), ``replica`` plus
+``freeze``/``catch_up`` (a second Edge, lagging), ``keys_unknown``, ``set_filter``. The old,
+friendlier behaviours stay as explicit options (``delete_sends_held_version``,
+``legacy_unknown_key_404``, ``legacy_event_ids``, ``keepalive_interval``).
+
 Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085 --api-key KEY``; a
 simulator in another process is driven through the ``/_sim/...`` control API (see the
 README), which checks what it is given: a malformed feature is answered 400 with the reason,
@@ -22,6 +35,7 @@ import http.server
 import json
 import logging
 import queue
+import random
 import select
 import signal
 import socket
@@ -30,7 +44,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -38,7 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger("fh_prefork.testing.edge_simulator")
 
-__all__ = ["EdgeSimulator", "StreamInfo", "main", "make_feature"]
+__all__ = ["EdgeSimulator", "StreamInfo", "deleted_shape", "main", "make_feature"]
 
 # Sentinel put on a stream queue to make it say ``bye`` and close.
 _BYE = object()
@@ -159,6 +173,19 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _set(name: str) -> Callable[[EdgeSimulator, bool], None]:
+    return lambda sim, enabled: setattr(sim, name, enabled)
+
+
+#: ``POST /_sim/<switch>?enabled=1|0``: Edge faults switched on and off over HTTP
+_SWITCHES: dict[str, Callable[[EdgeSimulator, bool], None]] = {
+    "/_sim/empty": lambda sim, enabled: sim.serve_empty(enabled),
+    "/_sim/unknown_key": _set("keys_unknown"),
+    "/_sim/not_ready": _set("not_ready"),
+    "/_sim/poll_only": _set("poll_only"),
+}
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -261,6 +288,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif parts.path == "/_sim/close_after_each_event":
                 enabled = query.get("enabled", ["1"])[0].lower() in ("1", "true", "yes")
                 sim.close_after_each_event = enabled
+            elif parts.path in ("/_sim/retire", "/_sim/unretire"):
+                if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+                    raise ValueError('expected {"key": "..."}')
+                change = sim.retire_feature if parts.path == "/_sim/retire" else \
+                    sim.unretire_feature
+                self._send(200, {"ok": True, "feature": change(body["key"])})
+                return
+            elif parts.path in _SWITCHES:
+                enabled = query.get("enabled", ["1"])[0].lower() in ("1", "true", "yes")
+                _SWITCHES[parts.path](sim, enabled)
+            elif parts.path == "/_sim/hide":
+                if not isinstance(body, list) or not all(isinstance(k, str) for k in body):
+                    raise ValueError("expected a JSON array of keys")
+                sim.hide(body)
+            elif parts.path == "/_sim/drop_streams":
+                sim.drop_streams()
             elif parts.path == "/_sim/down":
                 seconds = float(query.get("seconds", ["5"])[0])
                 self._send(202, {"down_for": seconds})
@@ -276,25 +319,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- protocol ------------------------------------------------------------------------------
     def _poll(self, query: dict[str, list[str]]) -> None:
+        """``GET /features?apiKey=..`` as Edge's ``FeatureGet.kt`` answers it."""
         sim = self.server.sim
-        keys = query.get("apiKey", [])
-        if not keys or not all(sim._key_valid(k) for k in keys):
-            self._send(404, {"error": "unknown api key"})
+        keys = list(dict.fromkeys(query.get("apiKey", []) or query.get("sdkUrl", [])))
+        if not keys:
+            self._send(400, {"error": "no apiKey"})
             return
-        features, etag = sim._snapshot()
-        headers = {"ETag": etag}
-        if sim.poll_max_age is not None:
-            headers["Cache-Control"] = f"max-age={sim.poll_max_age}"
-        if self.headers.get("If-None-Match") == etag:
+        cache_control = ({"Cache-Control": f"max-age={sim.poll_max_age}"}
+                         if sim.poll_max_age is not None else {})
+        if sim.not_ready:
+            self._send(503, "cache layer not ready, try again shortly")
+            return
+        known = [k for k in keys if sim._key_valid(k)]
+        if not known:
+            self._send(404, None, cache_control)
+            return
+        features, tag = sim._listing(known[0])
+        etag = f'"{tag}"'
+        sim._record_poll()
+        if len(keys) == 1 and self.headers.get("If-None-Match") == etag:
+            sim._record_poll(not_modified=True)
             self.send_response(304)
-            for name, value in headers.items():
+            for name, value in {"ETag": etag, **cache_control}.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
             self.wfile.flush()
             return
-        body = [{"id": environment_id(k), "features": features} for k in keys]
-        self._send(200, body, headers)
+        body = [{"id": environment_id(k), "features": sim._listing(k)[0]} for k in known]
+        self._send(236 if sim.stagnant else 200, body, {"ETag": etag, **cache_control})
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -326,23 +379,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             conn.settimeout(timeout)
 
     def _stream(self, api_key: str) -> None:
+        """``GET /features/{key}`` as edge-full answers it (``TimedBucketClientConnection``)."""
         sim = self.server.sim
-        if not sim._key_valid(api_key):
+        if sim.poll_only:   # edge-rest: EdgeResource.kt throws 501 on the SSE path
+            self._send(sim.poll_only_status, {"error": "SSE not supported in GET-Edge"})
+            return
+        if sim.legacy_unknown_key_404 and not sim._key_valid(api_key):
             self._send(404, {"error": "unknown api key"})
             return
         peer = (str(self.client_address[0]), int(self.client_address[1]))
-        stream, features = sim._open_stream(peer, api_key)
+        stream, features, tag = sim._open_stream(peer, api_key)
+        if sim.legacy_event_ids:
+            tag = ""
         self.close_connection = True
+        # EtagHolder.kt: Last-Event-ID counts only when quoted; the id Edge sends is not
+        last = self.headers.get("Last-Event-ID")
+        sim.seen_last_event_ids.append(last)
+        valid_etag = (last is not None and len(last) >= 2 and last.startswith('"')
+                      and last.endswith('"'))
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self._write_chunk(sim._event("ack", json.dumps({"status": "ack"})))
-            self._write_chunk(sim._event("features", json.dumps(features)))
-            if not sim.close_after_each_event:
-                self._pump(stream)
+            if not valid_etag:
+                self._write_chunk(sim._event("ack", sim.ack_data))
+            if not sim._key_valid(api_key):
+                self._write_chunk(sim._event("failure", json.dumps(
+                    {"status": "Unrecognized API key. Please stop requesting."})))
+            elif sim.not_ready:
+                low, high = sim.not_ready_bye_after
+                self._pump(stream, deadline=time.monotonic() + random.uniform(low, high),
+                           updates=False)
+            else:
+                if not (valid_etag and last == f'"{tag}"'):   # NO_CHANGE sends no list
+                    self._write_chunk(sim._event("features", json.dumps(features),
+                                                 event_id=tag or None))
+                if not sim.close_after_each_event:
+                    drop = sim.drop_after
+                    self._pump(stream, deadline=None if not drop else time.monotonic() + drop)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:
@@ -350,22 +426,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             sim._close_stream(stream)
 
-    def _pump(self, stream: _Stream) -> None:
+    def _pump(self, stream: _Stream, deadline: float | None, updates: bool = True) -> None:
+        """Send the stream's events until ``bye`` (the drop time, or a ``_BYE``) or the
+        client goes; heartbeats and keepalive comments while idle, when configured."""
         sim = self.server.sim
-        last_write = time.monotonic()
+        last_write = last_beat = time.monotonic()
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._write_chunk(sim._event("bye", sim.bye_data))
+                return
             try:
-                item = stream.queue.get(timeout=0.1)
+                item = stream.queue.get(timeout=0.05)
             except queue.Empty:
                 if self._client_gone():
                     return
-                if time.monotonic() - last_write >= sim.keepalive_interval:
+                now = time.monotonic()
+                if sim.heartbeat_period and now - last_beat >= sim.heartbeat_period:
+                    self._write_chunk(sim._event("ack", '"\u2764\ufe0f"'))
+                    last_beat = last_write = now
+                if sim.keepalive_interval and now - last_write >= sim.keepalive_interval:
                     self._write_chunk(b": keepalive\n\n")
-                    last_write = time.monotonic()
+                    last_write = now
                 continue
             if item is _BYE:
-                self._write_chunk(sim._event("bye", json.dumps({"status": "bye"})))
+                self._write_chunk(sim._event("bye", sim.bye_data))
                 return
+            if not updates:
+                continue
             assert isinstance(item, tuple)
             name, data = item
             self._write_chunk(sim._event(name, data))
@@ -374,21 +461,70 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
 
 
+def deleted_shape(feature: Mapping[str, Any]) -> dict[str, Any]:
+    """What Edge sends for a deleted feature: no value, version 0 (``FeatureTransformerUtils``
+    on a ``CacheEnvironmentFeature`` without value; Jackson leaves the nulls out)."""
+    return {"id": feature.get("id"), "key": feature.get("key"), "l": False, "version": 0,
+            "type": feature.get("type", "BOOLEAN")}
+
+
 class EdgeSimulator:
-    """A FeatureHub Edge for one environment, controllable from the test or over HTTP."""
+    """A FeatureHub Edge for one environment, controllable from the test or over HTTP.
+
+    Its defaults are what the real Edge server's source does (see the module docstring of
+    ``tests/edge/test_conformance.py`` for the rows and files); its older, friendlier
+    behaviours are explicit options (``delete_sends_held_version``, ``legacy_unknown_key_404``,
+    ``keepalive_interval``, ``drop_after=None``).
+    """
 
     close_after_each_event: bool
     """When True every stream is closed right after its first data event (the initial
     ``features``), like an Edge or proxy that drops streams after each event."""
 
     poll_max_age: int | None
-    """When set, polling answers carry ``Cache-Control: max-age=N``."""
+    """When set, poll answers (200, 304 and 404) carry ``Cache-Control: max-age=N``
+    (``CacheControlResponseWrapper.kt``)."""
 
     response_delay: float
     """Seconds every Edge answer (stream or poll) waits before it starts: an Edge far away
     or a slow TLS handshake, as production sees it."""
 
-    keepalive_interval: float
+    keepalive_interval: float | None
+    """Seconds between ``: keepalive`` comments on an idle stream (None: none, as Edge)."""
+
+    drop_after: float | None
+    """``edge.sse.drop-after-seconds``: each stream says ``bye {"status":"closed"}`` and
+    closes this long after it opened (real default 30; None or 0: never)."""
+
+    heartbeat_period: float | None
+    """``edge.sse.heartbeat-period``: an ``ack "❤️"`` this often (None: off, Edge's default)."""
+
+    not_ready: bool
+    """Edge's cache (dacha) not ready: polls get 503, streams ``ack`` and later ``bye``."""
+
+    not_ready_bye_after: tuple[float, float]
+    """Range of the random delay before a not-ready stream's ``bye`` (Edge: 0-10 s)."""
+
+    poll_only: bool
+    """An edge-rest (GET-only) Edge: the SSE path answers ``poll_only_status`` (501)."""
+
+    poll_only_status: int
+
+    keys_unknown: bool
+    """Every API key is unknown (a deleted service account): SSE 200 + ``failure``, poll 404."""
+
+    delete_sends_held_version: bool
+    """Old simulator behaviour: ``delete_feature`` carries the whole held feature."""
+
+    legacy_unknown_key_404: bool
+    """Old simulator behaviour: an unknown key's stream gets HTTP 404."""
+
+    stagnant: bool
+    """Poll answers 236 ("environment stagnant", in the API spec; the open-source Edge never
+    sends it)."""
+
+    legacy_event_ids: bool
+    """Old simulator behaviour: no etag in the ``features`` event's ``id:``."""
 
     def __init__(
         self,
@@ -396,25 +532,59 @@ class EdgeSimulator:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        keepalive_interval: float = 5.0,
+        keepalive_interval: float | None = None,
         tls: ssl.SSLContext | None = None,
+        drop_after: float | None = 30.0,
+        heartbeat_period: float | None = None,
+        replica_of: EdgeSimulator | None = None,
     ) -> None:
         """``tls``: a server-side context, to serve https; its certificate must name
-        ``localhost``, the host :attr:`url` then gives."""
+        ``localhost``, the host :attr:`url` then gives. ``replica_of``: another Edge serving
+        the same environment (same features, own streams, port and faults), see
+        :meth:`replica`."""
         self._tls = tls
         self._api_keys = None if api_keys is None else list(api_keys)
         self._host = host
         self._port = port
         self.keepalive_interval = keepalive_interval
+        self.drop_after = drop_after
+        self.heartbeat_period = heartbeat_period
         self.close_after_each_event = False
         self.response_delay = 0.0
         self.poll_max_age = None
-        self._cond = threading.Condition()
-        self._features: dict[str, dict[str, Any]] = {}
+        self.not_ready = False
+        self.not_ready_bye_after = (0.0, 10.0)
+        self.poll_only = False
+        self.poll_only_status = 501
+        self.keys_unknown = False
+        self.delete_sends_held_version = False
+        self.legacy_unknown_key_404 = False
+        self.legacy_event_ids = False
+        self.stagnant = False
+        self.poll_times: list[float] = []
+        self.seen_last_event_ids: list[str | None] = []
+        self.total_not_modified = 0
+        self.ack_data = json.dumps({"status": "discover"})
+        self.bye_data = json.dumps({"status": "closed"})
+        self._cond: threading.Condition
+        self._features: dict[str, dict[str, Any]]
+        self._retired: dict[str, dict[str, Any]]
+        self._members: list[EdgeSimulator]
+        if replica_of is None:
+            self._cond = threading.Condition()
+            self._features, self._retired, self._members = {}, {}, []
+        else:   # one environment: the same lock, dicts and member list
+            self._cond = replica_of._cond
+            self._features, self._retired = replica_of._features, replica_of._retired
+            self._members = replica_of._members
+        self._members.append(self)
+        self._hidden: set[str] = set()
+        self._views: dict[str, set[str]] = {}
+        self._empty = False
+        self._frozen: dict[str, dict[str, Any]] | None = None
         self._streams: dict[int, _Stream] = {}
         self._connections: set[socket.socket] = set()
         self._next_stream_id = 1
-        self._next_event_id = 1
         self._failure_status: int | None = None
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
@@ -424,6 +594,13 @@ class EdgeSimulator:
         self.total_stream_requests = 0
         self.total_poll_requests = 0
         self.max_concurrent_streams = 0
+
+    def replica(self, **kwargs: Any) -> EdgeSimulator:
+        """A second Edge for the same environment (not started): every change reaches both,
+        unless one is :meth:`freeze`-d (a lagging replica) or serves a short list."""
+        kwargs.setdefault("keepalive_interval", self.keepalive_interval)
+        kwargs.setdefault("drop_after", self.drop_after)
+        return EdgeSimulator(self._api_keys, self._host, replica_of=self, **kwargs)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> EdgeSimulator:
@@ -520,16 +697,41 @@ class EdgeSimulator:
         self._helper_threads.append(thread)
         thread.start()
 
+    def drop_streams(self) -> None:
+        """Say ``bye`` to every open stream now (what the drop time does), so clients
+        reconnect and get a full list."""
+        with self._cond:
+            for stream in self._streams.values():
+                stream.queue.put(_BYE)
+
     # -- control -------------------------------------------------------------------------------
     def set_failure(self, status: int | None) -> None:
         """Answer every Edge request with this HTTP status (None: behave normally)."""
         self._failure_status = status
 
     def set_features(self, features: list[dict[str, Any]]) -> None:
-        """Replace the environment and send a ``features`` event to every stream."""
+        """Replace the environment and send a ``features`` event to every stream.
+
+        A test's shortcut: the real Edge sends a full list only when a stream opens (this
+        stands for what the next reconnect delivers); :meth:`apply_features` sends the
+        per-feature events Edge sends for the same change."""
         with self._cond:
-            self._features = {f["key"]: dict(f) for f in features}
-            self._broadcast("features", json.dumps(list(self._features.values())), None)
+            self._features.clear()
+            self._features.update({f["key"]: dict(f) for f in features})
+            self._retired.clear()
+            for member in self._members:
+                member._send_list()
+
+    def apply_features(self, features: list[dict[str, Any]]) -> None:
+        """Replace the environment as Edge tells its open streams: a ``feature`` event per new
+        or changed feature, a (version 0) ``delete_feature`` per removed one."""
+        with self._cond:
+            wanted = {f["key"]: dict(f) for f in features}
+            for key in [k for k in self._features if k not in wanted]:
+                self.delete_feature({"key": key})
+            for key, feature in wanted.items():
+                if self._features.get(key) != feature:
+                    self.push_feature(feature)
 
     def push_feature(self, feature: dict[str, Any], stream_id: int | None = None) -> None:
         """Upsert a feature; send a ``feature`` event to every stream or only to ``stream_id``."""
@@ -537,16 +739,105 @@ class EdgeSimulator:
             raise ValueError("a feature needs a key")
         with self._cond:
             self._features[feature["key"]] = dict(feature)
+            self._retired.pop(feature["key"], None)
             self._broadcast("feature", json.dumps(feature), stream_id)
 
-    def delete_feature(self, feature: dict[str, Any], stream_id: int | None = None) -> None:
-        """Remove a feature; send a ``delete_feature`` event to every stream or one stream."""
+    def delete_feature(self, feature: dict[str, Any], stream_id: int | None = None, *,
+                       held_version: bool | None = None) -> None:
+        """Remove a feature; send ``delete_feature`` to every stream or one stream.
+
+        As Edge: the feature's id, key and type, version 0 and no value (a delete publishes
+        no value: ``DbCacheSource.kt``). ``held_version`` (or ``delete_sends_held_version``):
+        the whole held feature instead, the simulator's old behaviour."""
         if not isinstance(feature, dict) or "key" not in feature:
             raise ValueError("a feature needs a key")
         with self._cond:
             removed = self._features.pop(feature["key"], None)
-            payload = removed if removed is not None else feature
+            self._retired.pop(feature["key"], None)
+            held = removed if removed is not None else feature
+            old = self.delete_sends_held_version if held_version is None else held_version
+            payload = held if old else deleted_shape(held)
             self._broadcast("delete_feature", json.dumps(payload), stream_id)
+
+    def retire_feature(self, key: str, version: int | None = None) -> dict[str, Any]:
+        """Retire a feature (``flags.feature`` @retired): ``delete_feature`` with the whole
+        feature at its real version (the retire is an update: version + 1 unless given);
+        full lists leave it out from now on. Returns the retired state."""
+        with self._cond:
+            current = self._features.pop(key)
+            retired = dict(current, version=current["version"] + 1 if version is None
+                           else version)
+            self._retired[key] = retired
+            self._broadcast("delete_feature", json.dumps(retired), None)
+            return dict(retired)
+
+    def update_retired(self, key: str, **changes: Any) -> dict[str, Any]:
+        """Change a retired feature (``flags.feature``: "I set the feature flag to on and
+        unlocked" while retired): the update still says retired, so Edge sends it as another
+        ``delete_feature`` at the newer version; lists still leave it out."""
+        with self._cond:
+            retired = self._retired[key]
+            updated = {**retired, **changes, "version": retired["version"] + 1}
+            self._retired[key] = updated
+            self._broadcast("delete_feature", json.dumps(updated), None)
+            return dict(updated)
+
+    def unretire_feature(self, key: str, version: int | None = None) -> dict[str, Any]:
+        """Unretire: the feature comes back as a ``feature`` event at a newer version."""
+        with self._cond:
+            retired = self._retired.pop(key)
+            back = dict(retired, version=retired["version"] + 1 if version is None
+                        else version)
+            self._features[key] = back
+            self._broadcast("feature", json.dumps(back), None)
+            return dict(back)
+
+    def serve_empty(self, enabled: bool = True) -> None:
+        """Serve empty lists (streams and polls) while the features still exist: an Edge
+        restarting with an empty cache, a misconfigured replica. Updates still go out."""
+        with self._cond:
+            self._empty = enabled
+            self._cond.notify_all()
+
+    def hide(self, keys: Iterable[str]) -> None:
+        """Leave ``keys`` out of this Edge's lists while they still exist (a short list);
+        ``hide([])`` shows everything again."""
+        with self._cond:
+            self._hidden = set(keys)
+            self._cond.notify_all()
+
+    def set_filter(self, api_key: str, keys: Iterable[str] | None) -> None:
+        """Feature filters on ``api_key``'s service account (``feature-filters.feature``): it
+        sees only ``keys`` (None: every feature). Open streams keep their list until they
+        reconnect; later updates of features it cannot see do not reach it."""
+        with self._cond:
+            if keys is None:
+                self._views.pop(api_key, None)
+            else:
+                self._views[api_key] = set(keys)
+
+    def _visible(self, api_key: str, key: Any) -> bool:
+        view = self._views.get(api_key)
+        return view is None or key in view
+
+    def freeze(self) -> None:
+        """Lag: this Edge keeps serving the state it has now and forwards no update."""
+        with self._cond:
+            self._frozen = {k: dict(f) for k, f in self._features.items()}
+
+    def catch_up(self) -> None:
+        """End :meth:`freeze`: send open streams what changed meanwhile, as Edge would."""
+        with self._cond:
+            old, self._frozen = self._frozen, None
+            if old is None:
+                return
+            for key, feature in old.items():
+                if key not in self._features:
+                    self._local_broadcast("delete_feature", json.dumps(
+                        self._retired.get(key) or deleted_shape(feature)), None)
+            for key, feature in self._features.items():
+                if old.get(key) != feature:
+                    self._local_broadcast("feature", json.dumps(feature), None)
 
     def control_push(self, body: Any, stream_id: int | None = None) -> dict[str, Any]:
         """``POST /_sim/feature``: check ``body`` (see :func:`control_feature`), then push it."""
@@ -586,18 +877,44 @@ class EdgeSimulator:
             self._broadcast(name, data, stream_id)
 
     def _broadcast(self, name: str, data: str, stream_id: int | None) -> None:
+        """To one stream of this Edge, or to every stream of every (unfrozen) replica."""
+        if stream_id is not None:
+            self._local_broadcast(name, data, stream_id)
+            return
+        for member in self._members:
+            if member._frozen is None:
+                member._local_broadcast(name, data, None)
+
+    def _local_broadcast(self, name: str, data: str, stream_id: int | None) -> None:
         if stream_id is not None:
             if stream_id not in self._streams:
                 raise KeyError(f"no open stream {stream_id}")
             self._streams[stream_id].queue.put((name, data))
             return
+        key = None
+        if name in ("feature", "delete_feature") and self._views:
+            try:
+                key = json.loads(data).get("key")
+            except (ValueError, AttributeError):
+                key = None
         for stream in self._streams.values():
-            stream.queue.put((name, data))
+            if key is None or self._visible(stream.info.api_key, key):
+                stream.queue.put((name, data))
+
+    def _send_list(self) -> None:
+        if self._frozen is None:
+            for stream in self._streams.values():
+                stream.queue.put(("features", json.dumps(self._listing(stream.info.api_key)[0])))
 
     # -- inspection ----------------------------------------------------------------------------
     def features(self) -> list[dict[str, Any]]:
+        """The environment's features: Edge's truth (hidden ones included, retired ones not)."""
         with self._cond:
             return [dict(f) for f in self._features.values()]
+
+    def listed(self) -> list[dict[str, Any]]:
+        """What this Edge's full lists hold now (short, empty or lagging when so set)."""
+        return self._listing()[0]
 
     def streams(self) -> list[StreamInfo]:
         with self._cond:
@@ -638,6 +955,8 @@ class EdgeSimulator:
             return {
                 "url": self.url,
                 "features": [dict(f) for f in self._features.values()],
+                "listed": [f["key"] for f in self._listing()[0]],
+                "retired": [dict(f) for f in self._retired.values()],
                 "streams": [
                     {
                         "id": s.info.id,
@@ -654,10 +973,17 @@ class EdgeSimulator:
                 "max_concurrent_streams": self.max_concurrent_streams,
                 "failure_status": self._failure_status,
                 "close_after_each_event": self.close_after_each_event,
+                "drop_after": self.drop_after,
+                "not_ready": self.not_ready,
+                "poll_only": self.poll_only,
+                "keys_unknown": self.keys_unknown,
+                "frozen": self._frozen is not None,
             }
 
     # -- used by the handler -------------------------------------------------------------------
     def _key_valid(self, api_key: str) -> bool:
+        if self.keys_unknown:
+            return False
         return self._api_keys is None or api_key in self._api_keys
 
     def _count_request(self, poll: bool) -> None:
@@ -676,21 +1002,30 @@ class EdgeSimulator:
                 self._connections.discard(conn)
             self._cond.notify_all()
 
-    def _snapshot(self) -> tuple[list[dict[str, Any]], str]:
+    def _listing(self, api_key: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The full list this Edge serves ``api_key`` now and its etag (unquoted: the SSE id)."""
         with self._cond:
-            features = [dict(f) for f in self._features.values()]
+            source = self._frozen if self._frozen is not None else self._features
+            features = [] if self._empty else [
+                dict(f) for k, f in source.items()
+                if k not in self._hidden and (api_key is None or self._visible(api_key, k))]
         digest = hashlib.sha256(json.dumps(features, sort_keys=True).encode("utf-8"))
-        return features, f'"{digest.hexdigest()[:20]}"'
+        return features, digest.hexdigest()[:20]
 
-    def _event(self, name: str, data: str) -> bytes:
-        with self._cond:
-            event_id = self._next_event_id
-            self._next_event_id += 1
-        lines = [f"id: {event_id}", f"event: {name}"]
+    def _snapshot(self) -> tuple[list[dict[str, Any]], str]:
+        """The list and its quoted ETag (the poll header)."""
+        features, tag = self._listing()
+        return features, f'"{tag}"'
+
+    def _event(self, name: str, data: str, event_id: str | None = None) -> bytes:
+        """One SSE event; only ``features`` carries an ``id:`` (the etag, unquoted)."""
+        lines = [] if event_id is None else [f"id: {event_id}"]
+        lines.append(f"event: {name}")
         lines += [f"data: {line}" for line in data.split("\n")]
         return ("\n".join(lines) + "\n\n").encode("utf-8")
 
-    def _open_stream(self, peer: tuple[str, int], api_key: str) -> tuple[_Stream, list[Any]]:
+    def _open_stream(self, peer: tuple[str, int], api_key: str
+                     ) -> tuple[_Stream, list[Any], str]:
         # registration and the initial snapshot happen atomically so no update is lost
         with self._cond:
             stream = _Stream(StreamInfo(self._next_stream_id, peer, api_key, time.time()))
@@ -698,9 +1033,16 @@ class EdgeSimulator:
             self._streams[stream.info.id] = stream
             self.total_stream_connections += 1
             self.max_concurrent_streams = max(self.max_concurrent_streams, len(self._streams))
-            features = [dict(f) for f in self._features.values()]
+            features, tag = self._listing(api_key)
             self._cond.notify_all()
-        return stream, features
+        return stream, features, tag
+
+    def _record_poll(self, not_modified: bool = False) -> None:
+        with self._cond:
+            if not_modified:
+                self.total_not_modified += 1
+            else:
+                self.poll_times.append(time.monotonic())
 
     def _close_stream(self, stream: _Stream) -> None:
         with self._cond:
@@ -733,12 +1075,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--feature", action="append", type=_parse_feature_arg, default=[], help="KEY=true|false"
     )
-    parser.add_argument("--keepalive", type=float, default=5.0, help="seconds between keepalives")
+    parser.add_argument("--keepalive", type=float, default=None,
+                        help="seconds between keepalive comments (default: none, as Edge)")
+    parser.add_argument("--drop-after", type=float, default=30.0,
+                        help="seconds before each stream gets bye (Edge: 30; 0: never)")
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help="seconds between heartbeat acks (default: off, as Edge)")
+    parser.add_argument("--poll-only", action="store_true",
+                        help="answer the SSE path 501, as a GET-only Edge (edge-rest)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     sim = EdgeSimulator(args.api_keys, host=args.host, port=args.port,
-                        keepalive_interval=args.keepalive)
+                        keepalive_interval=args.keepalive, drop_after=args.drop_after or None,
+                        heartbeat_period=args.heartbeat)
+    sim.poll_only = args.poll_only
     sim.set_features(args.feature)
     done = threading.Event()
 
