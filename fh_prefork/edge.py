@@ -6,12 +6,36 @@ crashes on a ``config`` event without ``edge.stale``, and the polling timer chai
 exception. ``SupervisedEdge`` speaks the same protocol but keeps one daemon thread alive until
 ``close()``, with capped, jittered exponential backoff and a floor between connection attempts,
 so a misbehaving Edge can never turn N prefork workers into N tight reconnect loops.
+
+Every answer is taken the way the real FeatureHub Edge means it (its source:
+``backend/edge-full`` and ``backend/edge-common`` of featurehub-io/featurehub):
+
+* an unknown or deleted API key is HTTP 404 on a poll and, on the stream, HTTP
+  200 then ``ack``, ``failure {"status":"Unrecognized API key. Please stop
+  requesting."}`` and a close (``TimedBucketClientConnection.initResponse``): both
+  are ``key_not_found``, one ERROR naming the key's environment, exponential
+  backoff up to ``backoff_max``;
+* any other ``failure`` (a cache error) is transient: backoff, never "delivered";
+* ``ack`` (the stream's ``discover``, and the heartbeat's, whose data is a heart) carries no
+  data: a stream that ends after an ``ack`` alone backs off; ``bye`` is a normal
+  end (Edge drops streams after ``edge.sse.drop-after-seconds``) and reconnects
+  without a state change;
+* 501 on the stream path is a poll-only Edge (``edge-rest`` ``EdgeResource.kt``):
+  this connection polls instead, every ``poll_interval``;
+* ``config`` with ``edge.stale`` (seconds, as the JavaScript SDK reads it) and a
+  poll's HTTP 236 pause requests, state ``stale``, and resume after that time
+  (236, or a value that is not a number of seconds: ``stale_retry``; at most
+  ``_MAX_STALE`` seconds either way, so a bogus value cannot stop a worker for good);
+* ``cache-control: max-age`` sets the poll interval on 200 and 304
+  (``CacheControlResponseWrapper.kt``); a 304 is Edge's last list seen again
+  (``ListeningRepository.edge_list_unchanged``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -21,7 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import urllib3
@@ -30,13 +54,25 @@ from featurehub_sdk.client_context import InternalFeatureRepository
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.version import sdk_version
 
-from .apikey import redact
+from .apikey import environment_id, redact
+from .listener import ListeningRepository
 
 log = logging.getLogger("fh_prefork.edge")
 
-__all__ = ["SupervisedEdge", "edge_provider"]
+__all__ = ["EdgeState", "SupervisedEdge", "Transport", "edge_provider"]
 
-# status()["state"] is one of: connecting, connected, backoff, key_not_found, stale, closed
+#: status()["state"]: ``key_not_found`` is Edge not knowing the API key (poll 404, or the
+#: stream's ``failure`` "Unrecognized API key"); ``stale`` is Edge asking for a pause
+#: (``edge.stale``, HTTP 236), after which requests resume.
+EdgeState = Literal["connecting", "connected", "backoff", "key_not_found", "stale", "closed"]
+#: status()["transport"]; status()["polling_fallback"] is True when "poll" was chosen because
+#: the stream path answered 501 (a poll-only Edge).
+Transport = Literal["sse", "poll"]
+
+#: The text of the stream's ``failure`` for an unknown or deleted key (TimedBucketClientConnection).
+_UNKNOWN_KEY = "unrecognized api key"
+#: The longest pause Edge can ask for (``edge.stale`` seconds, 236): bounded, never for good.
+_MAX_STALE = 3600.0
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _MAX_AGE = re.compile(r"max-age=(\d+)")
@@ -45,7 +81,24 @@ _Tracker = Callable[[Any], None]
 
 
 class _KeyNotFound(Exception):
-    """Edge answered 404: the API key does not exist (or was deleted)."""
+    """Edge does not know the API key: a poll's 404, or the stream's ``failure``
+    "Unrecognized API key"."""
+
+
+class _EdgeFailure(Exception):
+    """The stream's ``failure`` event for anything but the key (a cache error): transient."""
+
+
+class _PollOnly(Exception):
+    """The stream path answered 501: a poll-only Edge (edge-rest)."""
+
+
+class _Stale(Exception):
+    """Edge asked for a pause (``edge.stale`` seconds, HTTP 236)."""
+
+    def __init__(self, seconds: float, why: str) -> None:
+        super().__init__(why)
+        self.seconds = seconds
 
 
 class _BadStatus(Exception):
@@ -57,7 +110,8 @@ class _BadStatus(Exception):
 
 
 class _StreamEmpty(Exception):
-    """The stream closed before delivering any event: treated as a failure, so we back off."""
+    """The stream closed before delivering data or a ``bye``: treated as a failure, so we
+    back off (an ``ack`` alone is not data)."""
 
 
 if TYPE_CHECKING:
@@ -117,6 +171,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         connect_timeout: float = 5.0,
         read_timeout: float | None = 90.0,
         min_attempt_interval: float = 1.0,
+        stale_retry: float = 300.0,
         name: str = "fh-prefork-edge",
     ) -> None:
         if transport not in ("sse", "poll"):
@@ -128,8 +183,11 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._edge_url = edge_url if edge_url.endswith("/") else edge_url + "/"
         self._api_keys = list(api_keys)
         self._repository = repository
-        self._transport = transport
-        self._poll_interval = float(poll_interval)
+        self._transport: Transport = "sse" if transport == "sse" else "poll"
+        self._polling_fallback = False   # polling because the stream path answered 501
+        self._configured_poll_interval = float(poll_interval)
+        self._poll_interval = float(poll_interval)   # Edge's max-age overrides it per answer
+        self._stale_retry = min(_MAX_STALE, max(0.0, float(stale_retry)))
         self._backoff_initial = max(0.0, float(backoff_initial))
         self._backoff_max = max(self._backoff_initial, float(backoff_max))
         self._min_attempt_interval = max(0.0, float(min_attempt_interval))
@@ -149,7 +207,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._poll_path = urllib3.util.parse_url(poll_url).request_uri
         self._headers = {"X-SDK": "Python", "X-SDK-Version": str(sdk_version)}
         # status, read by other threads under the lock
-        self._state = "connecting"
+        self._state: EdgeState = "connecting"
         self._connects = 0
         self._failures = 0
         self._events = 0
@@ -157,13 +215,15 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         self._last_event_at: float | None = None
         self._next_attempt_at: float | None = None  # time.monotonic()
         self._closed = False
-        self._stale = False
-        self._logged_state: str | None = None
+        self._logged_state: EdgeState | None = None
         self._last_event_id: str | None = None
         self._etag: str | None = None
         self._consecutive_failures = 0
         self._last_attempt_at: float | None = None  # time.monotonic()
-        self._delivered = False
+        self._delivered = False      # this attempt brought data (or ended with a normal `bye`)
+        self._last_ok_at: float | None = None   # monotonic: the last poll answered 200/304
+        self._bye = False            # this stream ended with Edge's `bye`
+        self._connected_now = False  # this stream brought data (Edge knows the key)
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -213,7 +273,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             # forked after start(): the parent's thread and sockets do not exist here
             self._init_runtime()
         with self._lock:
-            if self._closed or self._stale or self._thread is not None:
+            if self._closed or self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
@@ -249,28 +309,34 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
 
     # -- introspection -------------------------------------------------------------------------
     @property
-    def state(self) -> str:
+    def state(self) -> EdgeState:
         return self._state
 
     def live(self) -> bool:
-        """Whether what Edge has not sent can be taken as absent from Edge right now.
+        """Whether Edge's view is current: what Edge has not sent can be taken as absent.
 
-        True only while an SSE stream is connected: Edge pushes every change
-        down it within milliseconds. A poll's view is as old as the poll, so
-        in poll mode absence is judged by successive full lists instead
-        (ListeningRepository.absence_seconds).
+        An SSE stream connected (Edge pushes every change down it within
+        milliseconds), or in poll mode the last poll answered 200 or 304 within
+        twice the poll interval (Edge's ``max-age`` included).
         """
         with self._lock:
-            return self._transport == "sse" and self._state == "connected"
+            if self._state != "connected":
+                return False
+            if self._transport == "sse":
+                return True
+            return (self._last_ok_at is not None
+                    and time.monotonic() - self._last_ok_at <= 2.0 * self._poll_interval)
 
     def status(self) -> dict[str, Any]:
         """Snapshot for health endpoints and tests."""
         with self._lock:
             next_in: float | None = None
-            if self._next_attempt_at is not None and self._state not in ("closed", "stale"):
+            if self._next_attempt_at is not None and self._state != "closed":
                 next_in = max(0.0, self._next_attempt_at - time.monotonic())
             return {
                 "transport": self._transport,
+                "polling_fallback": self._polling_fallback,
+                "poll_interval": self._poll_interval if self._transport == "poll" else None,
                 "state": self._state,
                 "connects": self._connects,
                 "failures": self._failures,
@@ -288,7 +354,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         if stopping:  # close() raced with connect(): cut it now
             _shutdown(conn)
 
-    def _set_state(self, state: str, level: int, msg: str, *args: Any) -> None:
+    def _set_state(self, state: EdgeState, level: int, msg: str, *args: Any) -> None:
         """Record a state; log at ``level`` only when it differs from the last logged state."""
         with self._lock:
             if self._state == "closed" and state != "closed":
@@ -328,38 +394,44 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                 if self._transport == "sse":
                     self._stream_once()
                     if not self._delivered:
-                        raise _StreamEmpty("stream closed before delivering any event")
+                        raise _StreamEmpty("stream closed before delivering any data")
                     delay = 0.0  # a normal end of stream (e.g. after `bye`): the floor paces us
-                    if not self._stale:
-                        self._set_state("connecting", logging.DEBUG, "fh_prefork: Edge stream "
-                                        "ended, reconnecting")
+                    self._set_state("connecting", logging.DEBUG, "fh_prefork: Edge stream "
+                                    "ended, reconnecting")
                 else:
                     self._poll_once()
                     delay = self._poll_interval
-                if self._delivered:
-                    self._consecutive_failures = 0
-            except _KeyNotFound:
+                self._consecutive_failures = 0
+            except _KeyNotFound as exc:
                 if self._stop.is_set():
                     break
-                self._record_failure("HTTP 404: API key not found")
+                delay = self._failed(str(exc))
                 self._set_state(
                     "key_not_found",
                     logging.ERROR,
-                    "fh_prefork: Edge answered 404 for API key %s: the key does not "
-                    "exist or was deleted; retrying every ~%.0fs",
-                    ", ".join(redact(key) for key in self._api_keys),
+                    "fh_prefork: Edge %s does not know API key %s (%s): %s; the key does not "
+                    "exist or was deleted. Retrying with backoff up to %.0fs",
+                    self._edge_url, self._keys_for_log(), self._environments(), exc,
                     self._backoff_max,
                 )
-                delay = self._backoff(10**6)
+            except _PollOnly:
+                if self._stop.is_set():
+                    break
+                self._switch_to_polling()
+                delay = 0.0
+            except _Stale as exc:
+                if self._stop.is_set():
+                    break
+                self._consecutive_failures = 0
+                delay = exc.seconds
+                self._set_state("stale", logging.WARNING, "fh_prefork: Edge %s says the "
+                                "environment is stale (%s); no requests for %.0fs, then resuming",
+                                self._edge_url, exc, delay)
             except Exception as exc:
                 if self._stop.is_set():
                     break
-                if self._delivered:
-                    self._consecutive_failures = 0
-                self._consecutive_failures += 1
                 error = f"{type(exc).__name__}: {exc}"
-                self._record_failure(error)
-                delay = self._backoff(self._consecutive_failures)
+                delay = self._failed(error)
                 self._set_state(
                     "backoff",
                     logging.WARNING,
@@ -368,15 +440,41 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                     error,
                     delay,
                 )
-            if self._stale:
-                break
         with self._lock:
             self._next_attempt_at = None
 
-    def _record_failure(self, error: str) -> None:
+    def _failed(self, error: str) -> float:
+        """Count a failed attempt; the delay before the next one (exponential, capped)."""
+        if self._delivered:   # data arrived before the failure: the streak starts again
+            self._consecutive_failures = 0
+        self._consecutive_failures += 1
         with self._lock:
             self._failures += 1
             self._last_error = error
+        return self._backoff(self._consecutive_failures)
+
+    def _keys_for_log(self) -> str:
+        return ", ".join(redact(key) for key in self._api_keys)
+
+    def _environments(self) -> str:
+        """"environment X" for the keys, never their secret (a key of another shape: unnamed)."""
+        names = []
+        for key in self._api_keys:
+            try:
+                names.append(environment_id(key))
+            except ValueError:
+                names.append("?")
+        return ("environment " if len(names) == 1 else "environments ") + ", ".join(names)
+
+    def _switch_to_polling(self) -> None:
+        with self._lock:
+            self._transport = "poll"
+            self._polling_fallback = True
+            self._poll_interval = self._configured_poll_interval
+        log.warning("fh_prefork: Edge %s answers 501 on its streaming path (a poll-only Edge, "
+                    "edge-rest): this worker polls it every %.0fs instead (set "
+                    "FH_PREFORK_EDGE=poll to choose this from the start)",
+                    self._edge_url, self._configured_poll_interval)
 
     def _record_connect(self) -> None:
         with self._lock:
@@ -411,16 +509,19 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         headers["Accept"] = "text/event-stream"
         if self._last_event_id is not None:
             headers["Last-Event-Id"] = self._last_event_id
+        self._bye = False
+        self._connected_now = False
         resp = self._request(self._sse_path, headers, preload=False)
         try:
             if resp.status == 404:
-                raise _KeyNotFound()
+                raise _KeyNotFound("HTTP 404")
+            if resp.status == 501:
+                raise _PollOnly()
             if resp.status != 200:
                 raise _BadStatus(int(resp.status))
-            self._record_connect()
             for name, data in self._events_of(resp):
                 self._handle_event(name, data)
-                if self._stale or self._stop.is_set():
+                if self._stop.is_set():
                     break
         finally:
             try:
@@ -428,6 +529,8 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                 resp.release_conn()
             except Exception:
                 log.debug("error releasing the Edge response", exc_info=True)
+        if self._bye:
+            self._delivered = True   # a normal end: reconnect, no backoff, no state change
 
     def _events_of(self, resp: Any) -> Iterator[tuple[str, str]]:
         """Minimal SSE parser over ``read1`` so events are seen as soon as they arrive."""
@@ -474,24 +577,59 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         if name in ("features", "feature", "delete_feature"):
             payload = self._parse(name, data, list if name == "features" else dict)
             if payload is not None:
+                if not self._connected_now:   # Edge knows the key: this stream is connected
+                    self._connected_now = True
+                    self._record_connect()
                 self._repository.notify(name, payload)
                 self._delivered = True
         elif name == "config":
             config = self._parse(name, data, dict)
-            self._delivered = True
-            if config is not None and config.get("edge.stale") is not None:
-                self._stale = True
-                self._set_state("stale", logging.WARNING, "fh_prefork: Edge says the environment "
-                                "is stale (edge.stale=%s); no longer requesting updates",
-                                config.get("edge.stale"))
+            if config is not None:
+                seconds = self._stale_seconds(config.get("edge.stale"))
+                if seconds is not None:
+                    raise _Stale(seconds, f"edge.stale={config.get('edge.stale')!r}")
         elif name == "failure":
-            self._delivered = True
-            log.warning("fh_prefork: Edge sent a failure event: %.200s", data)
-        elif name in ("ack", "bye"):
-            # ack: Edge accepted the stream; bye: Edge is about to close it
-            self._delivered = True
+            status = self._failure_status(data)
+            if _UNKNOWN_KEY in status.lower():
+                raise _KeyNotFound(f"it sent failure {status!r}")
+            raise _EdgeFailure(f"Edge sent failure {status!r}")
+        elif name == "bye":
+            self._bye = True   # Edge drops every stream after a while; the next one resumes
+        elif name == "ack":
+            pass  # the stream's `discover`, or a heartbeat: no data
         else:
             log.debug("fh_prefork: ignoring unknown Edge event %r", name)
+
+    def _stale_seconds(self, value: Any) -> float | None:
+        """Seconds to pause for ``edge.stale`` (None: not stale), at most ``_MAX_STALE``.
+
+        The JavaScript SDK reads the value as seconds; a value that is no number of
+        seconds (``true``, text) pauses ``stale_retry``; 0, false and null are not stale.
+        """
+        if value is None or value is False:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return self._stale_retry
+        try:
+            seconds = float(value)
+        except ValueError:
+            return self._stale_retry
+        if seconds == 0:
+            return None
+        if not math.isfinite(seconds) or seconds < 0:
+            return self._stale_retry
+        return min(seconds, _MAX_STALE)
+
+    @staticmethod
+    def _failure_status(data: str) -> str:
+        """The ``status`` of a ``failure`` event (``{"status": "..."}``), or its raw text."""
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return data[:200]
+        if isinstance(payload, dict) and isinstance(payload.get("status"), str):
+            return str(payload["status"])[:200]
+        return data[:200]
 
     def _parse(self, name: str, data: str, expected: type) -> Any:
         """Parse event JSON; malformed payloads are logged and skipped, never fatal."""
@@ -515,23 +653,23 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         resp = self._request(self._poll_path, headers, preload=True)
         status = int(resp.status)
         if status == 404:
-            raise _KeyNotFound()
-        if status == 304:
-            self._delivered = True
-            self._record_connect()
-            return
-        if status not in (200, 236):
+            raise _KeyNotFound("HTTP 404")
+        if status not in (200, 236, 304):
             raise _BadStatus(status)
+        self._take_max_age(resp.headers.get("cache-control"))
+        if status == 304:
+            # Edge's full list is the one it sent last: seen again, now
+            self._record_connect()
+            if isinstance(self._repository, ListeningRepository):
+                self._repository.edge_list_unchanged()
+            self._poll_answered()
+            return
         environments = json.loads(resp.data.decode("utf-8"))
         if not isinstance(environments, list):
             raise ValueError("polling answer is not a JSON array")
         etag = resp.headers.get("etag")
-        cache_control = resp.headers.get("cache-control")
-        if cache_control:
-            match = _MAX_AGE.search(cache_control)
-            if match and int(match.group(1)) > 0:
-                self._poll_interval = float(match.group(1))
-        self._record_connect()
+        if status == 200:
+            self._record_connect()
         for environment in environments:
             if isinstance(environment, dict) and isinstance(environment.get("features"), list):
                 self._repository.notify("features", environment["features"])
@@ -540,11 +678,21 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                     self._last_event_at = time.time()
         # only remember the ETag once the data is applied, so a failed notify is fetched again
         self._etag = etag
-        self._delivered = True
+        self._poll_answered()
         if status == 236:
-            self._stale = True
-            self._set_state("stale", logging.WARNING, "fh_prefork: Edge says the environment is "
-                            "stale (HTTP 236); no longer polling")
+            raise _Stale(self._stale_retry, "HTTP 236")
+
+    def _poll_answered(self) -> None:
+        self._delivered = True
+        with self._lock:
+            self._last_ok_at = time.monotonic()
+
+    def _take_max_age(self, cache_control: str | None) -> None:
+        """Edge's ``max-age`` (on 200 and 304) is the poll interval; without it, the configured."""
+        match = _MAX_AGE.search(cache_control or "")
+        seconds = int(match.group(1)) if match else 0
+        with self._lock:
+            self._poll_interval = float(seconds) if seconds > 0 else self._configured_poll_interval
 
 
 def edge_provider(**kwargs: Any) -> Callable[[Any, list[str], str], SupervisedEdge]:

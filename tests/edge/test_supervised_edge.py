@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
 
 from fh_prefork.apikey import redact
-from fh_prefork.edge import SupervisedEdge, edge_provider
+from fh_prefork.edge import EdgeState, SupervisedEdge, edge_provider
+from fh_prefork.listener import ListeningRepository
+from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.edge.scripted import UNKNOWN_KEY_FAILURE, ScriptedEdge, http, sse
 from tests.support import procs
 from tests.support.edge import serve_edge
+from tests.support.servers import cluster_starter, fh_log_lines
 
 KEY = "portfolio/env-1/client*secret"
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.3, "min_attempt_interval": 0.05}
@@ -358,9 +367,10 @@ def test_close_from_another_thread_while_connecting_to_silent_server(
             conn.close()
 
 
-def test_config_event_stale_stops_reconnecting(
+def test_config_event_stale_pauses_then_resumes(
         sim: EdgeSimulator, repo: RecordingRepository,
         make_edge: Callable[..., SupervisedEdge]) -> None:
+    """``edge.stale`` is seconds (the JavaScript SDK's reading): a pause, never a stop."""
     edge = make_edge()
     edge.start()
     assert wait_for(lambda: repo.value("FLAG_A") is True)
@@ -369,14 +379,15 @@ def test_config_event_stale_stops_reconnecting(
     sim.push_feature(make_feature("FLAG_A", False, version=2))
     assert wait_for(lambda: repo.value("FLAG_A") is False)
     assert edge.status()["state"] == "connected"
-    sim.send_config({"edge.stale": True})
+    sim.send_config({"edge.stale": 1})
     assert wait_for(lambda: edge.status()["state"] == "stale")
-    thread = edge._thread
-    assert thread is not None
-    thread.join(5)
-    assert not thread.is_alive()
-    assert sim.total_stream_connections == 1
     assert repo.value("FLAG_A") is False  # the last known flags stay served
+    next_in = edge.status()["next_attempt_in"]
+    assert next_in is not None and next_in <= 1.0
+    sim.push_feature(make_feature("FLAG_A", True, version=3))   # made during the pause
+    assert wait_for(lambda: repo.value("FLAG_A") is True, timeout=10)
+    assert edge.status()["state"] == "connected"
+    assert sim.total_stream_connections == 2
 
 
 def test_edge_provider_with_featurehub_config(sim: EdgeSimulator) -> None:
@@ -406,3 +417,294 @@ def test_constructor_validation(sim: EdgeSimulator, repo: RecordingRepository) -
     asyncio.run(edge.context_change("userkey=bob"))
     edge.close()  # never started: fine
     assert edge.status()["state"] == "closed"
+
+
+# -- every Edge answer as the real Edge means it (scripted servers, exact bytes) ---------------
+#
+# Bytes follow featurehub-io/featurehub: backend/edge-full/.../TimedBucketClientConnection.java
+# (ack discover, failure, features with the etag as its id), EventStreamResource.kt,
+# backend/edge-rest/.../EdgeResource.kt (501), backend/edge-common/.../FeatureGet.kt (poll,
+# 304, 404) and CacheControlResponseWrapper.kt (max-age on 200 and 304).
+
+ENV = "env-1"
+FEATURES = [make_feature("FLAG_A", True)]
+DISCOVER = ("ack", '{"status":"discover"}')
+GOOD_STREAM = sse(DISCOVER, ("features", json.dumps(FEATURES)), event_id="etag-1")
+
+
+def poll_body(features: list[dict[str, Any]] = FEATURES) -> bytes:
+    return json.dumps([{"id": ENV, "features": features}]).encode()
+
+
+def errors_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "fh_prefork.edge" and r.levelno >= logging.ERROR]
+
+
+def edge_for(server: ScriptedEdge, repository: Any, **kwargs: Any) -> SupervisedEdge:
+    opts: dict[str, Any] = {**FAST, **kwargs}
+    return SupervisedEdge(server.url, [KEY], repository, **opts)
+
+
+def test_edge_states_are_one_literal() -> None:
+    assert set(get_args(EdgeState)) == {"connecting", "connected", "backoff", "key_not_found",
+                                        "stale", "closed"}
+
+
+def test_sse_unrecognized_api_key_is_key_not_found_with_exponential_backoff(
+        repo: RecordingRepository, caplog: pytest.LogCaptureFixture) -> None:
+    """Edge: HTTP 200, ack, failure "Unrecognized API key...", close. Before: taken as data,
+    a reconnect every floor (1 s) forever and status() "connected"."""
+    caplog.set_level(logging.DEBUG, logger="fh_prefork.edge")
+    answer = sse(DISCOVER, ("failure", UNKNOWN_KEY_FAILURE))
+    with ScriptedEdge(lambda path, headers: answer) as server:
+        # the default floor scaled down 10x: 0.1 s; backoff 0.1 s doubling up to 3 s
+        edge = edge_for(server, repo, backoff_initial=0.1, backoff_max=3.0,
+                        min_attempt_interval=0.1)
+        try:
+            edge.start()
+            assert wait_for(lambda: edge.status()["state"] == "key_not_found")
+            procs.hold_for(4.0)
+            requests = server.count("stream")
+            status = edge.status()
+            assert status["state"] == "key_not_found"
+            assert "Unrecognized API key" in str(status["last_error"])
+            next_in = status["next_attempt_in"]
+            assert next_in is None or next_in <= 3.0
+        finally:
+            edge.close()
+    # a reconnect per floor would be 40; doubling from 0.1 s reaches 3 s within 5 attempts
+    assert 2 <= requests <= 9, requests
+    gaps = [b - a for a, b in itertools.pairwise(server.times("stream"))]
+    assert max(gaps) >= 0.8, gaps   # the delay grew past 8x the first one
+    errors = errors_of(caplog)
+    assert len(errors) == 1, errors
+    assert f"environment {ENV}" in errors[0] and "Unrecognized API key" in errors[0]
+    assert redact(KEY) in errors[0] and KEY not in errors[0] and "secret" not in errors[0]
+    assert not repo.calls
+
+
+def test_sse_transient_failure_backs_off_then_recovers(
+        repo: RecordingRepository, caplog: pytest.LogCaptureFixture) -> None:
+    """Any other failure (Edge's named-cache error) is transient: backoff, then data."""
+    caplog.set_level(logging.DEBUG, logger="fh_prefork.edge")
+    failing = sse(DISCOVER, ("failure", '{"status":"unable to communicate with named cache."}'))
+    answers = {"now": failing}
+    with ScriptedEdge(lambda path, headers: answers["now"]) as server:
+        edge = edge_for(server, repo, backoff_initial=0.1, backoff_max=3.0,
+                        min_attempt_interval=0.1)
+        try:
+            edge.start()
+            assert wait_for(lambda: edge.status()["state"] == "backoff")
+            procs.hold_for(3.0)
+            requests = server.count("stream")
+            assert 2 <= requests <= 8, requests     # a reconnect per floor would be 30
+            assert edge.status()["state"] == "backoff"
+            assert "named cache" in str(edge.status()["last_error"])
+            answers["now"] = GOOD_STREAM + b""
+            assert wait_for(lambda: repo.value("FLAG_A") is True, timeout=10)
+        finally:
+            edge.close()
+    assert not errors_of(caplog)
+
+
+def test_sse_ack_alone_is_no_data_and_backs_off(repo: RecordingRepository) -> None:
+    """A stream that sends only Edge's discover ack and closes brought nothing: backoff."""
+    answer = sse(DISCOVER)
+    with ScriptedEdge(lambda path, headers: answer) as server:
+        edge = edge_for(server, repo, backoff_initial=0.1, backoff_max=3.0,
+                        min_attempt_interval=0.1)
+        try:
+            edge.start()
+            assert wait_for(lambda: edge.status()["failures"] >= 1)
+            procs.hold_for(3.0)
+            requests = server.count("stream")
+            assert edge.status()["state"] == "backoff"
+        finally:
+            edge.close()
+    assert 2 <= requests <= 8, requests
+
+
+def test_sse_heartbeat_ignored_and_bye_reconnects_without_state_churn(
+        repo: RecordingRepository, caplog: pytest.LogCaptureFixture) -> None:
+    """Features, a heartbeat ack, then Edge's ``bye``: reconnect at the floor, no backoff, no
+    state change logged, the heartbeat not taken as an event of interest."""
+    caplog.set_level(logging.DEBUG, logger="fh_prefork.edge")
+    answer = sse(DISCOVER, ("features", json.dumps(FEATURES)), ("ack", '"\u2764\ufe0f"'),
+                 ("bye", '{"status":"closed"}'), event_id="etag-1")
+    with ScriptedEdge(lambda path, headers: answer) as server:
+        edge = edge_for(server, repo, min_attempt_interval=0.2)
+        try:
+            edge.start()
+            assert wait_for(lambda: server.count("stream") >= 4, timeout=10)
+            status = edge.status()
+        finally:
+            edge.close()
+    assert status["failures"] == 0 and status["connects"] >= 3
+    assert repo.value("FLAG_A") is True
+    infos = [r.getMessage() for r in caplog.records
+             if r.name == "fh_prefork.edge" and r.levelno >= logging.INFO]
+    assert len(infos) == 1 and "connected" in infos[0], infos
+    # the etag Edge put on `features` is echoed (unquoted, so Edge sends a full list again)
+    assert server.requests[-1][2].get("last-event-id") == "etag-1"
+
+
+def test_sse_501_switches_to_polling_and_says_so(
+        repo: RecordingRepository, caplog: pytest.LogCaptureFixture) -> None:
+    """A poll-only Edge (edge-rest) answers 501 on the stream path. Before: backoff forever."""
+    caplog.set_level(logging.DEBUG, logger="fh_prefork.edge")
+
+    def script(path: str, headers: dict[str, str]) -> bytes:
+        if path.startswith("/features/"):
+            return http(501, b'{"message":"SSE not supported in GET-Edge"}',
+                        {"Content-Type": "application/json"})
+        return http(200, poll_body(), {"ETag": '"e1"', "Content-Type": "application/json"})
+
+    with ScriptedEdge(script) as server:
+        edge = edge_for(server, repo, poll_interval=0.4)
+        try:
+            edge.start()
+            assert wait_for(lambda: repo.value("FLAG_A") is True)
+            assert wait_for(lambda: server.count("poll") >= 3, timeout=10)
+            status = edge.status()
+            times = server.times("poll")
+        finally:
+            edge.close()
+    assert server.count("stream") == 1
+    assert status["transport"] == "poll" and status["polling_fallback"] is True
+    assert status["state"] == "connected" and status["poll_interval"] == 0.4
+    assert all(b - a >= 0.3 for a, b in itertools.pairwise(times)), times   # the poll interval
+    said = [r.getMessage() for r in caplog.records
+            if r.name == "fh_prefork.edge" and r.levelno == logging.WARNING]
+    assert len(said) == 1 and "501" in said[0] and "polls" in said[0], said
+
+
+def test_poll_236_is_stale_then_resumes(repo: RecordingRepository) -> None:
+    """236 (the API's "environment stagnant"): data applied, a pause of ``stale_retry``, then
+    polling again. Before: the worker stopped for good."""
+    answers = {"status": 236}
+
+    def script(path: str, headers: dict[str, str]) -> bytes:
+        return http(answers["status"], poll_body(), {"ETag": '"e1"'})
+
+    with ScriptedEdge(script) as server:
+        edge = edge_for(server, repo, transport="poll", poll_interval=0.2, stale_retry=1.5)
+        try:
+            edge.start()
+            assert wait_for(lambda: edge.status()["state"] == "stale")
+            assert repo.value("FLAG_A") is True
+            assert not edge.live()
+            next_in = edge.status()["next_attempt_in"]
+            assert next_in is not None and 0.5 < next_in <= 1.5
+            answers["status"] = 200
+            assert wait_for(lambda: edge.status()["state"] == "connected", timeout=10)
+            assert server.count("poll") == 2
+        finally:
+            edge.close()
+
+
+class CountingListeningRepository(ListeningRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unchanged = 0
+
+    def edge_list_unchanged(self) -> None:
+        self.unchanged += 1
+        super().edge_list_unchanged()
+
+
+def test_poll_304_honours_max_age_and_counts_as_the_list_seen_again() -> None:
+    """A 304 carries Edge's max-age too; it is Edge's last list seen again. Before: a 304's
+    max-age was ignored and the repository never heard of it."""
+    repository = CountingListeningRepository()
+
+    def script(path: str, headers: dict[str, str]) -> bytes:
+        if headers.get("if-none-match") == '"e1"':
+            return http(304, headers={"ETag": '"e1"', "Cache-Control": "max-age=3"})
+        return http(200, poll_body(), {"ETag": '"e1"'})
+
+    with ScriptedEdge(script) as server:
+        edge = edge_for(server, repository, transport="poll", poll_interval=0.2)
+        try:
+            edge.start()
+            assert wait_for(lambda: repository.unchanged >= 1)
+            first_304 = time.monotonic()
+            procs.hold_for(2.0)
+            polls = server.count("poll")
+            status = edge.status()
+            assert edge.live()
+        finally:
+            edge.close()
+    assert polls == 2, (polls, time.monotonic() - first_304)  # 0.2 s polls would be ~10
+    assert repository.unchanged == 1
+    assert status["poll_interval"] == 3.0 and status["state"] == "connected"
+
+
+def test_poll_live_means_a_recent_answer() -> None:
+    """Poll mode: live while the last poll answered 200/304 within twice the interval."""
+    answers = {"status": 200}
+
+    def script(path: str, headers: dict[str, str]) -> bytes:
+        if answers["status"] == 200:
+            return http(200, poll_body(), {"ETag": '"e1"'})
+        return http(answers["status"], b"{}")
+
+    repository = ListeningRepository()
+    with ScriptedEdge(script) as server:
+        edge = edge_for(server, repository, transport="poll", poll_interval=0.3)
+        try:
+            assert not edge.live()
+            edge.start()
+            assert wait_for(edge.live)
+            assert wait_for(lambda: server.count("poll") >= 3)
+            assert edge.live()
+            answers["status"] = 503
+            assert wait_for(lambda: not edge.live(), timeout=5)
+            assert edge.status()["state"] == "backoff"
+        finally:
+            edge.close()
+
+
+def test_sse_live_while_connected(sim: EdgeSimulator, repo: RecordingRepository,
+                                  make_edge: Callable[..., SupervisedEdge]) -> None:
+    edge = make_edge()
+    assert not edge.live()
+    edge.start()
+    assert wait_for(edge.live)
+    sim.go_down()
+    assert wait_for(lambda: not edge.live())
+
+
+# -- real gunicorn workers ------------------------------------------------------------------
+
+
+def test_gunicorn_workers_with_an_unknown_key_back_off_and_say_so(tmp_path: Path) -> None:
+    """Two real gunicorn workers, each with its own Edge connection, against an Edge that does
+    not know the key (its real SSE answer). Before: one request per worker per second."""
+    answer = sse(DISCOVER, ("failure", UNKNOWN_KEY_FAILURE))
+    env: dict[str, str | None] = {
+        "FEATUREHUB_API_KEY": "portfolio/env-gone/client*secret",
+        "FH_PREFORK_STORE": "none",
+        "FH_PREFORK_EDGE_BACKOFF_MAX": "30",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    with ScriptedEdge(lambda path, headers: answer) as server:
+        env["FEATUREHUB_EDGE_URL"] = server.url
+        with cluster_starter(env, tmp_path) as start:
+            cluster: Cluster = start("gunicorn", 2)
+            procs.wait_for(lambda: server.count("stream") >= 2, 20, what="both workers asking")
+            first = min(server.times("stream"))
+            procs.hold_for(max(0.0, first + 12.0 - time.monotonic()))
+            requests = sum(1 for at in server.times("stream") if at <= first + 12.0)
+            states = {pid: s.get("edge", {}).get("state")
+                      for pid, s in cluster.statuses().items()}
+            lines = fh_log_lines(cluster)
+    print(f"unknown key, 2 gunicorn workers, 12 s: {requests} stream requests")
+    # doubling from 1 s: about 5 attempts a worker in 12 s; a reconnect a second would be 24
+    assert 2 <= requests <= 13, requests
+    errors = [line for line in lines if "ERROR" in line and "Unrecognized API key" in line]
+    assert 1 <= len(errors) <= 2, lines      # one per worker, not one per attempt
+    assert all("environment env-gone" in line and "client*secret" not in line
+               for line in errors), errors
+    assert set(states.values()) == {"key_not_found"}, states
