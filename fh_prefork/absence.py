@@ -23,17 +23,22 @@ When silence counts:
   pushed to the peer's stream and not yet to ours;
 * only once the feature has been missing for ``grace`` seconds (300 by
   default: longer than an Edge restart or a replica's lag);
-* a list that names less than half of what this process held just before it
-  is *suspect* (an Edge that lost most of its cache): its silence counts only
-  after ``SUSPECT_FACTOR`` times the grace; an empty list is never evidence,
-  so a bad Edge can never empty the fleet.
+* a list that names less than half of what this process held just before it,
+  or none of it, is *suspect* (an Edge that lost most of its cache, or all
+  of it): its silence counts only after ``SUSPECT_FACTOR`` times the grace
+  (30 minutes by default), so a bad Edge list does not empty the fleet
+  unless it lasts that long, and even then Edge naming the features again
+  brings them all back at once;
+* with a shared store, what one process finds absent is only *proposed*; it
+  takes effect only if no process whose own Edge view names the feature
+  lifts the proposal within a few refresh periods. So one replica's lagging
+  list never removes a flag another live Edge connection in the fleet lists.
 
-So a feature deleted while no process was connected is removed within the
-grace (or ``SUSPECT_FACTOR`` graces, when most of the environment went at
-once) after the first full list that lacks it, plus one store refresh period
-to reach every worker. An environment whose every feature was deleted while
-no process listened keeps its last flags until Edge sends them again or a
-process starts with an empty store.
+So a feature deleted while no process was connected (or, in poll mode, where
+Edge sends no deletes at all) is removed within the grace (``SUSPECT_FACTOR``
+graces when most of the environment went at once) after the first full list
+that lacks it, plus three refresh periods for the proposal and one to reach
+every worker.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class EdgeView:
     lists: int
     #: the list named less than half of what was held before it (see the module docstring)
     suspect: bool
-    #: the list was empty while features were held: never evidence
+    #: the list was empty while features were held (it is suspect too)
     empty: bool
 
 
@@ -102,11 +107,11 @@ class AbsenceJudge:
 
         ``candidates``: ids this process holds or saw stored. Their clocks start
         on the first call that finds them missing and reset when the view names
-        them or is an empty list. While the view is not current nothing is
+        them. While the view is not current nothing is
         judged, but the clocks run on: the real Edge ends every stream after
         30 s, and a clock reset at each reconnect would never reach the grace.
         """
-        if view is None or view.empty:
+        if view is None:
             self._missing_since.clear()
             return []
         if not live:

@@ -156,6 +156,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._problem: str | None = None       # why the store cannot give us the state
         self._problem_since: float | None = None   # monotonic
         self._ticks_since_read = 0
+        self._proposals_due: float | None = None    # unix time a proposal may be confirmed
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
         self._size_log = RateLimitedLog(self._log)
@@ -464,6 +465,7 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _tick(self, full: bool) -> None:
         """One refresh: a cheap token read, and a full sync only when something changed."""
+        full = full or self._confirm_due()
         self.counters.refreshes += 1
         self._recent_ticks.append(time.monotonic())
         self._ticks_since_read += 1
@@ -579,6 +581,15 @@ class SessionStore(RawUpdateFeatureListener):
         self._repository.judge_absent(dict(stored.placed))
         self._repository.confirm_marks(stored_tombs, self.confirm_seconds())
 
+    def _confirm_due(self) -> bool:
+        """A proposed absence mark in the store has stood its time: read in full to judge it."""
+        due = self._proposals_due
+        return due is not None and time.time() >= due
+
+    def _note_proposals(self, tombs: ts.Tombstones) -> None:
+        proposed = [t.deleted_at for t in tombs.values() if t.proposed]
+        self._proposals_due = min(proposed) + self.confirm_seconds() if proposed else None
+
     def confirm_seconds(self) -> float:
         """How long a proposed absence mark stands in the store before it is confirmed: three
         refresh periods at their longest, so every process whose Edge view still names the
@@ -590,6 +601,7 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _apply(self, plan: Plan) -> None:
         """Tell the repository what the store knows: tombstones first, then newer states."""
+        self._note_proposals(plan.tombstones)
         self._repository.apply_shared(plan.replay, plan.tombstones, source=self.source,
                                       keep_seconds=self.options.tombstone_seconds,
                                       max_tombstones=self.options.max_tombstones)

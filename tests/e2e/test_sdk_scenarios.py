@@ -33,7 +33,7 @@ from tests.support.state import State, describe, memcached_state, worker_states
 
 StartCluster = Callable[..., Cluster]
 SETTLE = 2 * REFRESH * 1.2 + 10.0
-FAST = {"FH_PREFORK_EDGE_ABSENCE_SECONDS": "2", "FH_PREFORK_EDGE_BACKOFF_MAX": "2",
+FAST = {"FH_PREFORK_EDGE_ABSENCE_SECONDS": "1", "FH_PREFORK_EDGE_BACKOFF_MAX": "2",
         "FEATUREHUB_POLL_INTERVAL": "1"}
 TRANSPORTS = ["sse", "poll"]
 

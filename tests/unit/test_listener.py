@@ -172,17 +172,25 @@ def test_an_event_naming_a_removed_feature_brings_it_back() -> None:
     assert repo.feature("B").exists and "id-B" not in repo.tombstones()
 
 
-def test_an_empty_list_never_removes_anything() -> None:
+def test_an_empty_list_removes_nothing_for_six_graces() -> None:
+    """An Edge restarting with an empty cache, a misconfigured replica: an empty list is
+    the most suspect of lists. Its silence counts only after six graces (a poll-mode
+    environment whose last feature was retired does empty in the end)."""
     repo = ListeningRepository()
     now = [1000.0]
     repo._clock = lambda: now[0]
-    repo.absence_seconds = 1.0
+    repo.absence_seconds = 10.0
     repo.notify("features", [feat("A"), feat("B")])
-    for _ in range(5):
-        now[0] += 1000.0
-        repo.notify("features", [])               # an Edge restarting with an empty cache
+    for _ in range(59):
+        now[0] += 1.0
+        repo.notify("features", [])
         repo.edge_list_unchanged()
     assert repo.feature("A").exists and repo.feature("B").exists and not repo.tombstones()
+    now[0] += 2.5                                        # six graces since the first one
+    repo.edge_list_unchanged()
+    assert not repo.feature("A").exists and not repo.feature("B").exists
+    repo.notify("features", [feat("A"), feat("B")])      # Edge recovers: all back at once
+    assert repo.feature("A").exists and repo.feature("B").exists
 
 
 def test_a_list_lacking_most_features_counts_only_after_six_graces() -> None:
