@@ -18,7 +18,7 @@ GOOD = {
     "FH_PREFORK_STORE": "none",
 }
 
-CASES = {
+CASES: dict[str, tuple[dict[str, str | None], str]] = {
     "malformed-store-url": ({"FH_PREFORK_STORE": "memcache://host:notaport"}, "FH_PREFORK_STORE"),
     "unknown-scheme": ({"FH_PREFORK_STORE": "bogus://localhost:6379"}, "FH_PREFORK_STORE"),
     "invalid-prefix": ({"FH_PREFORK_PREFIX": "bad prefix"}, "FH_PREFORK_PREFIX"),

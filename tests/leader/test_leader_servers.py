@@ -41,6 +41,7 @@ from tests.faults.whole_state import (
 from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
+from tests.support.servers import all_at
 
 TTL = 3.0
 REFRESH = 0.4
@@ -152,8 +153,8 @@ def push_and_time(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
     edge.push_feature(make_feature("FLAG", version % 2 == 0, version))
     started = time.monotonic()
     for cluster in clusters:
-        wait_for(lambda c=cluster: set(versions(c).values()) == {version}, bound,
-                 interval=0.05, what=f"v{version} in every worker")
+        wait_for(all_at(cluster, version), bound, interval=0.05,
+                 what=f"v{version} in every worker")
     return time.monotonic() - started
 
 

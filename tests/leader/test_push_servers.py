@@ -18,7 +18,7 @@ from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import wait_for
-from tests.support.servers import versions
+from tests.support.servers import all_at, versions
 
 REFRESH = 5.0
 BOUND = 2.0     # s: well under one refresh period, loose for a loaded machine
@@ -39,8 +39,8 @@ def test_leader_update_reaches_every_worker_before_any_refresh(
     for version in (2, 3, 4):
         sent = time.monotonic()
         edge.push_feature(make_feature("FLAG", version % 2 == 0, version))
-        wait_for(lambda v=version: set(versions(cluster).values()) == {v}, BOUND,
-                 interval=0.01, what=f"every worker serving v{version} (refresh is {REFRESH} s)")
+        wait_for(all_at(cluster, version), BOUND, interval=0.01,
+                 what=f"every worker serving v{version} (refresh is {REFRESH} s)")
         took.append(time.monotonic() - sent)
     print(f"{backend}: leader update -> all 6 workers serve it, sampled over HTTP: "
           + ", ".join(f"{t * 1000:.0f} ms" for t in took))

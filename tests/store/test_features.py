@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from typing import Any
 
 import pytest
 
 from fh_prefork import features as fs
 
 
-def feat(fid: str, version: int, key: str | None = None, value: object = True) -> dict:
+def feat(fid: str, version: int, key: str | None = None, value: object = True) -> dict[str, Any]:
     return {"id": fid, "key": key or f"K_{fid}", "l": False, "version": version,
             "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
             "strategies": []}

@@ -75,8 +75,10 @@ def test_a_write_wakes_the_other_stores_at_once(push_url: str, stores: Any) -> N
              what="every reader subscribed")
     for v in range(1, 6):
         repo(writer_cfg).notify("feature", feat("A", v))
-        wait_for(lambda v=v: all(version(c, "A") == v for c, _ in readers), BOUND,
-                 interval=0.002, what=f"every reader at version {v}")
+        def every_reader_at(v: int = v) -> bool:
+            return all(version(c, "A") == v for c, _ in readers)
+
+        wait_for(every_reader_at, BOUND, interval=0.002, what=f"every reader at version {v}")
 
 
 def test_push_off_or_memcached_polls(stores: Any, memcached: Any, tmp_path: Path) -> None:
