@@ -12,6 +12,9 @@ import pytest
 from fh_prefork.testing.cluster import Cluster
 from tests.support.procs import free_port
 
+#: each case starts a real gunicorn or uWSGI master (which must refuse to start)
+pytestmark = pytest.mark.servers
+
 GOOD = {
     "FEATUREHUB_EDGE_URL": "http://127.0.0.1:9/",
     "FEATUREHUB_API_KEY": "portfolio/env/client*secret",

@@ -16,8 +16,7 @@ from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
 from tests.support.servers import all_at, fh_log_lines, versions
-
-from .whole_state import StoreReader, many_features, memcached_reader, wait_converged
+from tests.support.state import StoreReader, many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 WORKERS = 4

@@ -18,8 +18,7 @@ from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
-
-from .whole_state import many_features, memcached_reader, wait_converged
+from tests.support.state import many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 

@@ -24,7 +24,6 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -36,9 +35,12 @@ from fh_prefork.testing.storm import API_KEY as STORM_KEY
 from fh_prefork.testing.storm import run_storm
 from tests.conftest import make_config
 from tests.servers.conftest import API_KEY as SERVER_KEY
-from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import free_port, wait_for
 from tests.support.redis import Redis, value_of
+from tests.support.stores import feat
+
+#: Node processes running the FeatureHub JavaScript Redis store, and a storm
+pytestmark = pytest.mark.servers
 
 NODE_DIR = Path(__file__).parent / "node"
 DRIVER = NODE_DIR / "drive.mjs"
@@ -62,14 +64,10 @@ def node(driver: Path, mode: str, url: str, prefix: str, env_id: str, *args: str
     return done.stdout
 
 
-def feat(key: str, version: int, value: bool = True) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": value, "strategies": []}
-
 
 def test_what_node_writes_our_workers_serve(
         node_store: Path, redis_server: Redis, prefix: str,
-        start_cluster: Callable[..., Cluster]) -> None:  # noqa: F811
+        start_cluster: Callable[..., Cluster]) -> None:
     env_id = SERVER_KEY.split("/")[1]
     written = [feat("FLAG", 4, False), feat("NODE_ONLY", 2)]
     assert node(node_store, "write", redis_server.url, prefix, env_id,

@@ -16,7 +16,6 @@ import pytest
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
-from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import wait_for
 from tests.support.servers import all_at, versions
 
@@ -26,8 +25,8 @@ BOUND = 2.0     # s: well under one refresh period, loose for a loaded machine
 
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_leader_update_reaches_every_worker_before_any_refresh(
-        backend: str, start_cluster: Callable[..., Cluster],  # noqa: F811
-        edge: EdgeSimulator, request: pytest.FixtureRequest, tmp_path: Path) -> None:  # noqa: F811
+        backend: str, start_cluster: Callable[..., Cluster],
+        edge: EdgeSimulator, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = (request.getfixturevalue("redis_server").url if backend == "redis"
            else f"file://{tmp_path}/store")
     cluster = start_cluster("gunicorn", 6, env={

@@ -43,14 +43,11 @@ from fh_prefork.store.redis import make_client as make_redis_client
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.redis import Redis, RedisCluster
+from tests.support.stores import feat
 
 Factory = Callable[[], Any]
 TTL = 2.0   # memcached's expiry ticks once a second: 2 s is the shortest lease it keeps
 
-
-def feat(key: str, version: int) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": True, "strategies": []}
 
 
 def state(*pairs: tuple[str, int]) -> tuple[bytes, str]:

@@ -21,14 +21,11 @@ from fh_prefork.store import SessionStore, open_store
 from tests.conftest import make_config
 from tests.support.procs import wait_for, wait_quiet
 from tests.support.redis import Redis
+from tests.support.stores import feat
 
 SLOW = 60.0   # s between refresh ticks: polling cannot explain anything below
 BOUND = 3.0   # s, loose
 
-
-def feat(key: str, version: int) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": True, "strategies": []}
 
 
 def repo(config: Any) -> ListeningRepository:
