@@ -40,6 +40,7 @@ from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_server
 from fh_prefork.store.options import MemcacheSessionStoreOptions, RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend
 from fh_prefork.store.redis import make_client as make_redis_client
+from fh_prefork.testing.memory import MemoryBackend, MemoryMedium
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.redis import Redis, RedisCluster
@@ -296,7 +297,21 @@ class TestRedisCluster(BackendContract):
         pass
 
 
+class TestMemory(BackendContract):
+    """The testing kit's in-memory backend: held to the same contract, so the store core's
+    logic tested on it means the same on a real server."""
+
+    @pytest.fixture
+    def backends(self, prefix: str) -> Iterator[Factory]:
+        medium = MemoryMedium()
+        yield from _built_by(lambda: MemoryBackend(medium, f"{prefix}_env", "contract"))
+
+    def abandon(self, holder: Any) -> None:
+        pass  # it stops renewing: the medium expires the key on its clock
+
+
 def test_every_backend_plugs_into_the_contract() -> None:
     plugged = {cls.__name__ for cls in BackendContract.__subclasses__()}
-    assert plugged == {"TestMemcache", "TestFile", "TestRedis", "TestRedisCluster"}
+    assert plugged == {"TestMemcache", "TestFile", "TestRedis", "TestRedisCluster",
+                       "TestMemory"}
     assert Snapshot(None).value is None
