@@ -9,18 +9,27 @@ forms, and all three are read (:func:`decode`):
 * a JSON string holding the array (Ruby's Dalli with its JSON serializer);
 * zlib-compressed bytes of either (Dalli compresses values of 4 KiB and more),
   inflated with a bound so a zip bomb is refused rather than expanded.
+
+Each entry is judged once per distinct content, not per read and per layer:
+:func:`decode` parses the array entry by entry and looks each entry's exact
+JSON text up in :data:`VERDICTS` (see :mod:`fh_prefork.verdicts`), so a verify
+read of an unchanged state judges nothing; and the usable entries a decode
+hands on are vouched for to :func:`feature_problem` on the same thread, so the
+listener does not judge them a second time when they are replayed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .feature_shape import MAX_VERSION, shape_problem
+from .verdicts import USABLE, Verdict, VerdictCache
 
 FeatureState = dict[str, Any]
 
@@ -28,6 +37,13 @@ FeatureState = dict[str, Any]
 #: from writing (``max_item_bytes``): a value another writer stored past our write limit
 #: is still read and, if junk, repaired; only one past this bound is left alone.
 MAX_READ_BYTES = 32 * 1024 * 1024
+
+#: Verdicts by entry text, shared by every store in the process (and inherited by forks).
+VERDICTS = VerdictCache()
+
+#: The usable entries the last :func:`decode` on this thread produced, by ``id()``, each
+#: vouched for once (see :func:`feature_problem`).
+_handoff = threading.local()
 
 
 def identity_problem(item: Any) -> str | None:
@@ -52,8 +68,25 @@ def identity_problem(item: Any) -> str | None:
 
 
 def feature_problem(item: Any) -> str | None:
-    """Why the SDK could not hold and evaluate ``item``, or None when it is usable."""
+    """Why the SDK could not hold and evaluate ``item``, or None when it is usable.
+
+    An entry the last :func:`decode` on this thread found usable is not judged
+    again, once: the store replays what it just decoded, and the listener checks
+    what it is given. The object itself is vouched for (held by reference, so its
+    ``id`` cannot be reused), and feature states are never changed in place here.
+    """
+    vouched: dict[int, Any] | None = getattr(_handoff, "items", None)
+    if vouched and isinstance(item, dict) and vouched.pop(id(item), None) is item:
+        return None
     return identity_problem(item) or shape_problem(item)
+
+
+def _judge(item: Any) -> Verdict:
+    identity = identity_problem(item)
+    if identity is not None:
+        return identity, None
+    shape = shape_problem(item)
+    return USABLE if shape is None else (None, shape)
 
 
 def fingerprint(features: Iterable[Mapping[str, Any]]) -> str:
@@ -149,10 +182,32 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
     except UnicodeDecodeError:
         return Decoded(problem="value is neither UTF-8 JSON nor zlib (a pickle is never loaded)",
                        form=form)
+    digest = hashlib.sha256(raw).digest()
+    known = VERDICTS.value(digest)   # this very value was judged before: judge nothing
+    parsed = _parse(text, form, by_entry=known is None)
+    if isinstance(parsed, Decoded):
+        return parsed
+    entries, form = parsed
+    decoded, verdicts = _place(entries, form, known)
+    if known is None:
+        VERDICTS.remember_value(digest, verdicts)
+    _handoff.items = {id(item): item for item in decoded.by_id.values()}
+    return decoded
+
+
+def _parse(text: str, form: str,
+           by_entry: bool) -> tuple[list[tuple[str | None, Any]], str] | Decoded:
+    """The array's entries (with each one's text when ``by_entry``) and its form, or why not."""
+    entries = _array_entries(text) if by_entry else None
+    if entries is not None:
+        return entries, form
     try:
         value = json.loads(text)
         if isinstance(value, str):  # Ruby/Dalli JSON serializer wraps the array in a string
             form = "json-string" if form == "plain" else form
+            entries = _array_entries(value) if by_entry else None
+            if entries is not None:
+                return entries, form
             value = json.loads(value)
     except RecursionError:
         return Decoded(problem="JSON nested too deeply", form=form)
@@ -160,15 +215,30 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
         return Decoded(problem="value is not JSON", form=form)
     if not isinstance(value, list):
         return Decoded(problem=f"expected a JSON array, found {type(value).__name__}", form=form)
+    return [(None, item) for item in value], form
+
+
+def _place(entries: list[tuple[str | None, Any]], form: str,
+           known: tuple[Verdict, ...] | None) -> tuple[Decoded, tuple[Verdict, ...]]:
+    """Judge each entry (unless its text, or the whole value, was judged before); place it."""
+    if known is not None and len(known) == len(entries):
+        verdicts: list[Verdict | None] = list(known)
+    else:
+        verdicts = VERDICTS.lookup([text for text, _ in entries])
+    judged: list[tuple[str, Verdict]] = []
     decoded = Decoded(form=form)
-    for index, item in enumerate(value):
-        problem = identity_problem(item)
+    for index, (text, item) in enumerate(entries):
+        verdict = verdicts[index]
+        if verdict is None:
+            verdict = verdicts[index] = _judge(item)
+            if text is not None:
+                judged.append((text, verdict))
+        problem, shape = verdict
         if problem is not None:
             decoded.dropped += 1
             decoded.problems.append(f"[{index}] {problem}")
             continue
         decoded.order.append((item["id"], item["version"]))
-        shape = shape_problem(item)
         target = decoded.by_id if shape is None else decoded.unusable
         if shape is not None:
             decoded.problems.append(f"[{index}] {item['key']!r}: {shape}")
@@ -181,7 +251,50 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
             decoded.by_id.pop(item["id"], None)
             decoded.unusable.pop(item["id"], None)
         target[item["id"]] = item
-    return decoded
+    VERDICTS.remember(judged)
+    return decoded, tuple(v for v in verdicts if v is not None)
+
+
+#: ``json.loads``'s own (C) scanner, one value at a time (set in ``JSONDecoder.__init__``,
+#: which typeshed does not declare)
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_SPACE = " \t\n\r"                     # JSON's whitespace, as that scanner skips it
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _SPACE:
+        at += 1
+    return at
+
+
+def _array_entries(text: str) -> list[tuple[str | None, Any]] | None:
+    """A JSON array's entries with the exact text of each, or None if ``text`` is not one.
+
+    Parsed by the scanner ``json.loads`` uses, so each entry is the value
+    ``json.loads`` would give; anything irregular (not an array, a syntax
+    error, too deep) returns None and is left to ``json.loads`` to name.
+    """
+    at = _skip_space(text, 0)
+    if text[at:at + 1] != "[":
+        return None
+    at = _skip_space(text, at + 1)
+    entries: list[tuple[str | None, Any]] = []
+    if text[at:at + 1] == "]":
+        return entries if _skip_space(text, at + 1) == len(text) else None
+    try:
+        while True:
+            item, end = _SCAN(text, at)
+            entries.append((text[at:end], item))
+            end = _skip_space(text, end)
+            char = text[end:end + 1]
+            if char == ",":
+                at = _skip_space(text, end + 1)
+            elif char == "]":
+                return entries if _skip_space(text, end + 1) == len(text) else None
+            else:
+                return None
+    except (StopIteration, ValueError, RecursionError):
+        return None
 
 
 def decode_fingerprint(raw: bytes | None) -> str | None:

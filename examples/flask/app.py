@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, jsonify
 
 import fh_prefork
-import fh_prefork.uwsgi  # noqa: F401  # wires uWSGI workers (examples/uwsgi); no-op elsewhere
+import fh_prefork.uwsgi  # wires uWSGI workers (examples/uwsgi); no-op elsewhere
 
 FLAG = os.environ.get("EXAMPLE_FLAG", "NEW_CHECKOUT")
 

@@ -27,28 +27,27 @@ Every process started here is stopped by pid; every wait is bounded.
 
 from __future__ import annotations
 
-SECTIONS = ("storm", "same", "propagation", "cold", "memory", "read", "edge", "openfeature",
-            "push")
+import asyncio
+import importlib.util
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-import asyncio  # noqa: E402  # SECTIONS stays importable first, for the CLI's parser
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import timeit  # noqa: E402
-import urllib.error  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+import psutil
 
-import psutil  # noqa: E402
+from .sections import SECTIONS as SECTIONS  # the names the CLI and tests import from here
 
 API_KEY = "bench/env-bench/client*bench-secret"
 FLAG = "BENCH_FLAG"

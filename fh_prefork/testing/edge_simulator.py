@@ -617,7 +617,7 @@ class EdgeSimulator:
             thread.join(timeout=2)
         self._helper_threads.clear()
 
-    def __enter__(self) -> EdgeSimulator:  # noqa: PYI034 - py3.9 has no typing.Self
+    def __enter__(self) -> EdgeSimulator:
         return self.start()
 
     def __exit__(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import fh_prefork
-import fh_prefork.uwsgi  # noqa: F401  # wires uWSGI workers; does nothing elsewhere
+import fh_prefork.uwsgi  # wires uWSGI workers; does nothing elsewhere
 
 from .json_wsgi import Query, json_app
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fh_prefork.bench.report import SECTIONS, percentile, table
 
 EXE = str(Path(sys.executable).parent / "fh-prefork")
@@ -19,6 +21,7 @@ def test_percentile_and_table() -> None:
     assert "1.235" in text and text.startswith("T\n-")
 
 
+@pytest.mark.servers
 def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([EXE, "bench", "--quick", "--json", str(out)], capture_output=True,
@@ -46,6 +49,7 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     assert "[bench" in proc.stderr  # progress goes to stderr
 
 
+@pytest.mark.servers
 def test_bench_push_section(tmp_path: Path) -> None:
     """The push section alone: every row measured, no update missed (figures printed only)."""
     out = tmp_path / "bench.json"

@@ -33,6 +33,7 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: fh-prefork" in capsys.readouterr().out
 
 
+@pytest.mark.servers
 def test_demo_two_flips_agree(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("FEATUREHUB_", "FH_PREFORK_"))}
@@ -46,6 +47,7 @@ def test_demo_two_flips_agree(tmp_path: Path) -> None:
     assert "Everything stopped." in proc.stdout
 
 
+@pytest.mark.servers
 def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     import signal
 

@@ -25,7 +25,8 @@ pytest.importorskip("prometheus_client", reason="pip install -e '.[test]'")
 
 def scrape(server: Server) -> str:
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
-        return resp.read().decode()
+        body: bytes = resp.read()
+        return body.decode()
 
 
 def scrape_or_none(server: Server) -> str | None:

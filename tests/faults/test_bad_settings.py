@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from fh_prefork.testing.cluster import Cluster
+from tests.support.matrix import chosen
 from tests.support.procs import free_port
+
+#: each case starts a real gunicorn or uWSGI master (which must refuse to start)
+pytestmark = pytest.mark.servers
 
 GOOD = {
     "FEATUREHUB_EDGE_URL": "http://127.0.0.1:9/",
@@ -18,7 +22,7 @@ GOOD = {
     "FH_PREFORK_STORE": "none",
 }
 
-CASES = {
+CASES: dict[str, tuple[dict[str, str | None], str]] = {
     "malformed-store-url": ({"FH_PREFORK_STORE": "memcache://host:notaport"}, "FH_PREFORK_STORE"),
     "unknown-scheme": ({"FH_PREFORK_STORE": "bogus://localhost:6379"}, "FH_PREFORK_STORE"),
     "invalid-prefix": ({"FH_PREFORK_PREFIX": "bad prefix"}, "FH_PREFORK_PREFIX"),
@@ -47,8 +51,18 @@ def run_master(kind: str, env_changes: dict[str, str | None], tmp_path: Path
                           cwd=tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["gunicorn", "uwsgi"])
-@pytest.mark.parametrize("case", list(CASES))
+#: Each bad value's message is proven in-process (tests/runtime/test_settings.py); a real
+#: master adds how it refuses: one line, no worker, no traceback. Each kind meets a store URL
+#: error and a setting error (and a missing one); FH_PREFORK_FULL_MATRIX=1 runs all 16.
+KIND_CASES = chosen(["gunicorn", "uwsgi"], list(CASES), [
+    ("gunicorn", "malformed-store-url"), ("gunicorn", "missing-key"),
+    ("gunicorn", "invalid-prefix"), ("gunicorn", "server-evaluated-key"),
+    ("uwsgi", "unknown-scheme"), ("uwsgi", "zero-refresh"),
+    ("uwsgi", "negative-refresh"), ("uwsgi", "bad-edge-mode"),
+])
+
+
+@pytest.mark.parametrize("kind, case", KIND_CASES)
 def test_master_refuses_to_start_with_one_line(kind: str, case: str, tmp_path: Path) -> None:
     changes, variable = CASES[case]
     result = run_master(kind, changes, tmp_path)

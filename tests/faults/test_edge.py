@@ -15,9 +15,8 @@ from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
-from tests.support.servers import fh_log_lines, versions
-
-from .whole_state import StoreReader, many_features, memcached_reader, wait_converged
+from tests.support.servers import all_at, fh_log_lines, versions
+from tests.support.state import StoreReader, many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 WORKERS = 4
@@ -58,8 +57,7 @@ def test_edge_flapping_ends_with_correct_flags_and_bounded_retries(
         wait_for(lambda: all(s["edge_state"] != "connected" or transport == "poll"
                              for s in cluster.statuses().values()), 10, what="workers to notice")
         edge.come_up()
-        wait_for(lambda v=version: set(versions(cluster).values()) == {v}, 10,
-                 what=f"v{version} after Edge came back")
+        wait_for(all_at(cluster, version), 10, what=f"v{version} after Edge came back")
     elapsed = time.monotonic() - started
     requests = edge.total_stream_requests + edge.total_poll_requests - requests_before
     rate = requests / WORKERS / elapsed
@@ -113,8 +111,7 @@ def test_edge_closing_streams_after_every_event(
     since, started = edge.total_stream_requests, time.monotonic()
     for version in range(2, 5):
         edge.push_feature(make_feature("FLAG", True, version))
-        wait_for(lambda v=version: set(versions(cluster).values()) == {v}, BOUND + 2,
-                 what=f"v{version}")
+        wait_for(all_at(cluster, version), BOUND + 2, what=f"v{version}")
     wait_for(lambda: time.monotonic() - started > 3, 5, what="a 3 s window")
     rate = attempts_per_worker_second(edge, since, started)
     print(f"stream closed after every event: {rate:.2f} connections/worker/s")

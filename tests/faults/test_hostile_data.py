@@ -22,8 +22,7 @@ from tests.servers.conftest import REFRESH
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines
-
-from .whole_state import many_features, memcached_reader, wait_converged
+from tests.support.state import many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 ENV = "env-srv"

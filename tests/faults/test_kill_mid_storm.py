@@ -18,8 +18,7 @@ from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.servers.conftest import REFRESH
 from tests.support.procs import wait_for
-
-from .whole_state import many_features, memcached_reader, wait_converged
+from tests.support.state import many_features, memcached_reader, wait_converged
 
 StartCluster = Callable[..., Cluster]
 
@@ -45,15 +44,19 @@ def test_updates_of_surviving_workers_all_reach_the_store(
                 key = f"R{round_}W{s.id}"
                 edge.push_feature(make_feature(key, True, 1), s.id)
                 sent[key] = owners[s.id]
-                if s.id == victim_stream.id and owners[s.id]:
-                    os.kill(owners[s.id], signal.SIGKILL)  # mid-storm
+                owner = owners[s.id]
+                if s.id == victim_stream.id and owner:
+                    os.kill(owner, signal.SIGKILL)  # mid-storm
             survivors = {k for k, pid in sent.items() if pid != owners[victim_stream.id]}
 
             def stored_keys() -> set[str]:
                 raw = client.get(f"{prefix}_env-srv")
                 return {f["key"] for f in fs.decode(raw, 10**8).features}
 
-            wait_for(lambda expected=survivors: expected <= stored_keys(), 2 * REFRESH * 1.2 + 3,
+            def stored_all(expected: set[str] = survivors) -> bool:
+                return expected <= stored_keys()
+
+            wait_for(stored_all, 2 * REFRESH * 1.2 + 3,
                      what=f"round {round_}: every surviving worker's update in the store")
             # and nothing else lost: the replacement worker reads Edge and the store
             wait_converged(edge, cluster, store, 2 * REFRESH * 1.2 + 15,

@@ -37,11 +37,13 @@ from tests.support.memcached import Memcached
 from tests.support.procs import hold_for, wait_for
 from tests.support.redis import Redis
 from tests.support.servers import fh_log_lines
-from tests.support.state import State, decode_state, describe, edge_state, worker_states
-
-from .whole_state import (
+from tests.support.state import (
+    State,
     StoreReader,
     data_key,
+    decode_state,
+    describe,
+    edge_state,
     file_reader,
     many_features,
     memcached_reader,
@@ -50,6 +52,7 @@ from .whole_state import (
     short_verify_env,
     verify_period,
     wait_converged,
+    worker_states,
 )
 
 StartCluster = Callable[..., Cluster]

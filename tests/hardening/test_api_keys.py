@@ -26,6 +26,7 @@ BAD_KEYS = {
 }
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("case", list(BAD_KEYS))
 def test_master_refuses_a_key_of_the_wrong_shape_in_one_line(
         case: str, memcached: Any, tmp_path: Path) -> None:
@@ -42,6 +43,7 @@ def test_master_refuses_a_key_of_the_wrong_shape_in_one_line(
     assert "Traceback" not in output and "unreachable" not in output, output
 
 
+@pytest.mark.servers
 def test_uwsgi_master_refuses_too(tmp_path: Path) -> None:
     result = run_master("uwsgi", {"FEATUREHUB_API_KEY": "portfolio/env x/client*secret"},
                         tmp_path)
@@ -57,6 +59,7 @@ def test_edge_paths_are_encoded_for_a_key_given_in_code() -> None:
     assert "apiKey=p/e/c%23x%3Fy*s%20e&" in edge._poll_path
 
 
+@pytest.mark.servers
 def test_master_refuses_a_non_ascii_prefix_instead_of_reporting_memcached_down(
         memcached: Any, tmp_path: Path) -> None:
     result = run_master("gunicorn", {"FH_PREFORK_PREFIX": "flägs",

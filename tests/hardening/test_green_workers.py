@@ -29,6 +29,9 @@ from tests.hardening.tls import make_pki
 from tests.support.procs import wait_for
 from tests.support.servers import versions
 
+#: real gunicorn gevent workers
+pytestmark = pytest.mark.servers
+
 pytest.importorskip("gevent")
 
 #: gevent's default resolver runs getaddrinfo on a pool thread of its own; "block" does not,

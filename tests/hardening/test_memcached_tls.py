@@ -76,6 +76,7 @@ def test_hostname_is_checked_by_default(tls_memcached: TlsMemcached, pki: Pki) -
         make_client(servers, options, tls).get("x")
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("query, problem", [
     ("ca=/nonexistent/ca.pem", "does not exist"),
     ("key=/tmp/k.pem", "key= needs cert="),

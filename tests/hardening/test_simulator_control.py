@@ -82,8 +82,11 @@ def test_short_form_malformed_requests_and_a_restart(
     cluster = start_cluster("gunicorn", 2, env={
         "FEATUREHUB_EDGE_URL": f"http://127.0.0.1:{sim.port}",
         "FH_PREFORK_STORE": f"file://{tmp_path}/store"})
-    first = wait_for(lambda: (s := served(cluster)) and len(s) == 1 and s.pop(), 10,
-                     what="the first state")
+    def one_state() -> tuple[Any, Any] | None:
+        states = served(cluster)
+        return states.pop() if len(states) == 1 else None
+
+    first = wait_for(one_state, 10, what="the first state")
     assert first[0] is True and first[1] > 1_600_000_000_000  # a clock version
 
     status, answer = sim.post("feature", {"key": "NEW_CHECKOUT", "value": False})

@@ -14,6 +14,9 @@ from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import wait_for
 from tests.support.servers import fh_log_lines, versions
 
+#: real uvicorn workers
+pytestmark = pytest.mark.servers
+
 pytest.importorskip("uvicorn")
 
 

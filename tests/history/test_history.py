@@ -64,7 +64,7 @@ from tests.history.schedule import (
     edge_after,
     generate,
 )
-from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
+from tests.servers.conftest import API_KEY
 from tests.support.memcached import Memcached
 from tests.support.procs import hold_for
 from tests.support.redis import Redis
@@ -192,7 +192,7 @@ class StoreUnderTest:
 class History:
     """Runs one schedule against a cluster and reports what each step did."""
 
-    def __init__(self, schedule: Schedule, mode: str, cluster: Cluster, edge: EdgeSimulator,  # noqa: F811
+    def __init__(self, schedule: Schedule, mode: str, cluster: Cluster, edge: EdgeSimulator,
                  store: StoreUnderTest) -> None:
         self.schedule = schedule
         self.mode = mode
@@ -354,7 +354,7 @@ class History:
 
 
 def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
-                 edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                 edge: EdgeSimulator, start_cluster: StartCluster,
                  prefix: str, tmp_path: Path) -> None:
     backend = schedule.backend
     server_fixture = {"memcache": "own_memcached", "redis": "own_redis"}.get(backend)
@@ -413,7 +413,7 @@ def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_history(backend: str, mode: str, seed: int, request: pytest.FixtureRequest,
-                 edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                 edge: EdgeSimulator, start_cluster: StartCluster,
                  prefix: str, tmp_path: Path) -> None:
     run_schedule(generate(seed, backend), mode, request, edge, start_cluster, prefix, tmp_path)
 
@@ -430,7 +430,7 @@ CONTROLS: dict[str, tuple[dict[str, float], float]] = {
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_control_without_faults(
         backend: str, mode: str, control: str, request: pytest.FixtureRequest,
-        edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+        edge: EdgeSimulator, start_cluster: StartCluster,
         prefix: str, tmp_path: Path) -> None:
     """The harness itself: without faults, Edge's events must converge on any working store
     (creates, deletes, fresh ids on re-creation, events that reach one stream only)."""

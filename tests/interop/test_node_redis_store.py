@@ -24,7 +24,6 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -36,9 +35,12 @@ from fh_prefork.testing.storm import API_KEY as STORM_KEY
 from fh_prefork.testing.storm import run_storm
 from tests.conftest import make_config
 from tests.servers.conftest import API_KEY as SERVER_KEY
-from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import free_port, wait_for
-from tests.support.redis import Redis
+from tests.support.redis import Redis, value_of
+from tests.support.stores import feat
+
+#: Node processes running the FeatureHub JavaScript Redis store, and a storm
+pytestmark = pytest.mark.servers
 
 NODE_DIR = Path(__file__).parent / "node"
 DRIVER = NODE_DIR / "drive.mjs"
@@ -62,14 +64,10 @@ def node(driver: Path, mode: str, url: str, prefix: str, env_id: str, *args: str
     return done.stdout
 
 
-def feat(key: str, version: int, value: bool = True) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": value, "strategies": []}
-
 
 def test_what_node_writes_our_workers_serve(
         node_store: Path, redis_server: Redis, prefix: str,
-        start_cluster: Callable[..., Cluster]) -> None:  # noqa: F811
+        start_cluster: Callable[..., Cluster]) -> None:
     env_id = SERVER_KEY.split("/")[1]
     written = [feat("FLAG", 4, False), feat("NODE_ONLY", 2)]
     assert node(node_store, "write", redis_server.url, prefix, env_id,
@@ -139,7 +137,7 @@ def test_mixed_storm_loses_none_of_our_updates(node_store: Path, redis_server: R
     assert result.lost == 0 and result.gave_up == 0  # (the fingerprint: below, once Node stops)
     assert result.shared_stored == result.shared_max_sent
     try:
-        stored = {f["key"] for f in json.loads(client.get(f"{prefix}_{env_id}"))}
+        stored = {f["key"] for f in json.loads(value_of(client, f"{prefix}_{env_id}"))}
     finally:
         client.close()
     assert {f"JS{i:04}" for i in range(node_writes)} <= stored, "Node's updates survive too"
@@ -166,8 +164,8 @@ def test_javascript_locale_order_fingerprint_is_read_and_repaired(
     node(node_store, "write", redis_server.url, prefix, env_id, json.dumps(written))
     client = redis.Redis.from_url(redis_server.url)
     try:
-        js_sha = client.get(f"{key}_sha").decode()
-        decoded = fs.decode(client.get(key), 10**6)
+        js_sha = value_of(client, f"{key}_sha").decode()
+        decoded = fs.decode(value_of(client, key), 10**6)
         assert js_sha not in decoded.consistent_fingerprints(), "the orders really differ"
         config = make_config()
         store = open_store(redis_server.url, config, {"prefix": prefix, "refresh_timeout": 60})
@@ -184,7 +182,7 @@ def test_javascript_locale_order_fingerprint_is_read_and_repaired(
             == set("BZAX")
         node(node_store, "update", redis_server.url, prefix, env_id,
              json.dumps({**feat("B", 2), "id": "id-b"}))
-        versions = {f["key"]: f["version"] for f in json.loads(client.get(key))}
+        versions = {f["key"]: f["version"] for f in json.loads(value_of(client, key))}
         assert versions == {"B": 2, "Z": 1, "A": 1, "X": 1}
     finally:
         client.close()

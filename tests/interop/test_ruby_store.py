@@ -25,7 +25,6 @@ from fh_prefork import settings as fh_settings
 from fh_prefork.store import options as store_options
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
-from tests.servers import conftest as servers
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.ruby import (
@@ -44,11 +43,6 @@ from tests.support.state import State, describe, differences, edge_state, worker
 
 RUBY_MISSING = ruby_missing()
 pytestmark = pytest.mark.skipif(RUBY_MISSING is not None, reason=f"{RUBY_MISSING}")
-
-# the servers' fixtures: the Edge simulator, the workers' environment, clusters stopped by pid
-edge = servers.edge
-server_env = servers.server_env
-start_cluster = servers.start_cluster
 
 StartCluster = Callable[..., Cluster]
 

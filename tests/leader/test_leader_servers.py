@@ -38,9 +38,10 @@ from tests.faults.whole_state import (
     memcached_reader,
     wait_converged,
 )
-from tests.servers.conftest import API_KEY, edge, server_env, start_cluster  # noqa: F401  # fixtures
+from tests.servers.conftest import API_KEY
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
+from tests.support.servers import all_at
 
 TTL = 3.0
 REFRESH = 0.4
@@ -58,7 +59,7 @@ StartCluster = Callable[..., Cluster]
 
 
 @pytest.fixture
-def leader_cluster(start_cluster: StartCluster) -> StartCluster:  # noqa: F811
+def leader_cluster(start_cluster: StartCluster) -> StartCluster:
     def start(kind: str = "gunicorn", workers: int = 6, args: tuple[str, ...] = (),
               env: dict[str, str] | None = None) -> Cluster:
         return start_cluster(kind, workers, args, {**LEADER_ENV, **(env or {})})
@@ -73,19 +74,19 @@ def roles(statuses: dict[int, dict[str, Any]]) -> dict[int, str]:
     return {pid: s["role"] for pid, s in statuses.items()}
 
 
-def one_leader(clusters: list[Cluster], edge: EdgeSimulator) -> int | None:  # noqa: F811
+def one_leader(clusters: list[Cluster], edge: EdgeSimulator) -> int | None:
     """The leader's pid once exactly one stream is open, from a worker of ``clusters``."""
     return sole_leader(edge, lambda: [p for c in clusters for p in c.worker_pids()])
 
 
-def first_leader(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
+def first_leader(clusters: list[Cluster], edge: EdgeSimulator,
                  what: str = "one leader stream") -> int:
     """Wait (bounded by a fail-over) for exactly one stream, and give its worker's pid."""
     return wait_for(lambda: one_leader(clusters, edge), FAILOVER_BOUND, interval=0.05,
                     what=what)
 
 
-def next_leader(clusters: list[Cluster], edge: EdgeSimulator, old: int,  # noqa: F811
+def next_leader(clusters: list[Cluster], edge: EdgeSimulator, old: int,
                 timeout: float, what: str) -> int:
     """Wait for exactly one stream again, owned by a worker other than ``old``; its pid."""
     return wait_for(lambda: (p := one_leader(clusters, edge)) and p != old and p,
@@ -104,7 +105,7 @@ def stored_holder(memcached: Memcached, prefix: str) -> int | None:
     return lease.pid if lease is not None else None
 
 
-def settled_leader(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
+def settled_leader(clusters: list[Cluster], edge: EdgeSimulator,
                    timeout: float, holder: Callable[[], int | None] | None = None) -> int:
     """Wait for one stream whose owner says leader while every other worker follows it
     (and, given ``holder``, the store's lease names it)."""
@@ -147,18 +148,18 @@ def check_roles(clusters: list[Cluster], leader: int) -> None:
             assert s["edge"]["state"] == "standby", s
 
 
-def push_and_time(clusters: list[Cluster], edge: EdgeSimulator,  # noqa: F811
+def push_and_time(clusters: list[Cluster], edge: EdgeSimulator,
                   version: int, bound: float = PROPAGATION_BOUND) -> float:
     edge.push_feature(make_feature("FLAG", version % 2 == 0, version))
     started = time.monotonic()
     for cluster in clusters:
-        wait_for(lambda c=cluster: set(versions(c).values()) == {version}, bound,
-                 interval=0.05, what=f"v{version} in every worker")
+        wait_for(all_at(cluster, version), bound, interval=0.05,
+                 what=f"v{version} in every worker")
     return time.monotonic() - started
 
 
 def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
-        leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator,
         memcached: Memcached, prefix: str) -> None:
     edge.set_features(many_features(8))
     cluster = leader_cluster("gunicorn", 6)
@@ -189,7 +190,7 @@ def test_gunicorn_six_workers_share_one_stream_and_survive_a_sigkill(
 
 
 def test_graceful_exit_of_the_leader_hands_over_within_a_refresh(
-        leader_cluster: StartCluster, edge: EdgeSimulator) -> None:  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator) -> None:
     # a long lease: a take-over within a refresh proves the lease was released, not expired
     cluster = leader_cluster("gunicorn", 4, env={"FH_PREFORK_LEASE_SECONDS": "8"})
     leader = first_leader([cluster], edge)
@@ -207,7 +208,7 @@ def test_graceful_exit_of_the_leader_hands_over_within_a_refresh(
 
 
 def test_two_masters_sharing_memcached_hold_one_stream(
-        leader_cluster: StartCluster, edge: EdgeSimulator) -> None:  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator) -> None:
     first = leader_cluster("gunicorn", 4)
     second = leader_cluster("gunicorn", 4)
     clusters = [first, second]
@@ -225,7 +226,7 @@ def test_two_masters_sharing_memcached_hold_one_stream(
 
 
 def test_memcached_restart_gives_one_leader_again(
-        leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator,
         own_memcached: Memcached, prefix: str) -> None:
     edge.set_features(many_features(8))
     store = memcached_reader(own_memcached.address, prefix)
@@ -250,7 +251,7 @@ def test_memcached_restart_gives_one_leader_again(
 
 
 def test_memcached_down_followers_fall_back_and_return(
-        leader_cluster: StartCluster, edge: EdgeSimulator,  # noqa: F811
+        leader_cluster: StartCluster, edge: EdgeSimulator,
         own_memcached: Memcached, prefix: str) -> None:
     edge.set_features(many_features(8))
     store = memcached_reader(own_memcached.address, prefix)
@@ -276,7 +277,7 @@ def test_memcached_down_followers_fall_back_and_return(
 
 
 def test_uwsgi_leader_mode(leader_cluster: StartCluster,
-                           edge: EdgeSimulator) -> None:  # noqa: F811
+                           edge: EdgeSimulator) -> None:
     cluster = leader_cluster("uwsgi", 4)
     leader = first_leader([cluster], edge)
     assert edge.max_concurrent_streams == 1, edge.state()
@@ -293,7 +294,7 @@ def test_uwsgi_leader_mode(leader_cluster: StartCluster,
 
 
 def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
-                                         edge: EdgeSimulator,  # noqa: F811
+                                         edge: EdgeSimulator,
                                          tmp_path: Path, prefix: str) -> None:
     store = tmp_path / "store"
     edge.set_features(many_features(8))
@@ -317,7 +318,7 @@ def test_embedded_file_store_leader_mode(leader_cluster: StartCluster,
 
 
 def test_failover_benchmark_small(leader_cluster: StartCluster,
-                                  edge: EdgeSimulator) -> None:  # noqa: F811
+                                  edge: EdgeSimulator) -> None:
     cluster = leader_cluster("gunicorn", 4)
     failover = measure_failover(cluster, edge, 2, bound=FAILOVER_BOUND + 10)
     print(f"fail-over over {len(failover.seconds)} kills: p50 {failover.p50:.2f} s, "

@@ -16,9 +16,8 @@ import pytest
 
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
-from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import wait_for
-from tests.support.servers import versions
+from tests.support.servers import all_at, versions
 
 REFRESH = 5.0
 BOUND = 2.0     # s: well under one refresh period, loose for a loaded machine
@@ -26,8 +25,8 @@ BOUND = 2.0     # s: well under one refresh period, loose for a loaded machine
 
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_leader_update_reaches_every_worker_before_any_refresh(
-        backend: str, start_cluster: Callable[..., Cluster],  # noqa: F811
-        edge: EdgeSimulator, request: pytest.FixtureRequest, tmp_path: Path) -> None:  # noqa: F811
+        backend: str, start_cluster: Callable[..., Cluster],
+        edge: EdgeSimulator, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = (request.getfixturevalue("redis_server").url if backend == "redis"
            else f"file://{tmp_path}/store")
     cluster = start_cluster("gunicorn", 6, env={
@@ -39,8 +38,8 @@ def test_leader_update_reaches_every_worker_before_any_refresh(
     for version in (2, 3, 4):
         sent = time.monotonic()
         edge.push_feature(make_feature("FLAG", version % 2 == 0, version))
-        wait_for(lambda v=version: set(versions(cluster).values()) == {v}, BOUND,
-                 interval=0.01, what=f"every worker serving v{version} (refresh is {REFRESH} s)")
+        wait_for(all_at(cluster, version), BOUND, interval=0.01,
+                 what=f"every worker serving v{version} (refresh is {REFRESH} s)")
         took.append(time.monotonic() - sent)
     print(f"{backend}: leader update -> all 6 workers serve it, sampled over HTTP: "
           + ", ".join(f"{t * 1000:.0f} ms" for t in took))

@@ -12,13 +12,13 @@ import pytest
 pytest.importorskip("openfeature", reason="openfeature-sdk is not installed "
                     "(pip install -e '.[test]')")
 
-from openfeature import api  # noqa: E402
-from openfeature.event import EventDetails, ProviderEvent  # noqa: E402
-from openfeature.exception import ProviderNotReadyError  # noqa: E402
+from openfeature import api
+from openfeature.event import EventDetails, ProviderEvent
+from openfeature.exception import ProviderNotReadyError
 
-from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature  # noqa: E402
-from tests.support.edge import serve_edge  # noqa: E402
-from tests.support.runtime import isolated_runtime  # noqa: E402
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from tests.support.edge import serve_edge
+from tests.support.runtime import isolated_runtime
 
 API_KEY = "portfolio/env-of/client*secret"
 PROVIDER_NAME = "fh-prefork FeatureHub"

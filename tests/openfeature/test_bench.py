@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fh_prefork.bench.report import SECTIONS
+
+#: the benchmark's OpenFeature section starts real workers
+pytestmark = pytest.mark.servers
 
 EXE = str(Path(sys.executable).parent / "fh-prefork")
 

@@ -19,6 +19,9 @@ from tests.support.servers import cluster_starter
 
 from .conftest import API_KEY, feature
 
+#: real gunicorn and uWSGI workers serving the OpenFeature app
+pytestmark = pytest.mark.servers
+
 APP = "tests.openfeature.of_app:application"
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -68,7 +68,7 @@ def test_stop_worker_closes_edge_and_store(edge: EdgeSimulator) -> None:
     assert worker is not None and worker.store is not None
     fh_prefork.stop_worker()
     assert edge.wait_until(lambda: edge.open_streams == 0, 5)
-    assert not worker.store._thread.is_alive()
+    assert worker.store._thread is not None and not worker.store._thread.is_alive()
     assert runtime.current_worker() is None
     assert fh_prefork.config() is not worker.config  # starts again, fresh
 
@@ -147,7 +147,7 @@ def _fork_and_report(body: Any, raw: bool = False, timeout: float = 20.0) -> dic
     read_fd, write_fd = os.pipe()
     # threading's own lock for starting threads too: the child starts its store and Edge
     # threads, and an inherited held one (a parent thread starting or ending) blocks them
-    locks = [*_all_logging_locks(), threading._active_limbo_lock] if raw else []
+    locks = [*_all_logging_locks(), threading._active_limbo_lock] if raw else []  # type: ignore[attr-defined]
     for lock in locks:
         lock.acquire()
     try:
@@ -196,7 +196,7 @@ def test_fork_no_hook_saw_starts_fresh_in_the_child_and_logs_once(
     def in_child() -> dict[str, Any]:
         records: list[str] = []
         handler = logging.Handler()
-        handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+        handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
         logging.getLogger("fh_prefork").addHandler(handler)
         cfg = fh_prefork.config()
         again = fh_prefork.config()
@@ -231,9 +231,9 @@ def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -
     started: list[str] = []
     real_start = threading.Thread.start
 
-    def start(thread: threading.Thread) -> None:
-        started.append(thread.name)
-        real_start(thread)
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
 
     threading.Thread.start = start  # type: ignore[method-assign]
     try:

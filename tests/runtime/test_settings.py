@@ -52,7 +52,7 @@ def test_overrides_win_over_environment() -> None:
     ({"FH_PREFORK_LEASE_SECONDS": "6", "FH_PREFORK_LEASE_RENEW_SECONDS": "6"},
      "FH_PREFORK_LEASE_RENEW_SECONDS"),
 ])
-def test_bad_values_name_the_variable_in_one_line(env: dict, variable: str) -> None:
+def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], variable: str) -> None:
     merged = {**BASE, **env}
     merged = {k: v for k, v in merged.items() if v is not None}
     with pytest.raises(s.SettingsError) as info:

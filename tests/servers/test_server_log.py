@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -111,7 +112,7 @@ def test_status_of_a_whole_server_lists_every_worker_and_agreement(
                     if not k.startswith(("FH_PREFORK_", "FEATUREHUB_"))}
     operator_env["XDG_RUNTIME_DIR"] = str(operator_runtime)
 
-    def report() -> dict | None:
+    def report() -> dict[str, Any] | None:
         run = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30,
                              env=operator_env)
         answer = json.loads(run.stdout)
@@ -144,7 +145,7 @@ def test_status_of_a_server_whose_store_url_has_a_password(
         operator_env = {k: v for k, v in os.environ.items()
                         if not k.startswith(("FH_PREFORK_", "FEATUREHUB_"))}
 
-        def report() -> dict | None:
+        def report() -> dict[str, Any] | None:
             run = subprocess.run(cli, capture_output=True, text=True, timeout=30,
                                  env=operator_env)
             assert "s3cret-pw" not in run.stdout + run.stderr

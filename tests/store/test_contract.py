@@ -40,17 +40,15 @@ from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_server
 from fh_prefork.store.options import MemcacheSessionStoreOptions, RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend
 from fh_prefork.store.redis import make_client as make_redis_client
+from fh_prefork.testing.memory import MemoryBackend, MemoryMedium
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.redis import Redis, RedisCluster
+from tests.support.stores import feat
 
 Factory = Callable[[], Any]
 TTL = 2.0   # memcached's expiry ticks once a second: 2 s is the shortest lease it keeps
 
-
-def feat(key: str, version: int) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": True, "strategies": []}
 
 
 def state(*pairs: tuple[str, int]) -> tuple[bytes, str]:
@@ -299,7 +297,21 @@ class TestRedisCluster(BackendContract):
         pass
 
 
+class TestMemory(BackendContract):
+    """The testing kit's in-memory backend: held to the same contract, so the store core's
+    logic tested on it means the same on a real server."""
+
+    @pytest.fixture
+    def backends(self, prefix: str) -> Iterator[Factory]:
+        medium = MemoryMedium()
+        yield from _built_by(lambda: MemoryBackend(medium, f"{prefix}_env", "contract"))
+
+    def abandon(self, holder: Any) -> None:
+        pass  # it stops renewing: the medium expires the key on its clock
+
+
 def test_every_backend_plugs_into_the_contract() -> None:
     plugged = {cls.__name__ for cls in BackendContract.__subclasses__()}
-    assert plugged == {"TestMemcache", "TestFile", "TestRedis", "TestRedisCluster"}
+    assert plugged == {"TestMemcache", "TestFile", "TestRedis", "TestRedisCluster",
+                       "TestMemory"}
     assert Snapshot(None).value is None

@@ -9,16 +9,11 @@ import zlib
 import pytest
 
 from fh_prefork import features as fs
-
-
-def feat(fid: str, version: int, key: str | None = None, value: object = True) -> dict:
-    return {"id": fid, "key": key or f"K_{fid}", "l": False, "version": version,
-            "type": "BOOLEAN" if isinstance(value, bool) else "STRING", "value": value,
-            "strategies": []}
+from tests.support.stores import feat
 
 
 def test_fingerprint_is_the_cross_sdk_form() -> None:
-    features = [feat("b", 2), feat("a", 10), feat("c", 1)]
+    features = [feat("b", 2, fid="b"), feat("a", 10, fid="a"), feat("c", 1, fid="c")]
     expected = hashlib.sha256(b"a:10|b:2|c:1").hexdigest()
     assert fs.fingerprint(features) == expected
     assert fs.fingerprint(reversed(features)) == expected
@@ -34,7 +29,7 @@ def test_array_order_fingerprint_is_the_ruby_form() -> None:
 
 
 def test_both_fingerprint_formulas_are_consistent_with_an_unsorted_array() -> None:
-    raw = json.dumps([feat("b", 2), feat("a", 10)]).encode()
+    raw = json.dumps([feat("b", 2, fid="b"), feat("a", 10, fid="a")]).encode()
     consistent = fs.decode(raw, 10_000).consistent_fingerprints()
     assert consistent == {hashlib.sha256(b"a:10|b:2").hexdigest(),
                           hashlib.sha256(b"b:2|a:10").hexdigest()}
@@ -52,13 +47,14 @@ def test_unusable_states_are_named(bad: object) -> None:
 
 
 def test_decode_reads_every_form_a_featurehub_store_writes() -> None:
-    plain = json.dumps([feat("a", 1)]).encode()
-    ruby = json.dumps(json.dumps([feat("a", 1)])).encode()  # Dalli's JSON serializer wraps it
+    plain = json.dumps([feat("a", 1, fid="a")]).encode()
+    # Dalli's JSON serializer wraps it
+    ruby = json.dumps(json.dumps([feat("a", 1, fid="a")])).encode()
     forms = {"plain": plain, "json-string": ruby, "zlib": zlib.compress(ruby),
              "zlib-plain": zlib.compress(plain, 9)}
     for name, raw in forms.items():
         decoded = fs.decode(raw, 10_000)
-        assert decoded.features == [feat("a", 1)], name
+        assert decoded.features == [feat("a", 1, fid="a")], name
         assert decoded.problem is None and not decoded.problems, name
     assert fs.decode(forms["zlib"], 10_000).form == "zlib"
     assert fs.decode(ruby, 10_000).form == "json-string"
@@ -73,15 +69,15 @@ def test_decode_refuses_a_zip_bomb_without_inflating_it() -> None:
 
 
 def test_decode_reports_truncated_zlib() -> None:
-    raw = zlib.compress(json.dumps([feat("a", 1)] * 50).encode())
+    raw = zlib.compress(json.dumps([feat("a", 1, fid="a")] * 50).encode())
     decoded = fs.decode(raw[: len(raw) // 2], 10_000)
     assert decoded.problem is not None and "truncated" in decoded.problem
 
 
 def test_decode_keeps_entries_the_sdk_cannot_evaluate_apart() -> None:
-    bad = {**feat("b", 4), "strategies": 5}
-    decoded = fs.decode(json.dumps([feat("a", 1), bad]).encode(), 10_000)
-    assert decoded.features == [feat("a", 1)]
+    bad = {**feat("b", 4, fid="b"), "strategies": 5}
+    decoded = fs.decode(json.dumps([feat("a", 1, fid="a"), bad]).encode(), 10_000)
+    assert decoded.features == [feat("a", 1, fid="a")]
     assert decoded.unusable == {"b": bad}
     assert set(decoded.placed) == {"a", "b"}
     assert decoded.problems and "strategies" in decoded.problems[0]
@@ -101,9 +97,10 @@ def test_decode_reports_unusable_values(raw: bytes, problem: str) -> None:
 
 
 def test_decode_skips_bad_entries_and_keeps_highest_duplicate() -> None:
-    raw = json.dumps([feat("a", 1), {"nope": 1}, feat("a", 7), feat("a", 3), 5]).encode()
+    raw = json.dumps([feat("a", 1, fid="a"), {"nope": 1}, feat("a", 7, fid="a"),
+                      feat("a", 3, fid="a"), 5]).encode()
     decoded = fs.decode(raw, 10_000)
-    assert decoded.features == [feat("a", 7)]
+    assert decoded.features == [feat("a", 7, fid="a")]
     assert decoded.dropped == 4
 
 
@@ -115,12 +112,12 @@ def test_decode_fingerprint_accepts_plain_and_json_string() -> None:
 
 
 def test_encode_is_compact_sorted_json() -> None:
-    raw = fs.encode([feat("b", 1), feat("a", 2)])
+    raw = fs.encode([feat("b", 1, fid="b"), feat("a", 2, fid="a")])
     assert [f["id"] for f in json.loads(raw)] == ["a", "b"]
     assert b" " not in raw
 
 
 def test_encode_survives_a_lone_surrogate_another_writer_sent() -> None:
-    odd = {**feat("a", 1), "extra": json.loads('"\\ud800"')}
+    odd = {**feat("a", 1, fid="a"), "extra": json.loads('"\\ud800"')}
     raw = fs.encode([odd])
     assert fs.decode(raw, 10_000).features == [odd]

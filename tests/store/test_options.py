@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fh_prefork.apikey import environment_id, redact, require_client_evaluated
@@ -39,7 +41,7 @@ def test_coerce_accepts_dict_object_and_none() -> None:
     ({"backoff_timeout": -5}, "backoff_timeout"),
     ({"timeout": 0}, "timeout"),
 ])
-def test_bad_options_raise_value_error(opts: dict, message: str) -> None:
+def test_bad_options_raise_value_error(opts: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MemcacheSessionStoreOptions.coerce(opts)
 
@@ -72,7 +74,7 @@ def test_server_evaluated_key_is_refused() -> None:
     ("host", [("host", 11211)]),
     ("memcache://[::1]:5000/", [("::1", 5000)]),
 ])
-def test_parse_servers(text: str, servers: list) -> None:
+def test_parse_servers(text: str, servers: list[tuple[str, int]]) -> None:
     assert parse_servers(text) == servers
 
 

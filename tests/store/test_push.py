@@ -21,14 +21,11 @@ from fh_prefork.store import SessionStore, open_store
 from tests.conftest import make_config
 from tests.support.procs import wait_for, wait_quiet
 from tests.support.redis import Redis
+from tests.support.stores import feat
 
 SLOW = 60.0   # s between refresh ticks: polling cannot explain anything below
 BOUND = 3.0   # s, loose
 
-
-def feat(key: str, version: int) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": True, "strategies": []}
 
 
 def repo(config: Any) -> ListeningRepository:
@@ -75,8 +72,10 @@ def test_a_write_wakes_the_other_stores_at_once(push_url: str, stores: Any) -> N
              what="every reader subscribed")
     for v in range(1, 6):
         repo(writer_cfg).notify("feature", feat("A", v))
-        wait_for(lambda v=v: all(version(c, "A") == v for c, _ in readers), BOUND,
-                 interval=0.002, what=f"every reader at version {v}")
+        def every_reader_at(v: int = v) -> bool:
+            return all(version(c, "A") == v for c, _ in readers)
+
+        wait_for(every_reader_at, BOUND, interval=0.002, what=f"every reader at version {v}")
 
 
 def test_push_off_or_memcached_polls(stores: Any, memcached: Any, tmp_path: Path) -> None:

@@ -9,14 +9,10 @@ from fh_prefork import features as fs
 from fh_prefork import tombstones as ts
 from fh_prefork.store.reconcile import Plan, reconcile
 from fh_prefork.tombstones import Tombstone
+from tests.support.stores import feat
 
 NOW = 1_700_000_000.0   # in the past: decoding takes a future time as now
 WEEK = 7 * 24 * 3600.0
-
-
-def feat(fid: str, version: int, key: str | None = None) -> dict[str, Any]:
-    return {"id": fid, "key": key or f"K_{fid}", "l": False, "version": version,
-            "type": "BOOLEAN", "value": True, "strategies": []}
 
 
 def decoded(*features: dict[str, Any]) -> fs.Decoded:
@@ -35,18 +31,19 @@ def versions(plan: Plan) -> dict[str, int]:
 
 
 def tomb(fid: str, version: int, age: float = 0.0) -> Tombstone:
-    return Tombstone(fid, f"K_{fid}", version, NOW - age)
+    return Tombstone(fid, fid, version, NOW - age)
 
 
 def test_absence_is_not_deletion_what_the_store_lost_is_written_back() -> None:
-    plan = run(decoded(feat("a", 2)), [feat("a", 1), feat("b", 1), feat("c", 3)])
+    plan = run(decoded(feat("a", 2, fid="a")),
+               [feat("a", 1, fid="a"), feat("b", 1, fid="b"), feat("c", 3, fid="c")])
     assert versions(plan) == {"a": 2, "b": 1, "c": 3}
     assert plan.write and sorted(plan.restored) == ["b", "c"]
     assert [f["id"] for f in plan.replay] == ["a"]
 
 
 def test_an_empty_store_gets_everything_the_process_knows_in_one_write() -> None:
-    plan = run(fs.Decoded(), [feat("a", 1), feat("b", 1)], present=False)
+    plan = run(fs.Decoded(), [feat("a", 1, fid="a"), feat("b", 1, fid="b")], present=False)
     assert plan.write and versions(plan) == {"a": 1, "b": 1}
 
 
@@ -56,18 +53,20 @@ def test_a_process_that_knows_nothing_does_not_write_an_absent_store() -> None:
 
 
 def test_a_stale_value_is_healed_and_never_replayed_over_newer_state() -> None:
-    plan = run(decoded(feat("a", 1), feat("b", 1)), [feat("a", 5), feat("b", 1)])
+    plan = run(decoded(feat("a", 1, fid="a"), feat("b", 1, fid="b")),
+               [feat("a", 5, fid="a"), feat("b", 1, fid="b")])
     assert versions(plan) == {"a": 5, "b": 1}
     assert plan.write and plan.restored == ["a"] and plan.replay == []
 
 
 def test_nothing_to_do_when_the_store_holds_the_truth() -> None:
-    plan = run(decoded(feat("a", 2), feat("b", 1)), [feat("a", 1)])
+    plan = run(decoded(feat("a", 2, fid="a"), feat("b", 1, fid="b")), [feat("a", 1, fid="a")])
     assert not plan.write and not plan.restored and not plan.buried
 
 
 def test_a_tombstone_deletes_in_the_store_and_in_the_process() -> None:
-    plan = run(decoded(feat("a", 3), feat("b", 1)), [feat("a", 3), feat("b", 1)],
+    plan = run(decoded(feat("a", 3, fid="a"), feat("b", 1, fid="b")),
+               [feat("a", 3, fid="a"), feat("b", 1, fid="b")],
                stored_tombs={"a": tomb("a", 3)})
     assert versions(plan) == {"b": 1}
     assert plan.buried == ["a"] and [t.id for t in plan.deletes] == ["a"]
@@ -75,21 +74,21 @@ def test_a_tombstone_deletes_in_the_store_and_in_the_process() -> None:
 
 def test_a_local_tombstone_reaches_a_store_that_lost_it_and_stops_resurrection() -> None:
     # the store came back stale: it holds the deleted feature and no tombstone
-    plan = run(decoded(feat("a", 3), feat("b", 1)), [feat("b", 1)],
+    plan = run(decoded(feat("a", 3, fid="a"), feat("b", 1, fid="b")), [feat("b", 1, fid="b")],
                local_tombs={"a": tomb("a", 3)})
     assert versions(plan) == {"b": 1}
     assert plan.write and plan.tombstones_changed and "a" in plan.tombstones
 
 
 def test_a_lagging_copy_of_a_deleted_version_is_not_written_back() -> None:
-    plan = run(decoded(feat("b", 1)), [feat("a", 2), feat("b", 1)],
+    plan = run(decoded(feat("b", 1, fid="b")), [feat("a", 2, fid="a"), feat("b", 1, fid="b")],
                stored_tombs={"a": tomb("a", 2)})
     assert versions(plan) == {"b": 1} and plan.restored == []
     assert [t.id for t in plan.deletes] == ["a"]
 
 
 def test_a_version_above_the_tombstone_is_a_recreation_and_lives() -> None:
-    plan = run(decoded(), [feat("a", 4)], stored_tombs={"a": tomb("a", 3)})
+    plan = run(decoded(), [feat("a", 4, fid="a")], stored_tombs={"a": tomb("a", 3)})
     assert versions(plan) == {"a": 4}
 
 
@@ -107,19 +106,19 @@ def test_rewriting_a_tombstone_never_extends_its_life() -> None:
 
 
 def test_entries_we_cannot_evaluate_are_kept_verbatim_unless_superseded() -> None:
-    bad = {**feat("x", 4), "strategies": 5}
-    plan = run(decoded(feat("a", 1), bad), [feat("a", 1)])
+    bad = {**feat("x", 4, fid="x"), "strategies": 5}
+    plan = run(decoded(feat("a", 1, fid="a"), bad), [feat("a", 1, fid="a")])
     assert not plan.write and plan.live["x"] is not None
     assert [f["id"] for f in plan.replay] == []  # never replayed
-    plan = run(decoded(feat("a", 1), bad), [feat("a", 1), feat("x", 5)])
+    plan = run(decoded(feat("a", 1, fid="a"), bad), [feat("a", 1, fid="a"), feat("x", 5, fid="x")])
     assert plan.live["x"]["version"] == 5
 
 
 def test_junk_is_rewritten_but_a_value_only_too_large_for_us_is_left_alone() -> None:
     junk = fs.decode(b"not json", 100)
-    assert run(junk, [feat("a", 1)]).write
+    assert run(junk, [feat("a", 1, fid="a")]).write
     big = fs.decode(b"[" + b" " * 200 + b"]", 100)
-    assert big.too_large and not run(big, [feat("a", 1)]).write
+    assert big.too_large and not run(big, [feat("a", 1, fid="a")]).write
 
 
 def test_tombstone_codec_round_trips_and_skips_junk() -> None:

@@ -20,7 +20,7 @@ from fh_prefork.store import open_store
 from fh_prefork.store.redis import describe_url, split_url
 from tests.conftest import make_config
 from tests.support.procs import free_port
-from tests.support.redis import Redis, RedisCluster
+from tests.support.redis import Redis, RedisCluster, value_of
 from tests.support.stores import feat, repo_of, write_and_close
 
 BASE = {"FEATUREHUB_EDGE_URL": "http://edge:8085", "FEATUREHUB_API_KEY": "p/env/c*s"}
@@ -49,7 +49,7 @@ def test_key_layout_is_the_javascript_stores(redis_server: Redis, prefix: str) -
     write_and_close(store, config, "features", [feat("B", 2), feat("A", 1)])
     client = redis.Redis.from_url(redis_server.url)
     try:
-        assert json.loads(client.get(f"{prefix}_env42")) == [feat("A", 1), feat("B", 2)]
+        assert json.loads(value_of(client, f"{prefix}_env42")) == [feat("A", 1), feat("B", 2)]
         assert client.get(f"{prefix}_env42_sha") == fs.fingerprint(
             [feat("A", 1), feat("B", 2)]).encode()
         assert client.type(f"{prefix}_env42") == b"string"
@@ -94,7 +94,7 @@ def test_one_node_write_is_one_atomic_step_the_javascript_watch_sees(
         assert store.flush(2)
         key = f"{prefix}_env-test"
         pipe = js.pipeline()
-        pipe.watch(f"{key}_sha")
+        pipe.watch(f"{key}_sha")  # type: ignore[no-untyped-call]
         sha_seen = pipe.get(f"{key}_sha")
         repo_of(config).notify("feature", feat("A", 2))   # our write lands between
         assert store.flush(2)
@@ -104,7 +104,7 @@ def test_one_node_write_is_one_atomic_step_the_javascript_watch_sees(
         with pytest.raises(redis.WatchError):
             pipe.execute()
         assert sha_seen != js.get(f"{key}_sha")
-        assert [f["version"] for f in json.loads(js.get(key))] == [2]
+        assert [f["version"] for f in json.loads(value_of(js, key))] == [2]
     finally:
         store.close()
         js.close()
@@ -142,7 +142,7 @@ def test_unreachable_redis_constructor_returns_fast_and_keeps_updates(prefix: st
         assert store.status()["pending"], "kept for later, never dropped"
         with Redis(port=port) as server:
             assert store.flush(5)
-            assert json.loads(redis.Redis.from_url(server.url).get(f"{prefix}_env-test"))[0][
+            assert json.loads(value_of(redis.Redis.from_url(server.url), f"{prefix}_env-test"))[0][
                 "key"] == "A"
     finally:
         store.close(flush_timeout=0)
@@ -199,7 +199,7 @@ def test_cluster_writer_dying_between_data_and_sha_is_repaired(redis_cluster: Re
         client = redis.cluster.RedisCluster.from_url(redis_cluster.url.replace("+cluster", ""))
         try:
             key = f"{prefix}_env-test"
-            assert json.loads(client.get(key))[0]["version"] == 2
+            assert json.loads(value_of(client, key))[0]["version"] == 2
             assert client.get(f"{key}_sha") == fs.fingerprint([feat("A", 1)]).encode()
             # opened only now: its first tick (at a random phase) would repair _sha early
             other = open_store(redis_cluster.url, other_cfg,

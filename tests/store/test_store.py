@@ -161,7 +161,7 @@ def test_close_is_idempotent_and_detaches(make_store: StoreFactory) -> None:
     store.close()
     store.close()
     assert store not in repo_of(config).raw_update_listeners
-    assert not store._thread.is_alive()
+    assert store._thread is not None and not store._thread.is_alive()
 
 
 def test_close_flushes_pending_updates(make_store: StoreFactory) -> None:
@@ -266,6 +266,7 @@ def test_close_never_closes_the_client_under_a_thread_stuck_in_a_call(
         t.join(10)
     assert closed_while_stuck == [], "the backend was closed under the store thread"
     release.set()
+    assert store._thread is not None
     store._thread.join(5)
     assert closed_while_stuck == [False], "closed once, by the store thread, after the call"
 

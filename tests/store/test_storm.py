@@ -6,6 +6,9 @@ import pytest
 
 from fh_prefork.testing.storm import run_storm
 
+#: process storms: many writer processes released together
+pytestmark = pytest.mark.servers
+
 
 @pytest.mark.parametrize("round_", range(3))
 def test_distinct_writers_all_survive_and_shared_ends_at_highest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from fh_prefork.testing.cluster import free_port, kill_tree
 
@@ -14,11 +14,15 @@ __all__ = ["free_port", "kill_tree", "port_open", "wait_for", "wait_quiet"]
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.02,
-             what: str = "condition") -> T:
-    """Poll ``predicate`` until truthy; fail the test naming ``what`` after ``timeout`` s."""
+def wait_for(predicate: Callable[[], T | None | Literal[False]], timeout: float,
+             interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``predicate`` until truthy; fail the test naming ``what`` after ``timeout`` s.
+
+    Returns the truthy value, so its type drops the None and False that meant "not yet"
+    (``wait_for(lambda: a and b, ...)`` is ``b``'s type).
+    """
     deadline = time.monotonic() + timeout
-    last: T = predicate()
+    last = predicate()
     while not last:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")

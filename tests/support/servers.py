@@ -35,6 +35,11 @@ def versions(cluster: Cluster, key: str = "FLAG") -> dict[int, int]:
     return {pid: flags[key]["version"] for pid, flags in cluster.flags(key).items()}
 
 
+def all_at(cluster: Cluster, version: int, key: str = "FLAG") -> Callable[[], bool]:
+    """A ``wait_for`` predicate: every worker of ``cluster`` serves ``key`` at ``version``."""
+    return lambda: set(versions(cluster, key).values()) == {version}
+
+
 def stream_owners(edge: EdgeSimulator) -> list[int | None]:
     """Pid of the process behind each open Edge stream."""
     return [edge.stream_pid(s) for s in edge.streams()]

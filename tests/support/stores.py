@@ -14,9 +14,13 @@ from fh_prefork.store.memcache import MemcacheBackend
 from fh_prefork.store.redis import RedisBackend
 
 
-def feat(key: str, version: int, value: object = True, fid: str | None = None
+def feat(key: str, version: object = 1, value: object = True, fid: str | None = None
          ) -> dict[str, Any]:
-    """A feature state as Edge sends it: a flag, or a string feature for a string ``value``."""
+    """A feature state as Edge sends it: a flag, or a string feature for a string ``value``.
+
+    The one builder of the suite (id ``id-<key>`` unless ``fid``); ``version`` is not
+    checked, so a test can hand the listener a junk one.
+    """
     kind = "BOOLEAN" if isinstance(value, bool) else "STRING"
     return {"id": fid or f"id-{key}", "key": key, "l": False, "version": version,
             "type": kind, "value": value, "strategies": []}

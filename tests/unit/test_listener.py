@@ -7,11 +7,7 @@ from typing import Any
 
 from fh_prefork.feature_shape import MAX_VERSION
 from fh_prefork.listener import EDGE_SOURCE, ListeningRepository, RawUpdateFeatureListener
-
-
-def feat(key: str, version: Any = 1) -> dict[str, Any]:
-    return {"id": f"id-{key}", "key": key, "l": False, "version": version, "type": "BOOLEAN",
-            "value": True, "strategies": []}
+from tests.support.stores import feat
 
 
 class Recorder(RawUpdateFeatureListener):

@@ -18,10 +18,10 @@ from fh_prefork.prometheus import MultiProcessCollector  # noqa: E402
 
 def written_counter(folder: Path, pid: int, value: float) -> None:
     """A counter file as a worker writes it in multiprocess mode."""
-    values = MmapedDict(str(folder / f"counter_{pid}.db"))
+    values = MmapedDict(str(folder / f"counter_{pid}.db"))  # type: ignore[no-untyped-call]
     key = mmap_key("fh_prefork_store_writes", "fh_prefork_store_writes_total", [], [], "writes")
-    values.write_value(key, value, 0.0)
-    values.close()
+    values.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+    values.close()  # type: ignore[no-untyped-call]
 
 
 def scrape(collector_type: type, folder: Path) -> str:
@@ -45,5 +45,5 @@ def test_an_empty_file_is_skipped_and_every_sized_one_is_read(tmp_path: Path) ->
 
 def test_a_file_sized_but_not_yet_written_reads_as_no_samples(tmp_path: Path) -> None:
     written_counter(tmp_path, 101, 2)
-    MmapedDict(str(tmp_path / "counter_102.db")).close()   # sized, header only
+    MmapedDict(str(tmp_path / "counter_102.db")).close()  # type: ignore[no-untyped-call]  # sized, header only
     assert "fh_prefork_store_writes_total 2.0" in scrape(MultiProcessCollector, tmp_path)

@@ -1,0 +1,168 @@
+"""The suite's shared fixtures, in one plugin module (registered by tests/conftest.py).
+
+Every folder uses the same real servers: a memcached and a Redis per session
+(and one of its own for a test that stops or pauses it), a store of each backend,
+the local Edge simulator and prefork clusters on them. Fixtures live here, so no
+test module imports a fixture from another one.
+
+A test is marked ``servers`` by what it uses (:data:`SERVER_FIXTURES`, directly or
+through another fixture); a module that starts servers without a fixture (a
+storm, a subprocess master) says so with a module-level ``pytestmark``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from featurehub_sdk.featurehub_config import FeatureHubConfig
+
+from fh_prefork.store import SessionStore, open_store
+from fh_prefork.testing.cluster import Cluster
+from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+
+from .edge import serve_edge
+from .memcached import Memcached
+from .redis import Redis, RedisCluster
+from .servers import cluster_starter
+
+API_KEY = "portfolio/env-test/client*secret"
+#: The prefork servers' key and refresh period (tests/servers and every folder that
+#: starts clusters with :func:`start_cluster`).
+SERVER_API_KEY = "portfolio/env-srv/client*secret"
+REFRESH = 0.5
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Fixtures that start prefork servers (gunicorn, uWSGI, uvicorn) or an example's server:
+#: a test using one, even through another fixture, is marked ``servers``.
+SERVER_FIXTURES = frozenset({"start_cluster", "start_server"})
+
+_prefixes = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``servers`` every test that uses a server-starting fixture."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+def make_config(api_key: str = API_KEY, edge_url: str = "http://127.0.0.1:9/") -> Any:
+    return FeatureHubConfig(edge_url, [api_key])
+
+
+# -- data stores --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def memcached() -> Iterator[Memcached]:
+    with Memcached(item_size="8m") as server:
+        yield server
+
+
+@pytest.fixture
+def own_memcached() -> Iterator[Memcached]:
+    """A memcached this test may stop, restart or starve without disturbing the others."""
+    with Memcached(item_size="8m") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Redis]:
+    """A Redis this test may stop, restart or pause without disturbing the others."""
+    with Redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three masters on free loopback ports (about 5 s to start: the nodes must agree)."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memcache", "file", "redis"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend_kind == "memcache":
+        server: Memcached = request.getfixturevalue("memcached")
+        return server.url
+    if backend_kind == "redis":
+        redis_server: Redis = request.getfixturevalue("redis_server")
+        return redis_server.url
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix per test, so tests sharing one memcached or Redis never meet."""
+    return f"t{next(_prefixes)}"
+
+
+@pytest.fixture
+def make_store(store_url: str, prefix: str) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on this test's backend; every store built is closed at teardown."""
+    built: list[SessionStore] = []
+
+    def factory(config: Any = None, **opts: Any) -> SessionStore:
+        opts.setdefault("prefix", prefix)
+        opts.setdefault("refresh_timeout", 60.0)
+        store = open_store(store_url, config or make_config(), opts)
+        assert store is not None
+        built.append(store)
+        return store
+
+    yield factory
+    for store in built:
+        store.close(flush_timeout=0)
+
+
+# -- Edge and prefork servers -------------------------------------------------------------------
+
+@pytest.fixture
+def edge() -> Iterator[EdgeSimulator]:
+    """The local Edge simulator with two flags (a folder's conftest may serve others)."""
+    yield from serve_edge([make_feature("FLAG", True, 1), make_feature("OTHER", False, 1)],
+                          keepalive_interval=1.0)
+
+
+@pytest.fixture
+def server_env(edge: EdgeSimulator, memcached: Memcached, prefix: str) -> dict[str, str]:
+    return {
+        "FEATUREHUB_EDGE_URL": edge.url,
+        "FEATUREHUB_API_KEY": SERVER_API_KEY,
+        "FH_PREFORK_STORE": memcached.url,
+        "FH_PREFORK_PREFIX": prefix,
+        "FH_PREFORK_REFRESH_SECONDS": str(REFRESH),
+        "FH_PREFORK_EDGE_BACKOFF_MAX": "2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def default_store_env(tmp_path: Path) -> dict[str, str | None]:
+    """Environment that leaves FH_PREFORK_STORE unset: the embedded default store, in a
+    runtime folder of the test's own (XDG_RUNTIME_DIR), so nothing outlives the test."""
+    return {"FH_PREFORK_STORE": None, "XDG_RUNTIME_DIR": str(tmp_path)}
+
+
+@pytest.fixture
+def start_cluster(server_env: dict[str, str], tmp_path: Path
+                  ) -> Iterator[Callable[..., Cluster]]:
+    """Start clusters; every one is stopped, and its processes killed by pid, at teardown."""
+    with cluster_starter(server_env, tmp_path) as start:
+        yield start
