@@ -64,6 +64,22 @@ BACKEND_KINDS = {"memcache": ("mc_flush", "mc_restart", "mc_stop", "mc_cont"),
 IMPLIED_KINDS = ("mc_cont", "settle")
 ALL_KINDS = (*WEIGHTS, *IMPLIED_KINDS)
 
+#: What the real FeatureHub Edge adds (issue 19), drawn only in real-Edge schedules
+#: (``generate(..., real_edge=True)``), which run behind a balancer over two Edge replicas:
+#: a bad list (every replica serves an empty list, or one lacking some features, while
+#: they still exist), one replica lagging (frozen, then catching up), the API key unknown
+#: for a while (200 + ``failure``), and every stream dropped (Edge's ``bye``). Each fault
+#: lasts ``seconds`` of the schedule's sleeps, less than the workers' absence grace
+#: (production: up to 120 s against a 300 s grace), and one Edge fault runs at a time.
+REAL_EDGE_WEIGHTS: dict[str, float] = {"bad_list": 4, "replica_lag": 4, "unknown_key": 2,
+                                       "drop_streams": 3}
+#: The implied step that ends each lasting Edge fault.
+EDGE_FAULT_END = {"bad_list": "bad_list_end", "replica_lag": "catch_up",
+                  "unknown_key": "key_known"}
+REAL_EDGE_KINDS = (*REAL_EDGE_WEIGHTS, *EDGE_FAULT_END.values())
+#: Longest Edge fault, in seconds of sleeps: below the real-Edge runs' absence grace.
+EDGE_FAULT_MAX = 3.0
+
 
 @dataclass(frozen=True)
 class Step:
@@ -92,6 +108,11 @@ class Step:
             return f"mc_stop     SIGSTOP memcached for ~{self.seconds:.2f} s of sleeps"
         if self.kind == "kill_worker":
             return f"kill_worker SIGKILL worker (pick {self.pick})"
+        if self.kind == "bad_list":
+            what = "an empty list" if self.value else f"a list lacking some features ({self.pick})"
+            return f"bad_list    every replica serves {what} for ~{self.seconds:.2f} s"
+        if self.kind in ("replica_lag", "unknown_key"):
+            return f"{self.kind:<11} for ~{self.seconds:.2f} s of sleeps"
         return self.kind
 
 
@@ -120,19 +141,25 @@ class Schedule:
 
 def generate(seed: int, backend: str, *, workers: int = 3,
              weights: Mapping[str, float] | None = None, length: int | None = None,
-             one_stream: float = ONE_STREAM) -> Schedule:
-    """The schedule of ``seed`` for ``backend`` ("memcache", "file" or "redis")."""
+             one_stream: float = ONE_STREAM, real_edge: bool = False) -> Schedule:
+    """The schedule of ``seed`` for ``backend`` ("memcache", "file" or "redis").
+
+    ``real_edge``: draw the real Edge's faults too (``REAL_EDGE_WEIGHTS``); a seed's
+    schedule without them is unchanged by the option's existence.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
     if not MIN_WORKERS <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be in [{MIN_WORKERS}, {MAX_WORKERS}]")
-    rng = random.Random(seed)
+    rng = random.Random(seed * 2 + 1 if real_edge else seed)
     weights = dict(WEIGHTS if weights is None else weights)
+    if real_edge:
+        weights.update(REAL_EDGE_WEIGHTS)
     for other, kinds in BACKEND_KINDS.items():
         if other != backend:
             for kind in set(kinds) - set(BACKEND_KINDS[backend]):
                 weights.pop(kind, None)
-    unknown = set(weights) - set(WEIGHTS)
+    unknown = set(weights) - set(WEIGHTS) - set(REAL_EDGE_WEIGHTS)
     if unknown:
         raise ValueError(f"unknown step kind(s) {sorted(unknown)}")
     length = length if length is not None else rng.randint(25, 40)
@@ -143,6 +170,8 @@ def generate(seed: int, backend: str, *, workers: int = 3,
     paused = False
     pause_left = 0.0
     unsettled = False                         # a one-stream event since the last settle
+    edge_fault: str | None = None             # the lasting Edge fault running, if any
+    fault_left = 0.0
     steps: list[Step] = []
 
     def create(key: str, target: bool) -> Step:
@@ -163,15 +192,29 @@ def generate(seed: int, backend: str, *, workers: int = 3,
             return len(edge) > 1
         if kind in ("mc_flush", "mc_stop"):
             return not paused
+        if kind in EDGE_FAULT_END:
+            return edge_fault is None
         if kind == "ttin":
             return count < MAX_WORKERS
         if kind == "ttou":
             return count > MIN_WORKERS
         return True
 
+    def end_edge_fault() -> None:
+        if edge_fault is not None:
+            emit(Step(EDGE_FAULT_END[edge_fault]))
+
     def emit(step: Step) -> None:
-        nonlocal paused, pause_left, unsettled
+        nonlocal paused, pause_left, unsettled, edge_fault, fault_left
         steps.append(step)
+        if step.kind in EDGE_FAULT_END:
+            edge_fault, fault_left = step.kind, step.seconds
+        elif step.kind in EDGE_FAULT_END.values():
+            edge_fault = None
+        elif step.kind == "sleep" and edge_fault is not None:
+            fault_left -= step.seconds
+            if fault_left <= 0:
+                end_edge_fault()
         if step.kind in EDGE_KINDS and step.one_stream:
             unsettled = True
         elif step.kind == "settle":
@@ -210,9 +253,13 @@ def generate(seed: int, backend: str, *, workers: int = 3,
             emit(Step("mc_stop", seconds=round(rng.uniform(0.5, 3.0), 2)))
         elif kind == "kill_worker":
             emit(Step("kill_worker", pick=rng.randrange(1 << 16)))
+        elif kind in EDGE_FAULT_END:
+            emit(Step(kind, value=rng.random() < 0.5, pick=rng.randrange(1 << 16),
+                      seconds=round(rng.uniform(0.5, EDGE_FAULT_MAX), 2)))
         elif kind == "ttou":
             if paused:
                 emit(Step("mc_cont"))
+            end_edge_fault()      # settle needs an Edge that tells every worker the truth
             if unsettled:
                 emit(Step("settle"))
             count -= 1
@@ -221,6 +268,7 @@ def generate(seed: int, backend: str, *, workers: int = 3,
             if kind == "ttin":
                 count += 1
             emit(Step(kind))
+    end_edge_fault()
     return Schedule(seed, backend, workers, initial, tuple(steps), count)
 
 

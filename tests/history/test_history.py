@@ -42,6 +42,7 @@ step actually did (stream and pid it reached, waits that timed out), and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -56,8 +57,10 @@ from tests.history.schedule import (
     ALL_KINDS,
     BACKEND_KINDS,
     BACKENDS,
+    EDGE_FAULT_END,
     EDGE_KINDS,
     EDGE_ONLY,
+    REAL_EDGE_KINDS,
     UPDATES_ONLY,
     Schedule,
     Step,
@@ -65,6 +68,7 @@ from tests.history.schedule import (
     generate,
 )
 from tests.servers.conftest import API_KEY
+from tests.support.balancer import Balancer
 from tests.support.memcached import Memcached
 from tests.support.procs import hold_for
 from tests.support.redis import Redis
@@ -100,7 +104,11 @@ POLL = 0.2
 #: agreement must then last: the grace plus a full verify read (12 refreshes), with slack. A
 #: state that agrees for a moment and is then judged away by a worker is no convergence.
 ABSENCE = 1.0
-STAY = ABSENCE + 12 * REFRESH * 1.2 + 0.5
+#: Real-Edge runs: the grace is longer than any Edge fault of the schedule (EDGE_FAULT_MAX),
+#: as production's 300 s is longer than an Edge restart or a replica's lag; streams end
+#: after REAL_DROP_AFTER seconds (Edge's drop-after-seconds, 30 s in production).
+REAL_ABSENCE = 4.0
+REAL_DROP_AFTER = 3.0
 
 #: Seeds CI runs for every backend x mode (together they use every step kind of both
 #: backends: test_ci_seeds_cover_every_step_kind).
@@ -204,6 +212,12 @@ class History:
         self.started = time.monotonic()
         self.last: tuple[State, dict[int, State], State | None] = ({}, {}, None)
         self.last_error = ""
+        #: every Edge the workers reach (the balancer's replicas in real-Edge runs)
+        self.replicas: list[EdgeSimulator] = [edge]
+        #: while an Edge fault lasts: worker pid -> {key: id} it held, which Edge still has,
+        #: when the fault began. No bad list, lag or key outage may take one away.
+        self.protected: dict[int, dict[str, str]] | None = None
+        self.violations: list[str] = []
 
     def note(self, text: str) -> None:
         self.log.append(f"[{time.monotonic() - self.started:6.2f}] {text}")
@@ -259,8 +273,18 @@ class History:
             self.note(f"{i:3d} {step}{self.do(step)}")
 
     def do(self, step: Step) -> str:
+        done = self._do(step)
+        if self.protected is not None:
+            self.check_protected(step)
+        if step.kind in EDGE_FAULT_END.values():
+            self.protected = None
+        return done
+
+    def _do(self, step: Step) -> str:
         if step.kind in EDGE_KINDS:
             return self.edge_event(step)
+        if step.kind in REAL_EDGE_KINDS:
+            return self.edge_fault(step)
         if step.kind == "sleep":
             time.sleep(step.seconds)
             return ""
@@ -332,31 +356,131 @@ class History:
 
     def edge_event(self, step: Step) -> str:
         feature = step.feature()
-        send = self.edge.delete_feature if step.kind == "delete" else self.edge.push_feature
+
+        def sender(edge: EdgeSimulator) -> Callable[..., None]:
+            return edge.delete_feature if step.kind == "delete" else edge.push_feature
+
         if not step.one_stream:
-            send(feature)
-            return f" [{self.edge.open_streams} stream(s)]"
+            sender(self.edge)(feature)
+            return f" [{sum(r.open_streams for r in self.replicas)} stream(s)]"
         # only streams of live workers: an event queued on a dead worker's stream would reach
-        # nobody, not even the full list its replacement may already have received
+        # nobody, not even the full list its replacement may already have received; and not
+        # a lagging replica's, which forwards nothing
         live = set(self.cluster.worker_pids())
-        owned = [(s.id, pid) for s in self.edge.streams()
-                 if (pid := self.edge.stream_pid(s)) in live]
+        owned = [(replica, s.id, pid) for replica in self.replicas
+                 if not replica.state().get("frozen") for s in replica.streams()
+                 if (pid := replica.stream_pid(s)) in live]
         if not owned:
-            send(feature)
+            sender(self.edge)(feature)
             return " [no stream of a live worker open: sent to all]"
-        stream_id, pid = owned[step.pick % len(owned)]
+        replica, stream_id, pid = owned[step.pick % len(owned)]
         try:
-            send(feature, stream_id)
+            sender(replica)(feature, stream_id)
         except KeyError:  # closed in between: Edge's state already changed, tell everyone
-            send(feature)
+            sender(self.edge)(feature)
             return f" [stream {stream_id} closed: sent to all]"
         return f" [stream {stream_id} of pid {pid}, 1 of {len(owned)}]"
+
+    # -- the real Edge's faults ----------------------------------------------------------------
+
+    def edge_fault(self, step: Step) -> str:
+        """Bad lists, a lagging replica, an unknown key, dropped streams (REAL_EDGE_WEIGHTS)."""
+        replicas, lagging = self.replicas, self.replicas[-1]
+        if step.kind in EDGE_FAULT_END:
+            self.protect()
+        if step.kind == "bad_list":
+            if step.value:
+                for replica in replicas:
+                    replica.serve_empty(True)
+            else:
+                keys = sorted(f["key"] for f in self.edge.features())
+                hidden = keys[step.pick % len(keys):][:max(1, len(keys) // 3)]
+                for replica in replicas:
+                    replica.hide(hidden)
+            for replica in replicas:
+                replica.drop_streams()      # every stream reconnects and gets the bad list
+            return "" if step.value else f" [hiding {hidden}]"
+        if step.kind == "bad_list_end":
+            for replica in replicas:
+                replica.serve_empty(False)
+                replica.hide([])
+                replica.drop_streams()
+            return ""
+        if step.kind == "replica_lag":
+            lagging.freeze()
+            return f" [replica on port {lagging.port} frozen]"
+        if step.kind == "catch_up":
+            lagging.catch_up()
+            return ""
+        if step.kind == "unknown_key":
+            for replica in replicas:
+                replica.keys_unknown = True
+                replica.drop_streams()
+            return ""
+        if step.kind == "key_known":
+            for replica in replicas:
+                replica.keys_unknown = False
+            return ""
+        if step.kind == "drop_streams":
+            for replica in replicas:
+                replica.drop_streams()
+            return ""
+        raise AssertionError(f"unknown Edge fault {step}")
+
+    def protect(self) -> None:
+        """Note what each worker holds that Edge has, as an Edge fault begins."""
+        expected = edge_state(self.edge)
+        try:
+            workers = worker_states(self.cluster, timeout=5)
+        except (TimeoutError, OSError, ValueError, KeyError):
+            workers = {}
+        self.protected = {pid: {k: fid for k, (fid, _) in held.items()
+                                if k in expected and expected[k][0] == fid}
+                          for pid, held in workers.items()}
+
+    def check_protected(self, step: Step) -> None:
+        """During an Edge fault: no worker may have lost a flag it held that Edge still has."""
+        assert self.protected is not None
+        expected = edge_state(self.edge)
+        try:
+            workers = worker_states(self.cluster, timeout=5)
+        except (TimeoutError, OSError, ValueError, KeyError):
+            return        # a worker booting or exiting: the next step looks again
+        for pid, held in self.protected.items():
+            now = workers.get(pid)
+            if now is None:
+                continue  # killed or removed: its replacement was not there to protect
+            lost = sorted(k for k, fid in held.items()
+                          if k in expected and expected[k][0] == fid and k not in now)
+            if lost:
+                self.violations.append(f"after '{step}': worker {pid} lost {lost}, which "
+                                       f"Edge still has")
 
 
 def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
                  edge: EdgeSimulator, start_cluster: StartCluster,
-                 prefix: str, tmp_path: Path) -> None:
+                 prefix: str, tmp_path: Path, *, real_edge: bool = False) -> None:
+    """Run ``schedule``; ``real_edge``: behind a balancer over two replicas of ``edge``, with
+    the real Edge's stream drop and the real-Edge absence grace (see REAL_EDGE_WEIGHTS)."""
+    with contextlib.ExitStack() as stack:
+        replicas = [edge]
+        url = edge.url
+        if real_edge:
+            lagging = stack.enter_context(edge.replica())
+            replicas.append(lagging)
+            for replica in replicas:
+                replica.drop_after = REAL_DROP_AFTER
+            url = stack.enter_context(Balancer([edge.port, lagging.port])).url
+        _run_schedule(schedule, mode, request, edge, replicas, url, start_cluster, prefix,
+                      tmp_path, REAL_ABSENCE if real_edge else ABSENCE)
+
+
+def _run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
+                  edge: EdgeSimulator, replicas: list[EdgeSimulator], url: str,
+                  start_cluster: StartCluster, prefix: str, tmp_path: Path,
+                  absence: float) -> None:
     backend = schedule.backend
+    stay = absence + 12 * REFRESH * 1.2 + 0.5
     server_fixture = {"memcache": "own_memcached", "redis": "own_redis"}.get(backend)
     memcached: Memcached | Redis | None = (request.getfixturevalue(server_fixture)
                                            if server_fixture else None)
@@ -365,11 +489,12 @@ def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
     env = {"FH_PREFORK_STORE": store.url, "FH_PREFORK_EDGE_MODE": mode,
            # a full read (verify) every 12 refreshes: every 3.6 s, well inside QUIESCE_BOUND
            "FH_PREFORK_REFRESH_SECONDS": str(REFRESH),
-           "FH_PREFORK_EDGE_ABSENCE_SECONDS": str(ABSENCE)}
+           "FH_PREFORK_EDGE_ABSENCE_SECONDS": str(absence), "FEATUREHUB_EDGE_URL": url}
     if mode == "leader":
         env["FH_PREFORK_LEASE_SECONDS"] = str(LEASE)
     cluster = start_cluster("gunicorn", schedule.workers, env=env)
     history = History(schedule, mode, cluster, edge, store)
+    history.replicas = replicas
     label = f"seed {schedule.seed} ({backend}, {mode})"
 
     def failure(what: str) -> str:
@@ -396,14 +521,18 @@ def run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
     finally:
         store.resume()
     assert edge_state(edge) == edge_after(schedule), "the Edge simulator lost track of the schedule"
+    if history.violations:
+        pytest.fail(failure("a bad Edge list, a lagging replica or a key outage removed "
+                            "flags Edge still had:\n" + "\n".join(history.violations)),
+                    pytrace=False)
     if took is None:
         pytest.fail(failure(f"did not converge within {QUIESCE_BOUND:g} s of quiescence"),
                     pytrace=False)
-    hold_for(STAY)
-    history.note(f"held {STAY:.1f} s past convergence (absence grace and a verify read)")
+    hold_for(stay)
+    history.note(f"held {stay:.1f} s past convergence (absence grace and a verify read)")
     if history.wait_converged(SETTLE_BOUND) is None:
-        pytest.fail(failure(f"converged, then lost the agreement within {STAY:.1f} s (the "
-                            f"{ABSENCE:g} s Edge-absence grace and a verify read)"),
+        pytest.fail(failure(f"converged, then lost the agreement within {stay:.1f} s (the "
+                            f"{absence:g} s Edge-absence grace and a verify read)"),
                     pytrace=False)
     print(f"history {label}: {len(schedule.steps)} steps in {ran:.1f} s, "
           f"converged {took:.2f} s after quiescence, {history.workers} workers")
@@ -478,3 +607,53 @@ def test_ci_seeds_cover_every_step_kind() -> None:
                              if other != backend)}
         assert kinds == wanted, (backend, sorted(wanted - kinds))
         assert one_stream == set(EDGE_KINDS), (backend, one_stream)
+
+
+#: The real-Edge seed CI runs per backend, in both modes: the first whose schedule has every
+#: real-Edge kind and a delete (test_real_edge_ci_seeds_cover_every_kind).
+REAL_CI_SEEDS = {"memcache": 117, "file": 102, "redis": 117}
+
+
+def real_cases() -> list[tuple[str, int]]:
+    if os.environ.get("FH_PREFORK_HISTORY_SEEDS", "").strip() or \
+            os.environ.get("FH_PREFORK_HISTORY_SEED", "").strip():
+        return [(backend, seed) for backend in BACKENDS for seed in seeds()]
+    return list(REAL_CI_SEEDS.items())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("backend", "seed"), real_cases(), ids=lambda v: f"{v}")
+def test_real_edge_history(backend: str, mode: str, seed: int, request: pytest.FixtureRequest,
+                           edge: EdgeSimulator, start_cluster: StartCluster,
+                           prefix: str, tmp_path: Path) -> None:
+    """The real Edge's faults mixed into a history: version-0 deletes (the simulator's
+    default), empty and short lists, one of two replicas lagging, unknown-key periods,
+    dropped streams. During each fault no worker loses a flag Edge still has; at quiescence
+    every worker and the store equal Edge exactly."""
+    run_schedule(generate(seed, backend, real_edge=True), mode, request, edge, start_cluster,
+                 prefix, tmp_path, real_edge=True)
+
+
+def test_real_edge_schedules_are_fair() -> None:
+    for backend in BACKENDS:
+        for seed in range(200):
+            schedule = generate(seed, backend, real_edge=True)
+            assert schedule == generate(seed, backend, real_edge=True)
+            fault = None
+            for step in schedule.steps:
+                if step.kind in EDGE_FAULT_END:
+                    assert fault is None, f"seed {seed}: two Edge faults at once"
+                    fault = step.kind
+                    assert 0 < step.seconds <= 3.0 < REAL_ABSENCE
+                elif fault is not None and step.kind == EDGE_FAULT_END[fault]:
+                    fault = None
+                elif step.kind in ("settle", "ttou"):
+                    assert fault is None, f"seed {seed}: {step.kind} during an Edge fault"
+            assert fault is None, f"seed {seed}: an Edge fault outlives the schedule"
+
+
+def test_real_edge_ci_seeds_cover_every_kind() -> None:
+    for backend, seed in REAL_CI_SEEDS.items():
+        kinds = {s.kind for s in generate(seed, backend, real_edge=True).steps}
+        assert set(REAL_EDGE_KINDS) <= kinds, (backend, sorted(set(REAL_EDGE_KINDS) - kinds))
+        assert "delete" in kinds
