@@ -45,11 +45,14 @@ from ..ratelog import RateLimitedLog
 from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
 from .options import SessionStoreOptions
 from .reconcile import Plan, reconcile
+from .wake import WakeState, next_wake
 
 log = logging.getLogger("fh_prefork.store")
 
 #: Outcomes of one sync: done, retry soon, or blocked until the state changes (too large).
 _DONE, _RETRY, _BLOCKED = "done", "retry", "blocked"
+#: Seconds a task waits at least between two runs, whatever it asks for.
+MIN_TASK_DELAY = 0.01
 #: The state problem of a reachable store with no data under its key.
 NO_STATE = "the store holds no state yet"
 
@@ -142,6 +145,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._in_flight_ids: set[str] = set()   # the batch being written: still pending
         self._closing = False
         self._closed = False
+        self._retry_at: float | None = None    # a write failed: the next one not before this
         self._refresh_requested = False
         self._notified = False              # push: the backend says the data changed
         self._notified_full = False         # push: read in full (notifications were lost)
@@ -293,7 +297,8 @@ class SessionStore(RawUpdateFeatureListener):
                 task.errors.failure("fh_prefork: %s store task %s failed", self.source,
                                     task.name, level=logging.ERROR, exc_info=True)
                 delay = self._period()
-            task.due = time.monotonic() + max(0.0, delay)
+            # a floor, so a task answering 0 again and again cannot spin the thread
+            task.due = time.monotonic() + max(MIN_TASK_DELAY, delay)
 
     # -- public helpers ---------------------------------------------------------------------
 
@@ -379,22 +384,16 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _run(self) -> None:
         next_tick = time.monotonic() + random.uniform(0, self.options.refresh_timeout)
-        retry_at: float | None = None
         while True:
             with self._cond:
-                while not self._closed:
+                # bounded: each pass either breaks (something runnable) or waits until a
+                # deadline strictly in the future (next_wake never returns one in the past)
+                while True:
                     now = time.monotonic()
-                    due = min(next_tick, retry_at) if retry_at is not None else next_tick
-                    task_due = self._next_task_due()
-                    if task_due is not None:
-                        if now >= task_due:
-                            break
-                        due = min(due, task_due)
-                    if self._refresh_requested or self._notified or now >= next_tick:
+                    wake = next_wake(self._wake_state(next_tick), now)
+                    if wake is None:
                         break
-                    if self._dirty and (retry_at is None or now >= retry_at):
-                        break
-                    self._cond.wait(max(0.0, due - now))
+                    self._cond.wait(wake - now)
                 closed = self._closed
             if closed:   # outside the lock: status() never waits on the lease release or close
                 self._shut_down()
@@ -402,8 +401,8 @@ class SessionStore(RawUpdateFeatureListener):
             try:
                 self._run_due_tasks()  # first: a leader that lost its lease stops before writing
                 now = time.monotonic()
-                if self._is_dirty() and (retry_at is None or now >= retry_at):
-                    retry_at = None if self._flush() else time.monotonic() + self._period() / 4
+                if self._flush_due(now):
+                    self._flush()
                 if self._refresh_requested or self._notified or now >= next_tick:
                     with self._cond:
                         full = self._refresh_requested or self._notified_full
@@ -418,10 +417,22 @@ class SessionStore(RawUpdateFeatureListener):
                 self.counters.errors += 1
                 self._thread_log.failure("fh_prefork: %s store thread error", self.source,
                                          level=logging.ERROR, exc_info=True)
-                retry_at = time.monotonic() + self._period() / 4
+                with self._cond:
+                    self._retry_at = time.monotonic() + self._period() / 4
             finally:
                 with self._cond:
                     self._cond.notify_all()
+
+    def _wake_state(self, next_tick: float) -> WakeState:
+        """What ``next_wake`` decides from; called with ``self._cond`` held."""
+        return WakeState(closed=self._closed, dirty=self._dirty, retry_at=self._retry_at,
+                         next_tick=next_tick, task_due=self._next_task_due(),
+                         notified=self._notified, refresh_requested=self._refresh_requested)
+
+    def _flush_due(self, now: float) -> bool:
+        """Dirty, and no failed write's retry time still ahead: what ``next_wake`` runs for."""
+        with self._cond:
+            return self._dirty and (self._retry_at is None or now >= self._retry_at)
 
     def _start_notifier(self) -> ChangeNotifier | None:
         """Push: the backend's notifier, if it has one, wakes this store's thread."""
@@ -494,6 +505,10 @@ class SessionStore(RawUpdateFeatureListener):
                 if outcome == _RETRY:
                     self._dirty = True
                     self._dirty_ids |= dirty_ids
+                # whichever path flushed (the loop's retry or the refresh tick's own sync),
+                # its outcome alone sets the retry time: a success clears it
+                self._retry_at = (time.monotonic() + self._period() / 4 if outcome == _RETRY
+                                  else None)
                 self._blocked = outcome == _BLOCKED and not self._dirty
                 self._in_flight, self._in_flight_ids = False, set()
                 self._cond.notify_all()
