@@ -43,7 +43,7 @@ from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
-from .options import SessionStoreOptions
+from .options import DEFAULT_MAX_ITEM_BYTES, SessionStoreOptions
 from .reconcile import Plan, reconcile
 from .wake import WakeState, next_wake
 
@@ -171,6 +171,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._heal_log = RateLimitedLog(self._log)
         self._thread_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
+        self._server_item_limit: int | None = None   # what the server said; 0: it does not say
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
@@ -554,7 +555,7 @@ class SessionStore(RawUpdateFeatureListener):
             if fingerprint == self._too_large_fingerprint:
                 return _BLOCKED     # the same state did not fit last time: wait for a change
             payload = fs.encode(plan.live.values())
-            if len(payload) > self.options.max_item_bytes:
+            if len(payload) > self._max_item_bytes():
                 self._too_large_fingerprint = fingerprint
                 return self._too_large(len(payload), snapshot)
             tombs = (ts.encode(plan.tombstones.values())
@@ -710,13 +711,36 @@ class SessionStore(RawUpdateFeatureListener):
         self.counters.deferred += 1
         self._last_error = f"merged state of {size} bytes exceeds the item limit"
         self._write_problem = (f"the state ({size} bytes) is over the store's "
-                               f"{self.options.max_item_bytes}-byte item limit")
+                               f"{self._max_item_bytes()}-byte item limit")
         self._set_problem(self._write_problem)
         self._size_log.failure(
             "fh_prefork: merged feature state is %d bytes, over the %d-byte item limit "
             "of %s; serving from memory, retrying when the state changes",
-            size, self.options.max_item_bytes, self._backend.description, level=logging.ERROR)
+            size, self._max_item_bytes(), self._backend.description, level=logging.ERROR)
         return _BLOCKED
+
+    def _max_item_bytes(self) -> int:
+        """The largest state written: the option if set, else the server's own limit.
+
+        The server is asked on the thread doing backend I/O (at open, then the
+        store thread) until it answers once; never on a request.
+        """
+        if self.options.max_item_bytes is not None:
+            return self.options.max_item_bytes
+        if self._server_item_limit is None:
+            ask = getattr(self._backend, "item_limit", None)
+            if not callable(ask):
+                self._server_item_limit = 0
+            else:
+                try:
+                    self._server_item_limit = int(ask() or 0)
+                except StoreUnavailable:
+                    return DEFAULT_MAX_ITEM_BYTES     # unreachable: asked again next time
+                if self._server_item_limit not in (0, DEFAULT_MAX_ITEM_BYTES):
+                    self._log.info("fh_prefork: %s stores items up to %d bytes (its own "
+                                   "limit); writing states up to that size",
+                                   self._backend.description, self._server_item_limit)
+        return self._server_item_limit or DEFAULT_MAX_ITEM_BYTES
 
     def _set_problem(self, problem: str | None) -> None:
         with self._cond:
@@ -728,7 +752,7 @@ class SessionStore(RawUpdateFeatureListener):
                 self._problem = problem
 
     def _decode(self, snapshot: Snapshot) -> fs.Decoded:
-        decoded = fs.decode(snapshot.value, max(self.options.max_item_bytes, fs.MAX_READ_BYTES))
+        decoded = fs.decode(snapshot.value, max(self._max_item_bytes(), fs.MAX_READ_BYTES))
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             self.counters.junk_entries += len(decoded.problems) or 1
