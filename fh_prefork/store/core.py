@@ -43,6 +43,7 @@ from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
+from .failure import classify
 from .options import DEFAULT_MAX_ITEM_BYTES, SessionStoreOptions
 from .reconcile import Plan, reconcile
 from .wake import WakeState, next_wake
@@ -166,6 +167,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._known_since_list: dict[str, int] = {}  # id -> Edge lists heard when first known
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
+        self._write_failing = False     # the failure going on was met writing
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
         self._heal_log = RateLimitedLog(self._log)
@@ -177,9 +179,8 @@ class SessionStore(RawUpdateFeatureListener):
             self._sync(write=False)
             self._note_success()
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot read %s at start, serving from Edge until it returns: %s",
-                               err)
+            self._note_failure(err, "cannot read it at start, serving from Edge until it "
+                               "returns")
         self._notifier: ChangeNotifier | None = None
         self._thread: threading.Thread | None = None
         if not start:
@@ -480,8 +481,7 @@ class SessionStore(RawUpdateFeatureListener):
                     self._note_success()
                     return
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot refresh from %s: %s", err)
+            self._note_failure(err, "refresh skipped")
             return
         self._flush()
 
@@ -496,11 +496,9 @@ class SessionStore(RawUpdateFeatureListener):
             outcome = self._sync(write=True, dirty_ids=dirty_ids)
             # every way out of a sync without StoreUnavailable had the backend answer: an
             # absent or over-sized state, a blocked write or a lost race are not outages
-            self._note_success()
+            self._note_success(wrote=True)
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot reach %s; %d update(s) kept for later: %s", err,
-                               extra=len(dirty_ids))
+            self._note_failure(err, f"{len(dirty_ids)} update(s) kept for later", writing=True)
         finally:
             with self._cond:
                 if outcome == _RETRY:
@@ -764,14 +762,25 @@ class SessionStore(RawUpdateFeatureListener):
                                    self._backend.description, what)
         return decoded
 
-    def _note_failure(self, msg: str, err: Exception, extra: int | None = None) -> None:
-        self.counters.errors += 1
-        self._last_error = str(err)
-        args: tuple[Any, ...] = (self._backend.description, err)
-        if extra is not None:
-            args = (self._backend.description, extra, err)
-        self._backend_log.failure("fh_prefork: " + msg, *args)
+    def _note_failure(self, err: StoreUnavailable, consequence: str,
+                      writing: bool = False) -> None:
+        """Say what failed in words (unreachable, refused, forbidden, full), at a bounded rate.
 
-    def _note_success(self) -> None:
+        A failure met while writing (a full disk, an out-of-memory server) ends
+        only with a write that works: the reads that still work in between do
+        not announce a recovery, or every write attempt would log anew.
+        """
+        failure = classify(err)
+        self.counters.errors += 1
+        self._last_error = f"{failure.words}: {err}"
+        self._set_problem(f"the store {failure.phrase}: {err}")
+        self._write_failing = self._write_failing or writing
+        self._backend_log.failure("fh_prefork: %s %s; %s: %s", self._backend.description,
+                                  failure.phrase, consequence, err, kind=failure.kind)
+
+    def _note_success(self, wrote: bool = False) -> None:
         """The backend answered: ``status()["healthy"]`` and the "is back" line follow it."""
+        if self._write_failing and not wrote:
+            return      # reads work, writes may not: only a write tells
+        self._write_failing = False
         self._backend_log.recovered("fh_prefork: %s is back", self._backend.description)
