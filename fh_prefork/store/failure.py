@@ -59,7 +59,7 @@ def classify(err: BaseException) -> Failure:
         return Failure(REFUSED, "authentication failed")
     if "NoPermissionError" in names or any(w in text for w in _FORBIDDEN_WORDS):
         return Failure(FORBIDDEN, "forbidden")
-    if any(w in text for w in _FULL_WORDS):
+    if "OutOfMemoryError" in names or any(w in text for w in _FULL_WORDS):
         return Failure(FULL, "full")
     for e in chain:
         if isinstance(e, ssl.SSLError):

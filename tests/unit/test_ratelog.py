@@ -91,6 +91,8 @@ def _raised(cause: BaseException) -> StoreUnavailable:
      "forbidden", "refused: forbidden"),
     (rex.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "full",
      "is full"),
+    (rex.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "full",
+     "is full"),
     (MemcacheServerError("out of memory storing object"), "full", "is full"),
     (OSError(errno.ENOSPC, "No space left on device"), "full", "is full"),
     (PermissionError(errno.EACCES, "Permission denied"), "forbidden", "refused: forbidden"),
