@@ -4,8 +4,8 @@ Without it a wrong Redis password, an ACL without ``@scripting`` or a missing
 TLS client certificate start a server whose every worker quietly falls back to
 its own Edge connection, each with a WARNING, the ACL case saying
 "unreachable". The master asks the store what a worker will ask of it
-(connect, authenticate, read, run the scripts, write and delete a probe key,
-publish and subscribe when push is on) with the store's own timeouts, closes
+(connect, authenticate, read, run the scripts, write and delete a probe key
+under the prefix, publish, and subscribe when push is on) with the store's own timeouts, closes
 every connection before any fork, and logs one ERROR line naming the setting
 and what is wrong. It never refuses to start: workers keep serving from Edge.
 """
@@ -146,8 +146,7 @@ def _check_redis(settings: Settings) -> None:
             "return redis.call('DEL', KEYS[1])")
         _step("writing a probe key from a script (EVALSHA)", write, keys=[probe],
               args=[b"probe", PROBE_SECONDS * 1000])
-        if settings.push == "on":
-            _check_push(client, _data_key(settings))
+        _check_channel(client, _data_key(settings), subscribe=settings.push == "on")
     finally:
         client.close()
 
@@ -169,10 +168,13 @@ def _check_redis_tls_files(url: str) -> None:
                            Failure(UNREADABLE, "unreadable"))
 
 
-def _check_push(client: Any, channel: str) -> None:
-    # PUBLISH on a channel of the same pattern that no store listens on: no worker wakes
-    probe_channel = f"{channel}_probe"
-    _step("publishing (PUBLISH) on the store's channel", client.publish, probe_channel, b"")
+def _check_channel(client: Any, channel: str, subscribe: bool) -> None:
+    """The write script PUBLISHes every write on the store's channel (push or not); push
+    also SUBSCRIBEs. A message without a fingerprint wakes a listening store for one cheap
+    token check, nothing more."""
+    _step("publishing (PUBLISH) on the store's channel", client.publish, channel, b"")
+    if not subscribe:
+        return
     pubsub = _step("subscribing (SUBSCRIBE) to the store's channel", client.pubsub)
     try:
         _step("subscribing (SUBSCRIBE) to the store's channel", pubsub.subscribe, channel)

@@ -104,14 +104,16 @@ def test_an_acl_without_scripting_is_an_error_saying_forbidden(
     assert "unreachable" not in line and "s3cret" not in line
 
 
-def test_an_acl_without_the_channels_is_forbidden_when_push_is_on(
-        own_redis: Redis, caplog: pytest.LogCaptureFixture) -> None:
-    rules = MINIMUM_ACL.replace("&featurehub_* ", "")
-    set_user(own_redis, rules)
+@pytest.mark.parametrize("missing", ["&featurehub_* ", "+subscribe "])
+def test_an_acl_without_the_channel_or_subscribe_is_forbidden(
+        own_redis: Redis, caplog: pytest.LogCaptureFixture, missing: str) -> None:
+    """Every write publishes (push on or off); push also subscribes."""
+    set_user(own_redis, MINIMUM_ACL.replace(missing, ""))
     url = f"redis://fhprefork:s3cret@127.0.0.1:{own_redis.port}/0"
     records = checked(url, caplog)
     assert len(records) == 1 and "forbidden" in records[0].getMessage(), records
-    assert checked(url, caplog, FH_PREFORK_PUSH="off") == []
+    push_off = checked(url, caplog, FH_PREFORK_PUSH="off")
+    assert push_off == [] if missing == "+subscribe " else len(push_off) == 1
 
 
 def test_a_wrong_password_is_an_error_saying_authentication_failed(
