@@ -47,6 +47,7 @@ from .listener import ListeningRepository
 from .settings import Settings
 from .store import SessionStore, open_store
 from .store.backend import LeaseBackend
+from .store.health import check_store_at_start
 
 log = logging.getLogger("fh_prefork")
 
@@ -280,6 +281,7 @@ def check(settings_: Settings | None = None) -> Settings:
             ensure_private_directory(parse_file_url(loaded.store))
         except ValueError as err:
             raise settings_mod.SettingsError(f"FH_PREFORK_STORE: {err}") from None
+    check_store_at_start(loaded)   # connect, authenticate, scripts, push: one ERROR line if not
     return loaded
 
 

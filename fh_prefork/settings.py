@@ -114,6 +114,10 @@ def _seconds_or_auto(text: str) -> float | None:
     return None if text.strip().lower() == "auto" else _positive_float(text)
 
 
+def _count_or_auto(text: str) -> int | None:
+    return None if text.strip().lower() == "auto" else _count(text)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -183,6 +187,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds bounding every memcached connect and read"),
     Setting("redis_timeout", "FH_PREFORK_REDIS_TIMEOUT", _positive_float, "0.5",
             "seconds bounding every Redis connect and command"),
+    Setting("max_item_bytes", "FH_PREFORK_MAX_ITEM_BYTES", _count_or_auto, "auto",
+            "largest state written to the store, in bytes; auto: the server's own limit "
+            "(memcached's item_size_max less 1 KiB, read once per worker), else 1 MiB - 1 KiB"),
     Setting("push", "FH_PREFORK_PUSH", _choice("on", "off"), "on",
             "on: a write wakes the other workers at once (Redis pub/sub; inotify on the "
             "embedded store; memcached polls), the refresh timer stays as a safety poll; "
@@ -210,6 +217,7 @@ class Settings:
     lease_renew_seconds: float
     memcache_timeout: float
     redis_timeout: float
+    max_item_bytes: int | None
     push: str
 
     @property
@@ -225,6 +233,8 @@ class Settings:
             opts.update(timeout=self.memcache_timeout, connect_timeout=self.memcache_timeout)
         if is_redis_url(self.store):
             opts.update(timeout=self.redis_timeout, connect_timeout=self.redis_timeout)
+        if self.max_item_bytes is not None:
+            opts["max_item_bytes"] = self.max_item_bytes
         opts["push"] = self.push == "on"
         return opts
 

@@ -43,13 +43,17 @@ from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
 from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
-from .options import SessionStoreOptions
+from .failure import classify
+from .options import DEFAULT_MAX_ITEM_BYTES, SessionStoreOptions
 from .reconcile import Plan, reconcile
+from .wake import WakeState, next_wake
 
 log = logging.getLogger("fh_prefork.store")
 
 #: Outcomes of one sync: done, retry soon, or blocked until the state changes (too large).
 _DONE, _RETRY, _BLOCKED = "done", "retry", "blocked"
+#: Seconds a task waits at least between two runs, whatever it asks for.
+MIN_TASK_DELAY = 0.01
 #: The state problem of a reachable store with no data under its key.
 NO_STATE = "the store holds no state yet"
 
@@ -143,6 +147,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._in_flight_ids: set[str] = set()   # the batch being written: still pending
         self._closing = False
         self._closed = False
+        self._retry_at: float | None = None    # a write failed: the next one not before this
         self._refresh_requested = False
         self._notified = False              # push: the backend says the data changed
         self._notified_full = False         # push: read in full (notifications were lost)
@@ -159,19 +164,20 @@ class SessionStore(RawUpdateFeatureListener):
         self._proposals_due: float | None = None    # unix time a proposal may be confirmed
         self._recent_ticks: deque[float] = deque(maxlen=64)  # monotonic, system-wide on Linux
         self._backend_log = RateLimitedLog(self._log)
+        self._write_failing = False     # the failure going on was met writing
         self._size_log = RateLimitedLog(self._log)
         self._junk_log = RateLimitedLog(self._log)
         self._heal_log = RateLimitedLog(self._log)
         self._thread_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
+        self._server_item_limit: int | None = None   # what the server said; 0: it does not say
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
             self._note_success()
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot read %s at start, serving from Edge until it returns: %s",
-                               err)
+            self._note_failure(err, "cannot read it at start, serving from Edge until it "
+                               "returns")
         self._notifier: ChangeNotifier | None = None
         self._thread: threading.Thread | None = None
         if not start:
@@ -303,7 +309,8 @@ class SessionStore(RawUpdateFeatureListener):
                 task.errors.failure("fh_prefork: %s store task %s failed", self.source,
                                     task.name, level=logging.ERROR, exc_info=True)
                 delay = self._period()
-            task.due = time.monotonic() + max(0.0, delay)
+            # a floor, so a task answering 0 again and again cannot spin the thread
+            task.due = time.monotonic() + max(MIN_TASK_DELAY, delay)
 
     # -- public helpers ---------------------------------------------------------------------
 
@@ -389,22 +396,16 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _run(self) -> None:
         next_tick = time.monotonic() + random.uniform(0, self.options.refresh_timeout)
-        retry_at: float | None = None
         while True:
             with self._cond:
-                while not self._closed:
+                # bounded: each pass either breaks (something runnable) or waits until a
+                # deadline strictly in the future (next_wake never returns one in the past)
+                while True:
                     now = time.monotonic()
-                    due = min(next_tick, retry_at) if retry_at is not None else next_tick
-                    task_due = self._next_task_due()
-                    if task_due is not None:
-                        if now >= task_due:
-                            break
-                        due = min(due, task_due)
-                    if self._refresh_requested or self._notified or now >= next_tick:
+                    wake = next_wake(self._wake_state(next_tick), now)
+                    if wake is None:
                         break
-                    if self._dirty and (retry_at is None or now >= retry_at):
-                        break
-                    self._cond.wait(max(0.0, due - now))
+                    self._cond.wait(wake - now)
                 closed = self._closed
             if closed:   # outside the lock: status() never waits on the lease release or close
                 self._shut_down()
@@ -412,8 +413,8 @@ class SessionStore(RawUpdateFeatureListener):
             try:
                 self._run_due_tasks()  # first: a leader that lost its lease stops before writing
                 now = time.monotonic()
-                if self._is_dirty() and (retry_at is None or now >= retry_at):
-                    retry_at = None if self._flush() else time.monotonic() + self._period() / 4
+                if self._flush_due(now):
+                    self._flush()
                 if self._refresh_requested or self._notified or now >= next_tick:
                     with self._cond:
                         full = self._refresh_requested or self._notified_full
@@ -428,10 +429,22 @@ class SessionStore(RawUpdateFeatureListener):
                 self.counters.errors += 1
                 self._thread_log.failure("fh_prefork: %s store thread error", self.source,
                                          level=logging.ERROR, exc_info=True)
-                retry_at = time.monotonic() + self._period() / 4
+                with self._cond:
+                    self._retry_at = time.monotonic() + self._period() / 4
             finally:
                 with self._cond:
                     self._cond.notify_all()
+
+    def _wake_state(self, next_tick: float) -> WakeState:
+        """What ``next_wake`` decides from; called with ``self._cond`` held."""
+        return WakeState(closed=self._closed, dirty=self._dirty, retry_at=self._retry_at,
+                         next_tick=next_tick, task_due=self._next_task_due(),
+                         notified=self._notified, refresh_requested=self._refresh_requested)
+
+    def _flush_due(self, now: float) -> bool:
+        """Dirty, and no failed write's retry time still ahead: what ``next_wake`` runs for."""
+        with self._cond:
+            return self._dirty and (self._retry_at is None or now >= self._retry_at)
 
     def _start_notifier(self) -> ChangeNotifier | None:
         """Push: the backend's notifier, if it has one, wakes this store's thread."""
@@ -479,8 +492,7 @@ class SessionStore(RawUpdateFeatureListener):
                     self._note_success()
                     return
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot refresh from %s: %s", err)
+            self._note_failure(err, "refresh skipped")
             return
         self._flush()
 
@@ -495,16 +507,18 @@ class SessionStore(RawUpdateFeatureListener):
             outcome = self._sync(write=True, dirty_ids=dirty_ids)
             # every way out of a sync without StoreUnavailable had the backend answer: an
             # absent or over-sized state, a blocked write or a lost race are not outages
-            self._note_success()
+            self._note_success(wrote=True)
         except StoreUnavailable as err:
-            self._set_problem(f"the store is unreachable: {err}")
-            self._note_failure("cannot reach %s; %d update(s) kept for later: %s", err,
-                               extra=len(dirty_ids))
+            self._note_failure(err, f"{len(dirty_ids)} update(s) kept for later", writing=True)
         finally:
             with self._cond:
                 if outcome == _RETRY:
                     self._dirty = True
                     self._dirty_ids |= dirty_ids
+                # whichever path flushed (the loop's retry or the refresh tick's own sync),
+                # its outcome alone sets the retry time: a success clears it
+                self._retry_at = (time.monotonic() + self._period() / 4 if outcome == _RETRY
+                                  else None)
                 self._blocked = outcome == _BLOCKED and not self._dirty
                 self._in_flight, self._in_flight_ids = False, set()
                 self._cond.notify_all()
@@ -551,7 +565,7 @@ class SessionStore(RawUpdateFeatureListener):
             if fingerprint == self._too_large_fingerprint:
                 return _BLOCKED     # the same state did not fit last time: wait for a change
             payload = fs.encode(plan.live.values())
-            if len(payload) > self.options.max_item_bytes:
+            if len(payload) > self._max_item_bytes():
                 self._too_large_fingerprint = fingerprint
                 return self._too_large(len(payload), snapshot)
             tombs = (ts.encode(plan.tombstones.values())
@@ -690,13 +704,36 @@ class SessionStore(RawUpdateFeatureListener):
         self.counters.deferred += 1
         self._last_error = f"merged state of {size} bytes exceeds the item limit"
         self._write_problem = (f"the state ({size} bytes) is over the store's "
-                               f"{self.options.max_item_bytes}-byte item limit")
+                               f"{self._max_item_bytes()}-byte item limit")
         self._set_problem(self._write_problem)
         self._size_log.failure(
             "fh_prefork: merged feature state is %d bytes, over the %d-byte item limit "
             "of %s; serving from memory, retrying when the state changes",
-            size, self.options.max_item_bytes, self._backend.description, level=logging.ERROR)
+            size, self._max_item_bytes(), self._backend.description, level=logging.ERROR)
         return _BLOCKED
+
+    def _max_item_bytes(self) -> int:
+        """The largest state written: the option if set, else the server's own limit.
+
+        The server is asked on the thread doing backend I/O (at open, then the
+        store thread) until it answers once; never on a request.
+        """
+        if self.options.max_item_bytes is not None:
+            return self.options.max_item_bytes
+        if self._server_item_limit is None:
+            ask = getattr(self._backend, "item_limit", None)
+            if not callable(ask):
+                self._server_item_limit = 0
+            else:
+                try:
+                    self._server_item_limit = int(ask() or 0)
+                except StoreUnavailable:
+                    return DEFAULT_MAX_ITEM_BYTES     # unreachable: asked again next time
+                if self._server_item_limit not in (0, DEFAULT_MAX_ITEM_BYTES):
+                    self._log.info("fh_prefork: %s stores items up to %d bytes (its own "
+                                   "limit); writing states up to that size",
+                                   self._backend.description, self._server_item_limit)
+        return self._server_item_limit or DEFAULT_MAX_ITEM_BYTES
 
     def _set_problem(self, problem: str | None) -> None:
         with self._cond:
@@ -708,7 +745,7 @@ class SessionStore(RawUpdateFeatureListener):
                 self._problem = problem
 
     def _decode(self, snapshot: Snapshot) -> fs.Decoded:
-        decoded = fs.decode(snapshot.value, max(self.options.max_item_bytes, fs.MAX_READ_BYTES))
+        decoded = fs.decode(snapshot.value, max(self._max_item_bytes(), fs.MAX_READ_BYTES))
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             self.counters.junk_entries += len(decoded.problems) or 1
@@ -720,14 +757,25 @@ class SessionStore(RawUpdateFeatureListener):
                                    self._backend.description, what)
         return decoded
 
-    def _note_failure(self, msg: str, err: Exception, extra: int | None = None) -> None:
-        self.counters.errors += 1
-        self._last_error = str(err)
-        args: tuple[Any, ...] = (self._backend.description, err)
-        if extra is not None:
-            args = (self._backend.description, extra, err)
-        self._backend_log.failure("fh_prefork: " + msg, *args)
+    def _note_failure(self, err: StoreUnavailable, consequence: str,
+                      writing: bool = False) -> None:
+        """Say what failed in words (unreachable, refused, forbidden, full), at a bounded rate.
 
-    def _note_success(self) -> None:
+        A failure met while writing (a full disk, an out-of-memory server) ends
+        only with a write that works: the reads that still work in between do
+        not announce a recovery, or every write attempt would log anew.
+        """
+        failure = classify(err)
+        self.counters.errors += 1
+        self._last_error = f"{failure.words}: {err}"
+        self._set_problem(f"the store {failure.phrase}: {err}")
+        self._write_failing = self._write_failing or writing
+        self._backend_log.failure("fh_prefork: %s %s; %s: %s", self._backend.description,
+                                  failure.phrase, consequence, err, kind=failure.kind)
+
+    def _note_success(self, wrote: bool = False) -> None:
         """The backend answered: ``status()["healthy"]`` and the "is back" line follow it."""
+        if self._write_failing and not wrote:
+            return      # reads work, writes may not: only a write tells
+        self._write_failing = False
         self._backend_log.recovered("fh_prefork: %s is back", self._backend.description)

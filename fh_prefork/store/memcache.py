@@ -42,6 +42,8 @@ from .options import MemcacheSessionStoreOptions
 
 SOURCE = "memcache-store"
 SCHEME = "memcache://"
+#: bytes of an item memcached spends beyond the value (header, key, flags): kept free
+ITEM_HEADROOM = 1024
 #: what a released lease record holds: no lease decodes from it, so any acquirer takes it
 _RELEASED = b"released"
 
@@ -222,6 +224,30 @@ class MemcacheBackend:
         self._client = client
         self.data_key, self.sha_key, self.tombstones_key, self.lease_key = store_keys(data_key)
         self.description = description
+
+    def item_limit(self) -> int | None:
+        """The largest value every server stores: ``item_size_max`` (``stats settings``) less
+        ``ITEM_HEADROOM``; None when a server does not say (a proxy without ``stats``).
+
+        Asked once, when the store opens (see ``SessionStore``), never per write.
+        ``StoreUnavailable`` when a server cannot be reached: asked again later.
+        """
+        from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
+
+        clients = list(getattr(self._client, "clients", {}).values()) or [self._client]
+        limits = []
+        for client in clients:
+            try:
+                stats = self._call(client.stats, "settings")
+            except StoreUnavailable as err:
+                if isinstance(err.__cause__, (MemcacheClientError, MemcacheServerError)):
+                    return None     # it answered, with an error: it does not say
+                raise
+            size = stats.get(b"item_size_max")
+            if not isinstance(size, int) or size <= ITEM_HEADROOM:
+                return None
+            limits.append(size - ITEM_HEADROOM)
+        return min(limits) if limits else None
 
     def change_token(self) -> str | None:
         raw = self._call(self._client.get, self.sha_key)

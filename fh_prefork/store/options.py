@@ -19,6 +19,9 @@ def _opt(default: Any, help: str, shown: str | None = None) -> Any:
 #: memcached keys are printable ASCII without spaces; pymemcache refuses others on every call,
 #: which would look like an outage, so they are refused here, once.
 _KEY_UNSAFE = re.compile(r"[^\x21-\x7e]")
+#: the state written at most where neither the option nor the server says: memcached's
+#: default item limit (1 MiB), less room for the item's header and key
+DEFAULT_MAX_ITEM_BYTES = 1024 * 1024 - 1024
 #: memcached's own key length limit; the file store uses the same rule so keys are portable.
 MAX_KEY_BYTES = 250
 
@@ -43,8 +46,11 @@ class SessionStoreOptions:
     refresh_timeout: float = _opt(5.0, "seconds between refresh ticks", "5 s")
     refresh_jitter: float = _opt(0.2, "each period is uniform in [1-j, 1+j] x refresh_timeout")
     logger: logging.Logger | None = _opt(None, "where the store logs", "`fh_prefork.store`")
-    max_item_bytes: int = _opt(1024 * 1024 - 1024, "largest state written: memcached's default "
-                               "item limit, with headroom", "1 MiB - 1 KiB")
+    max_item_bytes: int | None = _opt(None, "largest state written, overriding the server's "
+                                      "own limit (memcached's `item_size_max`, read once at "
+                                      "open, less 1 KiB of headroom); where the server does "
+                                      "not say, 1 MiB - 1 KiB (memcached's default)",
+                                      "the server's limit")
     verify_every: int = _opt(12, "every Nth tick syncs in full even if the fingerprint looks "
                              "unchanged: bounds how long a stale value goes unhealed")
     tombstone_seconds: float = _opt(7 * 24 * 3600.0, "how long a deletion is remembered "
@@ -66,7 +72,8 @@ class SessionStoreOptions:
                              "(or non-ASCII ones: memcached keys are ASCII)")
         _positive_int("backoff_timeout", self.backoff_timeout, allow_zero=True)
         _positive_int("retry_update_count", self.retry_update_count)
-        _positive_int("max_item_bytes", self.max_item_bytes)
+        if self.max_item_bytes is not None:
+            _positive_int("max_item_bytes", self.max_item_bytes)
         _positive_int("verify_every", self.verify_every)
         _positive_int("max_tombstones", self.max_tombstones)
         if not isinstance(self.push, bool):
