@@ -37,7 +37,8 @@ Failure model:
   deleted): the lease is still its holder's. The holder's next renewal takes
   it back (and keeps its Edge connection), while every follower that saw a
   holder leaves the vacant lease alone until that holder's time to live, counted
-  from when the follower last saw it, has run out. A worker that never saw a
+  from when the follower first saw its last renewal (each renewal stamps a new
+  expiry in the record), has run out. A worker that never saw a
   holder (one just started) takes a vacant lease at once;
 * lost lease (a pause longer than the time to live, after which a follower took
   it): the renewal finds another holder; the leader closes its Edge at once
@@ -145,9 +146,10 @@ class Election:
         self.changes = 0                        # role changes
         self.retaken = 0                        # vanished leases taken back while leading
         self._released = False
-        # the last other holder seen, and (monotonic) when its time to live surely ran out
-        # if it has not renewed since: until then a vacant lease is left to it
+        # the last other holder seen renew, and (monotonic) when its time to live surely ran
+        # out if it has not renewed since: until then a vacant lease is left to it
         self._seen_holder: str | None = None
+        self._seen_record: Lease | None = None  # its record as last seen renewed
         self._seen_until = 0.0
         self._vacant_noted = False              # logged that we leave a vacant lease alone
         try:   # a backend written before vacant leases were left alone takes them at once
@@ -188,11 +190,14 @@ class Election:
         """Note the holder the backend named, and until when its lease may live unseen."""
         current = answer.current
         if answer.held:
-            self._seen_holder = None
+            self._seen_holder = self._seen_record = None
         elif current is not None and current.holder != self.holder:
-            # seen alive now: it renewed at most a time to live before it expires
-            self._seen_holder = current.holder
-            self._seen_until = time.monotonic() + self.ttl
+            if current != self._seen_record:
+                # a renewal (each stamps a new expiry) seen for the first time: the lease
+                # it made runs out a time to live after it, so before now + ttl at the latest
+                self._seen_record = current
+                self._seen_holder = current.holder
+                self._seen_until = time.monotonic() + self.ttl
             self._vacant_noted = False
         elif current is None and self._seen_holder is not None and not self._vacant_noted:
             self._vacant_noted = True

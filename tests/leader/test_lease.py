@@ -564,3 +564,25 @@ def test_file_lease_of_a_dead_holder_is_taken_at_once(tmp_path: Path, prefix: st
     finally:
         ba.close()
         bb.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["memcache", "redis"])
+def test_election_follower_takes_over_a_silent_holder_within_its_ttl(
+        backend_kind: str, backends: Callable[[], Any]) -> None:
+    """A holder that stops renewing (SIGKILL) leaves its record until it expires; the
+    follower counts the holder's time from its last renewal, not from its last sighting
+    of that same record, so the take-over is not delayed by a second time to live."""
+    a, b = election(backends(), pid=601), election(backends(), pid=602, follow_seconds=0.1)
+    a.step()
+    renewed = time.monotonic()       # ``a`` never steps again
+    b.step()
+    assert b.role == FOLLOWER
+
+    def leads() -> bool:
+        b.step()
+        return b.role == LEADER
+
+    wait_for(leads, 2 * TTL + 3, interval=0.05, what="the follower to take the lease")
+    took = time.monotonic() - renewed
+    print(f"{backend_kind}: silent holder replaced {took:.2f} s after its last renewal")
+    assert took <= TTL + 1.0, took
