@@ -2,9 +2,9 @@
 
 The lease key is the only key with an expiry, so ``volatile-lru`` and
 ``allkeys-lru`` evict it first; a store restarted without persistence loses it
-too. The holder is alive and renews within a renewal period: it must take the
-lease back and keep its Edge stream, and no follower may take the vacant lease
-meanwhile. A sampler reads the lease key straight from the store every 20 ms
+too, and one down for two seconds comes back without it. The holder is alive
+and renews within a renewal period: it must take the lease back and keep its
+Edge stream, and no follower may take the vacant lease meanwhile. A sampler reads the lease key straight from the store every 20 ms
 throughout, so a second holder, however brief, is seen; the time the key named
 nobody is printed.
 """
@@ -30,9 +30,10 @@ from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
 from tests.support.redis import Redis
 
-#: How long after the lease is back the test keeps watching: past the holder's time to live,
-#: when a follower that wrongly counted the vacancy as the holder's death would take it.
-WATCH_AFTER = TTL + 2.0
+#: How long the store is down in the "down" case (the issue saw Redis down 2 s hand the
+#: lease over), and the lease then: long enough to outlive it, as the default 10 s does.
+DOWN = 2.0
+DOWN_TTL = 8.0
 
 
 def lease_reader(store: str, server: Memcached | Redis, key: str) -> Callable[[], Any]:
@@ -107,7 +108,7 @@ def watching(read: Callable[[], Any]) -> Iterator[Watch]:
         thread.join(timeout=5)
 
 
-@pytest.mark.parametrize("fault", ["delete", "restart"])
+@pytest.mark.parametrize("fault", ["delete", "restart", "down"])
 @pytest.mark.parametrize("store", ["memcache", "redis"])
 def test_the_leader_keeps_a_lease_that_vanished(
         store: str, fault: str, start_cluster: Callable[..., Cluster],  # noqa: F811
@@ -116,7 +117,10 @@ def test_the_leader_keeps_a_lease_that_vanished(
         "own_memcached" if store == "memcache" else "own_redis")
     key = f"{prefix}_{environment_id(API_KEY)}_leader"
     read = lease_reader(store, server, key)
-    cluster = start_cluster("gunicorn", 4, env={**LEADER_ENV, "FH_PREFORK_STORE": server.url})
+    # down for DOWN seconds: a lease long enough that its holder's stays valid meanwhile
+    ttl = DOWN_TTL if fault == "down" else TTL
+    cluster = start_cluster("gunicorn", 4, env={**LEADER_ENV, "FH_PREFORK_STORE": server.url,
+                                                "FH_PREFORK_LEASE_SECONDS": str(ttl)})
     leader = settled_leader([cluster], edge, FAILOVER_BOUND + 10, read)
     stream = next(s for s in edge.streams() if edge.stream_pid(s) == leader)
     connections = edge.total_stream_connections
@@ -134,12 +138,16 @@ def test_the_leader_keeps_a_lease_that_vanished(
                 import redis
 
                 assert redis.Redis.from_url(server.url).delete(key) == 1
-        else:                      # restarted empty, on the same port
+        elif fault == "restart":   # restarted empty, on the same port
             server.restart()
+        else:                      # down a while, then back empty
+            server.stop()
+            time.sleep(DOWN)
+            server.start()
         wait_for(lambda: read() == leader, FAILOVER_BOUND, interval=0.02,
                  what="the lease to name its holder again")
         back = time.monotonic() - faulted
-        time.sleep(WATCH_AFTER)
+        time.sleep(ttl + 2.0)      # past the time to live a follower counts for the holder
 
     total, longest = watch.unheld_seconds(leader)
     holders = watch.holders() - {None, "down"}
