@@ -201,9 +201,11 @@ class Election:
             self._vacant_noted = False
         elif current is None and self._seen_holder is not None and not self._vacant_noted:
             self._vacant_noted = True
-            self._log.info("fh_prefork: worker %d found the leader lease vacant (evicted, or "
-                           "the store restarted empty); leaves it to its holder for up to "
-                           "%.1f s", self.pid, max(0.0, self._seen_until - time.monotonic()))
+            self._log.info("fh_prefork: worker %d found the leader lease vacant (expired, "
+                           "evicted, or the store restarted empty); leaves it to its last "
+                           "holder %s for up to %.1f s", self.pid,
+                           self._describe(self._seen_record),
+                           max(0.0, self._seen_until - time.monotonic()))
 
     def _apply(self, answer: LeaseAnswer, started: float) -> float:
         with self._lock:
