@@ -225,9 +225,9 @@ def test_metrics_without_a_store(start_server: Callable[..., Server], edge: Edge
         text = scrape_or_none(server)
         if text is None:
             return None
-        features = pid_values(text, "fh_prefork_features")
-        return text if set(features) == live_workers(server) and set(
-            features.values()) == {1.0} else None
+        features, workers = pid_values(text, "fh_prefork_features"), live_workers(server)
+        return text if (len(workers) == 2 and set(features) == workers
+                        and set(features.values()) == {1.0}) else None
 
     text = wait_for(every_worker_exports, 20, interval=0.2,
                     what="every worker's gauges without a store")
