@@ -139,7 +139,9 @@ def sweep_records(folder: Path) -> list[int]:
 def remove_record(master_pid: int, pid: int) -> bool:
     """In a master whose worker ``pid`` died: delete its record. Only finds (never creates)
     the folder, so it is safe in a prefork master. True when a record was removed."""
-    folder = server_folder(master_pid)
+    # the master's own environment as it is now (gunicorn's raw_env may have changed it
+    # since start, which /proc shows), as its workers inherited it
+    folder = _find_folder(master_pid, os.environ.get("XDG_RUNTIME_DIR"), os.geteuid())
     if folder is None:
         return False
     try:
@@ -220,6 +222,11 @@ def server_folder(master_pid: int) -> Path | None:
         runtime = master.environ().get("XDG_RUNTIME_DIR")
     except psutil.Error:
         return None
+    return _find_folder(master_pid, runtime, uid)
+
+
+def _find_folder(master_pid: int, runtime: str | None, uid: int) -> Path | None:
+    """``master_pid``'s records folder under the usual places for ``runtime`` and ``uid``."""
     usual = [Path(runtime) / "fh-prefork"] if runtime else []
     usual += [Path("/dev/shm") / f"fh-prefork-{uid}",
               Path(tempfile.gettempdir()) / f"fh-prefork-{uid}"]

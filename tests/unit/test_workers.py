@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from fh_prefork import workers
 
 
@@ -52,3 +54,28 @@ def test_ticker_runs_tasks_without_a_store_and_stops() -> None:
     count = len(ran)
     time.sleep(0.2)
     assert len(ran) == count and set(ran) == {"fh-prefork-ticker"}
+
+
+def test_gunicorn_child_exit_drops_a_dead_workers_gauges_and_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the master does for a worker that died without its worker_exit (SIGKILL)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("prometheus_client")
+    import fh_prefork.prometheus  # noqa: F401  # imported with the runtime in a real master
+    from fh_prefork import gunicorn
+
+    dead = 4194000          # above any pid this test's machine hands out soon
+    prom, runtime = tmp_path / "prom", tmp_path / "run"
+    prom.mkdir()
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    (prom / f"gauge_liveall_{dead}.db").write_bytes(b"")
+    (prom / f"counter_{dead}.db").write_bytes(b"")
+    folder = workers.records_folder(os.getpid(), runtime / "fh-prefork")
+    folder.mkdir(parents=True)
+    (folder / f"{dead}.json").write_text("{}")
+    gunicorn.child_exit(SimpleNamespace(), SimpleNamespace(pid=dead))
+    assert sorted(p.name for p in prom.iterdir()) == [f"counter_{dead}.db"]
+    assert list(folder.iterdir()) == []
