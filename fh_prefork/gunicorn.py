@@ -3,7 +3,7 @@
 .. code-block:: python
 
     # gunicorn.conf.py
-    from fh_prefork.gunicorn import on_starting, post_fork, worker_exit
+    from fh_prefork.gunicorn import child_exit, on_starting, post_fork, worker_exit
     workers = 8
 
 Each hook has gunicorn's exact signature and only calls :mod:`fh_prefork.runtime`.
@@ -24,6 +24,11 @@ If you already define one of these hooks, call ours from yours.
   has patched and loads the app (:mod:`fh_prefork.green`): both are greenlets.
 * ``worker_exit(server, worker)``: in the exiting worker: close them, so it
   exits promptly.
+* ``child_exit(server, worker)``: in the master, after a worker exited however
+  it exited (SIGKILL and the OOM killer too, where ``worker_exit`` never ran):
+  drop its Prometheus gauges (multiprocess mode) and its status record, so no
+  dead worker shows as a live one. Only deletes files; without it the other
+  workers' periodic sweep does the same, up to ``SWEEP_EVERY`` seconds later.
 
 Importing this module in a gunicorn master (``gunicorn.conf.py`` is read
 there, before ``--preload`` imports the app) marks the process as the master
@@ -36,10 +41,10 @@ import os
 import sys
 from typing import Any
 
-from . import green, runtime, serverlog
+from . import green, runtime, serverlog, workers
 from .settings import SettingsError
 
-__all__ = ["on_reload", "on_starting", "post_fork", "worker_exit"]
+__all__ = ["child_exit", "on_reload", "on_starting", "post_fork", "worker_exit"]
 
 
 def on_starting(server: Any) -> None:
@@ -70,6 +75,13 @@ def worker_exit(server: Any, worker: Any) -> None:
     # gunicorn also calls this in the master for a worker that vanished: only act in the worker
     if getattr(worker, "pid", None) == os.getpid():
         runtime.stop_worker()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    pid = getattr(worker, "pid", None)
+    if not isinstance(pid, int) or pid == os.getpid():
+        return
+    workers.forget(pid, master_pid=os.getpid())
 
 
 if "gunicorn.arbiter" in sys.modules:

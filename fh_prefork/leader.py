@@ -27,14 +27,23 @@ about renewal punctuality: a leader that could not renew in time steps down.
 
 Failure model:
 
-* graceful exit: ``release()`` (the store's closing hook) deletes the lease if
-  it is still ours; a follower takes over at its next attempt (one follow period);
-* SIGKILL: the lease expires in memcached after its time to live (the file
-  lock dies with the process at once); a follower takes it at its next attempt;
-* lost lease (memcached restarted, a long pause): the renewal finds another
-  holder or none; the leader closes its Edge at once and follows. Until then
-  two leaders may overlap for at most one time to live, and their writes
-  still merge by version through the store's compare-and-set;
+* graceful exit: ``release()`` (the store's closing hook) marks the lease
+  released if it is still ours; a follower takes over at its next attempt (one
+  follow period);
+* SIGKILL: the lease expires in memcached and Redis after its time to live (the
+  file lock dies with the process at once); a follower takes it at its next
+  attempt once it is vacant and its holder's time to live has run out;
+* vanished lease (the key evicted, the store restarted empty, the lease file
+  deleted): the lease is still its holder's. The holder's next renewal takes
+  it back (and keeps its Edge connection), while every follower that saw a
+  holder leaves the vacant lease alone until that holder's time to live, counted
+  from when the follower first saw its last renewal (each renewal stamps a new
+  expiry in the record), has run out. A worker that never saw a
+  holder (one just started) takes a vacant lease at once;
+* lost lease (a pause longer than the time to live, after which a follower took
+  it): the renewal finds another holder; the leader closes its Edge at once
+  and follows. Until then two leaders may overlap for at most one time to
+  live, and their writes still merge by version through the store's compare-and-set;
 * store unreachable: a follower falls back to its own Edge connection after
   ``fallback_after`` failed attempts in a row (role ``fallback``); a leader
   does so once its lease's validity window has passed. The next successful
@@ -52,6 +61,7 @@ Failure model:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -134,7 +144,19 @@ class Election:
         self._since = time.time()
         self.terms = 0                          # leadership terms begun
         self.changes = 0                        # role changes
+        self.retaken = 0                        # vanished leases taken back while leading
         self._released = False
+        # the last other holder seen renew, and (monotonic) when its time to live surely ran
+        # out if it has not renewed since: until then a vacant lease is left to it
+        self._seen_holder: str | None = None
+        self._seen_record: Lease | None = None  # its record as last seen renewed
+        self._seen_until = 0.0
+        self._vacant_noted = False              # logged that we leave a vacant lease alone
+        try:   # a backend written before vacant leases were left alone takes them at once
+            params = inspect.signature(backend.lease_acquire).parameters
+            self._leaves_vacant = "vacant" in params
+        except (TypeError, ValueError):
+            self._leaves_vacant = False
 
     # -- the store task -----------------------------------------------------------------------
 
@@ -148,13 +170,42 @@ class Election:
                 answer = self._backend.lease_renew(
                     replace(self._mine, edge=self._edge_state(), store=self._write_problem()),
                     self.ttl)
+            elif self._leaves_vacant:
+                answer = self._backend.lease_acquire(self._candidate(), self.ttl,
+                                                     vacant=self._may_take_vacant(started))
             else:
                 answer = self._backend.lease_acquire(self._candidate(), self.ttl)
         except StoreUnavailable as err:
             return self._unreachable(err)
         self._failures = 0
         self._last_error = None
+        self._remember(answer)
         return self._apply(answer, started)
+
+    def _may_take_vacant(self, now: float) -> bool:
+        """Whether a vacant lease is ours to take: no holder seen, or its time has run out."""
+        return self._seen_holder is None or now >= self._seen_until
+
+    def _remember(self, answer: LeaseAnswer) -> None:
+        """Note the holder the backend named, and until when its lease may live unseen."""
+        current = answer.current
+        if answer.held:
+            self._seen_holder = self._seen_record = None
+        elif current is not None and current.holder != self.holder:
+            if current != self._seen_record:
+                # a renewal (each stamps a new expiry) seen for the first time: the lease
+                # it made runs out a time to live after it, so before now + ttl at the latest
+                self._seen_record = current
+                self._seen_holder = current.holder
+                self._seen_until = time.monotonic() + self.ttl
+            self._vacant_noted = False
+        elif current is None and self._seen_holder is not None and not self._vacant_noted:
+            self._vacant_noted = True
+            self._log.info("fh_prefork: worker %d found the leader lease vacant (expired, "
+                           "evicted, or the store restarted empty); leaves it to its last "
+                           "holder %s for up to %.1f s", self.pid,
+                           self._describe(self._seen_record),
+                           max(0.0, self._seen_until - time.monotonic()))
 
     def _apply(self, answer: LeaseAnswer, started: float) -> float:
         with self._lock:
@@ -168,6 +219,12 @@ class Election:
                 self._become(LEADER, "is now the leader (lease ttl %g s)", self.ttl)
             elif not self._announced:
                 self._become(LEADER, "is now the leader (lease ttl %g s)", self.ttl)
+            elif answer.retaken:
+                self.retaken += 1
+                self._log.warning("fh_prefork: worker %d took back the leader lease, which had "
+                                  "vanished from the store (evicted, or the store restarted "
+                                  "empty); it stays the leader and keeps its Edge connection",
+                                  self.pid)
             return self._spread(self.renew_seconds)
         with self._lock:
             self._mine = None
@@ -246,6 +303,7 @@ class Election:
                 "since": self._since,
                 "terms": self.terms,
                 "role_changes": self.changes,
+                "lease_retaken": self.retaken,
                 "failures": self._failures,
                 "fallback_reason": self.fallback_reason if self.role == FALLBACK else None,
                 "last_error": self._last_error,

@@ -83,6 +83,7 @@ class Worker:
         self.store_error: str | None = None
         self.edge: SupervisedEdge | None = None
         self.publisher: workers.Publisher | None = None
+        self.ticker: workers.Ticker | None = None
         self.metrics = False
         try:
             self._build(settings, role)
@@ -124,14 +125,16 @@ class Worker:
             self.edge.start()
         if role != MASTER:   # the absence judge counts silence only from a current view
             self.repository.edge_live = self._edge_live
-        if role != MASTER and self.store is not None:
+        if role != MASTER:   # on the store thread, or a ticker of their own without a store
+            tasks: list[tuple[workers.Task, str]] = []
             parent = os.getppid()      # the prefork master (or whoever started us)
             if parent > 1:
                 self.publisher = workers.Publisher(self.status, parent)
-                self.store.add_task(self.publisher.step, name="status record")
-        if role != MASTER and self.store is not None and _metrics is not None:
-            self.store.add_task(_metrics.Exporter(self.status).step, name="metrics")
-            self.metrics = True
+                tasks.append((self.publisher.step, "status record"))
+            if _metrics is not None:
+                tasks.append((_metrics.Exporter(self.status).step, "metrics"))
+                self.metrics = True
+            self.ticker = workers.run_tasks(self.store, tasks)
 
     def _elect(self, switch: EdgeSwitch) -> None:
         """Leader mode: run the lease as a store task; the role switches the Edge connection."""
@@ -200,6 +203,8 @@ class Worker:
             self.switch.close(timeout=min(timeout / 2, left()))
         if self.store is not None:
             self.store.close(flush_timeout=left())
+        if self.ticker is not None:
+            self.ticker.close(timeout=min(1.0, max(0.2, left())))
         self.repository.close()
         if self.publisher is not None:
             self.publisher.remove()

@@ -6,21 +6,41 @@ JSON record of its state once a second under
 ``{runtime folder}/workers/{master pid}/{pid}.json`` (private: folder 0700,
 files 0600, replaced atomically) and removes it at exit. ``fh-prefork status
 --server PID`` reads the records of the master's live children.
+
+A worker that could not remove its record (SIGKILL, the OOM killer) leaves
+it behind: gunicorn's ``child_exit`` hook removes it in the master
+(:func:`remove_record`), and every worker sweeps its folder for dead workers'
+records at its first step and every ``SWEEP_EVERY`` steps after.
+
+The records (and the metrics, see :mod:`fh_prefork.prometheus`) do not wait
+on a store: with one they run as tasks on its thread, without one (store
+``none``, or a store that failed to open) on a :class:`Ticker` of their own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 PERIOD = 1.0
+#: Steps between two sweeps of the records folder for dead workers' records.
+SWEEP_EVERY = 10
+
+log = logging.getLogger("fh_prefork")
+
+#: A periodic task: returns the seconds until its next run.
+Task = Callable[[], float]
 
 
 def records_folder(master_pid: int, base: Path | None = None) -> Path:
@@ -51,6 +71,7 @@ class Publisher:
         self._master_pid, self._base = master_pid, base
         self._usable: bool | None = None
         self.path: Path | None = None    # known once the store thread's first step ran
+        self._steps = 0
 
     def step(self) -> float:
         if self._usable is None:   # here, on the store thread: no folder work in post_fork
@@ -62,6 +83,9 @@ class Publisher:
                 self._usable = False
         if not self._usable or self.path is None:
             return 3600.0   # someone else's or an open folder: publish nothing there
+        if self._steps % SWEEP_EVERY == 0:
+            sweep_records(self.path.parent)
+        self._steps += 1
         s = self._status()
         store = s.get("store") or {}
         record = {"pid": s["pid"], "master_pid": s.get("master_pid"), "role": s["role"],
@@ -87,6 +111,102 @@ class Publisher:
             pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def sweep_records(folder: Path) -> list[int]:
+    """Remove the records of dead workers from ``folder``; their pids."""
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:
+        return []
+    dead = sorted(int(n[:-5]) for n in names
+                  if n.endswith(".json") and n[:-5].isdigit() and not _alive(int(n[:-5])))
+    for pid in dead:
+        try:
+            (folder / f"{pid}.json").unlink()
+        except OSError:
+            pass    # another worker's sweep got there first
+    return dead
+
+
+def remove_record(master_pid: int, pid: int) -> bool:
+    """In a master whose worker ``pid`` died: delete its record. Only finds (never creates)
+    the folder, so it is safe in a prefork master. True when a record was removed."""
+    # the master's own environment as it is now (gunicorn's raw_env may have changed it
+    # since start, which /proc shows), as its workers inherited it
+    folder = _find_folder(master_pid, os.environ.get("XDG_RUNTIME_DIR"), os.geteuid())
+    if folder is None:
+        return False
+    try:
+        (folder / f"{pid}.json").unlink()
+    except OSError:
+        return False
+    return True
+
+
+def forget(pid: int, master_pid: int) -> None:
+    """A master's clean-up after its worker ``pid`` exited, however it exited: its status
+    record and (with prometheus_client, in multiprocess mode) its live gauges go."""
+    remove_record(master_pid, pid)
+    metrics = sys.modules.get("fh_prefork.prometheus")   # imported with the runtime, if at all
+    if metrics is not None:
+        metrics.mark_dead(pid)
+
+
+class Ticker:
+    """Runs periodic tasks on a thread of its own: a worker's status record and metrics
+    when it has no store thread to run them (store ``none``, or one that failed to open)."""
+
+    def __init__(self, tasks: Sequence[tuple[Task, str]]) -> None:
+        self._tasks = list(tasks)
+        self._due = [0.0] * len(self._tasks)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fh-prefork-ticker",
+                                        daemon=True)
+
+    def start(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for i, (task, name) in enumerate(self._tasks):
+                if now < self._due[i]:
+                    continue
+                try:
+                    wait = float(task())
+                except Exception:   # a task must not end the others
+                    log.exception("fh_prefork: worker %d: %s failed", os.getpid(), name)
+                    wait = PERIOD
+                self._due[i] = now + max(0.05, wait)
+            self._stop.wait(max(0.05, min(self._due) - time.monotonic()))
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+def run_tasks(store: Any, tasks: Sequence[tuple[Task, str]]) -> Ticker | None:
+    """Run ``tasks`` on ``store``'s thread, or on a new :class:`Ticker` when there is no
+    store (returned, to be closed with the worker)."""
+    if not tasks:
+        return None
+    if store is not None:
+        for task, name in tasks:
+            store.add_task(task, name=name)
+        return None
+    return Ticker(tasks).start()
+
+
 def server_folder(master_pid: int) -> Path | None:
     """Where ``master_pid``'s workers write their records, found as they would find it.
 
@@ -102,6 +222,11 @@ def server_folder(master_pid: int) -> Path | None:
         runtime = master.environ().get("XDG_RUNTIME_DIR")
     except psutil.Error:
         return None
+    return _find_folder(master_pid, runtime, uid)
+
+
+def _find_folder(master_pid: int, runtime: str | None, uid: int) -> Path | None:
+    """``master_pid``'s records folder under the usual places for ``runtime`` and ``uid``."""
     usual = [Path(runtime) / "fh-prefork"] if runtime else []
     usual += [Path("/dev/shm") / f"fh-prefork-{uid}",
               Path(tempfile.gettempdir()) / f"fh-prefork-{uid}"]

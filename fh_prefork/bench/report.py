@@ -69,6 +69,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:       # e.g. a percentile too few samples would make the maximum
+        return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -623,10 +625,11 @@ def section_openfeature(b: Bench) -> None:
 
 def section_push(b: Bench) -> None:
     from ..testing import redis as redis_mod
-    from .push import measure
+    from .push import PUSH_UPDATES, describe, measure
 
     followers = 6
-    push_updates, poll_updates = (10, 4) if b.quick else (40, 12)
+    # enough updates for a p99 (push); polling states p50/p90/max with its n
+    push_updates, poll_updates = (10, 4) if b.quick else (PUSH_UPDATES, 30)
     idle = 3.0 if b.quick else 20.0     # s with nothing changing: what a store costs idle
     server: Any = None
     redis_url = b.redis_url
@@ -652,11 +655,11 @@ def section_push(b: Bench) -> None:
                       f"{updates} updates")
             r = measure(url, backend, followers=followers, updates=updates, refresh=refresh,
                         push=push, idle=idle)
-            ms = [x * 1000 for x in r.latencies]
+            stats = r.stats()   # n, p50, p90, p99, max; a percentile n cannot support is None
+            _progress(f"push: {backend} {'push' if push else 'polling'}: {describe(stats)}")
             rows.append({"backend": backend, "mode": "push" if push else "polling",
                          "refresh": refresh, "followers": followers, "updates": updates,
-                         "p50": percentile(ms, 50), "p99": percentile(ms, 99),
-                         "max": max(ms) if ms else float("nan"), "missed": r.missed,
+                         **stats, "missed": r.missed,
                          "idle_reads_per_min": round(r.idle_reads_per_min, 2),
                          "idle_ticks_per_min": round(r.idle_ticks_per_min, 2)})
     finally:
@@ -665,10 +668,12 @@ def section_push(b: Bench) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     b.results["push"] = {"rows": rows}
     b.emit(table(f"Push: update handed to the leader -> every one of {followers} followers "
-                 "serves it (leader mode, one host)",
+                 "serves it (leader mode, one host; n = updates measured, a percentile "
+                 "needs n >= 10 (p90) or 100 (p99))",
                  [("backend", "backend"), ("mode", "mode"), ("refresh s", "refresh"),
-                  ("followers", "followers"), ("updates", "updates"), ("p50 ms", "p50"),
-                  ("p99 ms", "p99"), ("max ms", "max"), ("missed", "missed"),
+                  ("followers", "followers"), ("updates", "updates"), ("n", "n"),
+                  ("p50 ms", "p50"), ("p90 ms", "p90"), ("p99 ms", "p99"), ("max ms", "max"),
+                  ("missed", "missed"),
                   ("idle reads/min", "idle_reads_per_min"),
                   ("idle ticks/min", "idle_ticks_per_min")], rows))
 

@@ -206,10 +206,22 @@ class LeaseAnswer:
     held: bool
     current: Lease | None
     valid_for: float = 0.0
+    #: the holder renewed a lease that had vanished (evicted, the store restarted empty,
+    #: the lease file deleted): it took it again, since nobody else had
+    retaken: bool = False
 
 
 class LeaseBackend(Protocol):
-    """Lease operations of a backend that supports leader mode. Store-thread only."""
+    """Lease operations of a backend that supports leader mode. Store-thread only.
+
+    A lease is *vacant* when the backend names nobody: the record is absent
+    (expired, evicted, the store restarted empty) or unreadable. A vacant
+    lease may still belong to a live holder that has not renewed yet, so the
+    holder takes it back at its renewal, and a contender that saw a holder
+    lately leaves it alone (``vacant=False``) until that holder's time to live
+    has run out. A *released* lease (its holder let go, see ``lease_release``)
+    is free at once for anyone.
+    """
 
     description: str
 
@@ -217,14 +229,26 @@ class LeaseBackend(Protocol):
         """Who holds the lease now (None: nobody, or an unreadable record)."""
         ...
 
-    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
-        """Take the lease for ``candidate`` if nobody holds it (or it is already ours)."""
+    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
+        """Take the lease for ``candidate`` if it is released or already ours, and, when
+        ``vacant``, if it is vacant; ``held=False, current=None``: vacant, left alone."""
         ...
 
     def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
-        """Extend ``lease`` only if the backend still names it; ``held=False``: lost."""
+        """Extend ``lease`` while the backend names it, or take it again if it vanished
+        (``retaken``); ``held=False``: another holder is named, the lease is lost."""
         ...
 
     def lease_release(self, lease: Lease) -> bool:
-        """Give the lease up if, and only if, it is still ours; True when released."""
+        """Give the lease up if, and only if, it is still ours; True when released.
+
+        What is left says *released* until the lease would have expired, so
+        contenders that leave a vacant lease to its holder take it at once.
+        """
         ...
+
+
+def released_seconds(lease: Lease) -> float:
+    """How long a released marker should live: what was left of the lease (its holder's
+    own clock stamped ``expires_at``), so no contender waits for it longer than that."""
+    return max(0.001, lease.expires_at - time.time())

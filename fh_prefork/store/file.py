@@ -378,28 +378,45 @@ class FileBackend:
         finally:
             os.close(fd)
 
-    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
+        """An existing lease file nobody has locked was let go by its holder, released or
+        dead (the lock dies with it): taken at once. A missing one is vacant: created and
+        taken only when ``vacant`` (its holder may be alive, and recreate it at renewal)."""
         if self._leader_fd >= 0:
             return self.lease_renew(candidate, ttl)
-        fd = self._open_leader(create=True)
+        try:
+            fd = self._open_leader(create=vacant)
+        except FileNotFoundError:
+            return LeaseAnswer(False, None)
+        return self._take(fd, candidate, ttl)
+
+    def _take(self, fd: int, lease: Lease, ttl: float, retaken: bool = False) -> LeaseAnswer:
+        """Lock the lease file open on ``fd`` and write ``lease`` into it (fd is consumed)."""
         try:
             if not self._try_lock(fd):
                 return LeaseAnswer(False, self._read_record(fd))
             if not self._names_path(fd):  # unlinked or replaced since we opened it
                 return LeaseAnswer(False, None)
-            mine = candidate.stamped(ttl)
+            mine = lease.stamped(ttl)
             self._write_record(fd, mine)
+            self._drop_leader_fd()
             self._leader_fd, fd = fd, -1  # kept open: the lock lives as long as the fd
-            return LeaseAnswer(True, mine, float("inf"))
+            return LeaseAnswer(True, mine, float("inf"), retaken)
         finally:
             if fd >= 0:
                 os.close(fd)  # closing our only fd also drops a lock we took
 
     def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
         fd = self._leader_fd
-        if fd < 0 or not self._names_path(fd):
-            self._drop_leader_fd()
+        if fd < 0:
             return LeaseAnswer(False, self.lease_read())
+        if not self._names_path(fd):
+            # the file was deleted or replaced under our lock: take the path back, unless
+            # someone already locks what it names now
+            answer = self._take(self._open_leader(create=True), lease, ttl, retaken=True)
+            if not answer.held:
+                self._drop_leader_fd()
+            return answer
         mine = lease.stamped(ttl)
         self._write_record(fd, mine)
         return LeaseAnswer(True, mine, float("inf"))

@@ -36,7 +36,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, store_keys
+from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, released_seconds, store_keys
 from .core import SessionStore
 from .options import MemcacheSessionStoreOptions
 
@@ -329,10 +329,12 @@ class MemcacheBackend:
     def lease_read(self) -> Lease | None:
         return Lease.decode(self._call(self._client.get, self.lease_key))
 
-    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
         expire, valid_for = self._lease_expire(ttl)
         raw, cas = self._call(self._client.gets, self.lease_key)
         if raw is None:
+            if not vacant:
+                return LeaseAnswer(False, None)   # left to its last holder, who may renew
             mine = self._stamped(candidate, ttl)
             if self._call(self._client.add, self.lease_key, mine.encode(), expire=expire,
                           noreply=False) is True:
@@ -341,37 +343,49 @@ class MemcacheBackend:
             if raw is None:
                 return LeaseAnswer(False, None)
         current = Lease.decode(raw)
-        if current is None or current.holder == candidate.holder:
-            # ours already (a renewal that came late), or junk nobody can renew: take it by cas
-            return self._cas_lease(candidate, ttl, cas, current)
-        return LeaseAnswer(False, current)
+        if current is not None and current.holder != candidate.holder:
+            return LeaseAnswer(False, current)
+        if current is None and raw != _RELEASED and not vacant:
+            return LeaseAnswer(False, None)       # junk: vacant, left alone likewise
+        # ours already (a renewal that came late), released, or junk: take it by cas
+        return self._cas_lease(candidate, ttl, cas, current)
 
     def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
         raw, cas = self._call(self._client.gets, self.lease_key)
+        if raw is None:   # vanished (evicted, memcached restarted): still ours, take it back
+            expire, valid_for = self._lease_expire(ttl)
+            mine = self._stamped(lease, ttl)
+            if self._call(self._client.add, self.lease_key, mine.encode(), expire=expire,
+                          noreply=False) is True:
+                return LeaseAnswer(True, mine, valid_for, retaken=True)
+            raw, cas = self._call(self._client.gets, self.lease_key)
+            if raw is None:
+                return LeaseAnswer(False, None)
         current = Lease.decode(raw)
-        if current is None or current.holder != lease.holder:
+        if current is not None and current.holder != lease.holder:
             return LeaseAnswer(False, current)
-        return self._cas_lease(lease, ttl, cas, current)
+        return self._cas_lease(lease, ttl, cas, current, retaken=current is None)
 
     def lease_release(self, lease: Lease) -> bool:
         raw, cas = self._call(self._client.gets, self.lease_key)
         current = Lease.decode(raw)
         if current is None or current.holder != lease.holder:
             return False
-        # memcached has no compare-and-delete: compare-and-set a record nobody holds (every
-        # acquirer takes such a record by cas); a lease that passed to another process since
-        # our read has another cas and is left alone
-        return self._call(self._client.cas, self.lease_key, _RELEASED, cas, expire=1,
+        # memcached has no compare-and-delete: compare-and-set the released marker, which
+        # every contender takes at once, for what was left of the lease; a lease that passed
+        # to another process since our read has another cas and is left alone
+        return self._call(self._client.cas, self.lease_key, _RELEASED, cas,
+                          expire=max(1, math.ceil(released_seconds(lease))),
                           noreply=False) is True
 
-    def _cas_lease(self, lease: Lease, ttl: float, cas: Any, current: Lease | None
-                   ) -> LeaseAnswer:
+    def _cas_lease(self, lease: Lease, ttl: float, cas: Any, current: Lease | None,
+                   retaken: bool = False) -> LeaseAnswer:
         expire, valid_for = self._lease_expire(ttl)
         mine = self._stamped(lease, ttl)
         stored = self._call(self._client.cas, self.lease_key, mine.encode(), cas,
                             expire=expire, noreply=False)
         if stored is True:
-            return LeaseAnswer(True, mine, valid_for)
+            return LeaseAnswer(True, mine, valid_for, retaken)
         return LeaseAnswer(False, self.lease_read() if stored is False else None)
 
     @staticmethod

@@ -44,7 +44,15 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
 from ..ratelog import RateLimitedLog
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, Wake, store_keys
+from .backend import (
+    Lease,
+    LeaseAnswer,
+    Snapshot,
+    StoreUnavailable,
+    Wake,
+    released_seconds,
+    store_keys,
+)
 from .core import SessionStore
 from .core import log as store_log  # push is part of what the store does
 from .options import RedisSessionStoreOptions
@@ -95,27 +103,33 @@ local function holder(raw)
 end
 """
 
-# KEYS: lease. ARGV: candidate holder, record, ttl ms. Taken when free, junk, or ours already.
+# KEYS: lease. ARGV: candidate holder, record, ttl ms, '1' to take a vacant lease too.
+# Taken when released or ours already, and when vacant (absent or junk) if ARGV[4] says so.
 _LEASE_ACQUIRE = _HOLDER + """
 local cur = redis.call('GET', KEYS[1])
 local h = holder(cur)
 if h and h ~= ARGV[1] then return {0, cur} end
+if not h and cur ~= 'released' and ARGV[4] ~= '1' then return {0, ''} end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {1, ARGV[2]}
 """
 
-# KEYS: lease. ARGV: holder, record, ttl ms. Renewed only while the record names the holder.
+# KEYS: lease. ARGV: holder, record, ttl ms. Renewed while the record names the holder, and
+# taken back (2) when it vanished (absent or junk: evicted, Redis restarted empty).
 _LEASE_RENEW = _HOLDER + """
 local cur = redis.call('GET', KEYS[1])
-if holder(cur) ~= ARGV[1] then return {0, cur or ''} end
+local h = holder(cur)
+if h and h ~= ARGV[1] then return {0, cur} end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return {1, ARGV[2]}
+if h then return {1, ARGV[2]} end
+return {2, ARGV[2]}
 """
 
-# KEYS: lease. ARGV: holder. Deleted only while the record names the holder.
+# KEYS: lease. ARGV: holder, ms left of the lease. Only while the record names the holder:
+# replaced by the released marker, which every contender takes at once, for what was left.
 _LEASE_RELEASE = _HOLDER + """
 if holder(redis.call('GET', KEYS[1])) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], 'released', 'PX', ARGV[2])
 return 1
 """
 
@@ -327,11 +341,12 @@ class RedisBackend:
     def lease_read(self) -> Lease | None:
         return Lease.decode(_bytes(self._call("get", self.lease_key)))
 
-    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
         mine = self._stamped(candidate, ttl)
         return self._lease_answer(
             self._script("acquire", _LEASE_ACQUIRE, [self.lease_key],
-                         [candidate.holder, mine.encode(), self._ttl_ms(ttl)]), ttl)
+                         [candidate.holder, mine.encode(), self._ttl_ms(ttl),
+                          "1" if vacant else "0"]), ttl)
 
     def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
         mine = self._stamped(lease, ttl)
@@ -341,7 +356,7 @@ class RedisBackend:
 
     def lease_release(self, lease: Lease) -> bool:
         return int(self._script("release", _LEASE_RELEASE, [self.lease_key],
-                                [lease.holder])) == 1
+                                [lease.holder, self._ttl_ms(released_seconds(lease))])) == 1
 
     @staticmethod
     def _ttl_ms(ttl: float) -> int:
@@ -349,10 +364,12 @@ class RedisBackend:
 
     @staticmethod
     def _lease_answer(reply: Any, ttl: float) -> LeaseAnswer:
-        held, raw = int(reply[0]) == 1, _bytes(reply[1]) or None
+        code, raw = int(reply[0]), _bytes(reply[1]) or None
+        held = code in (1, 2)
         # Redis expires with millisecond precision from when it ran the script, which is
         # after the caller's start: the whole ttl is ours, less a margin for clock rate
-        return LeaseAnswer(held, Lease.decode(raw), max(0.0, ttl - 0.1) if held else 0.0)
+        return LeaseAnswer(held, Lease.decode(raw), max(0.0, ttl - 0.1) if held else 0.0,
+                           retaken=code == 2)
 
     @staticmethod
     def _stamped(lease: Lease, ttl: float) -> Lease:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -113,3 +115,125 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         print("metric names:", sorted({line.split("{")[0].split(" ")[0]
                                        for line in scrape(server).splitlines()
                                        if line.startswith("fh_prefork_")}))
+
+
+def pid_values(text: str, name: str) -> dict[int, float]:
+    """pid -> value of an unlabelled per-worker gauge (multiprocess ``liveall``)."""
+    out: dict[int, float] = {}
+    for labels, value in samples(text, name).items():
+        m = re.search(r'pid="(\d+)"', labels)
+        if m:
+            out[int(m.group(1))] = value
+    return out
+
+
+def series_pids(text: str) -> set[int]:
+    """Every pid any fh_prefork series names."""
+    return {int(p) for line in text.splitlines() if line.startswith("fh_prefork_")
+            for p in re.findall(r'pid="(\d+)"', line)}
+
+
+def live_workers(server: Server) -> set[int]:
+    return {c.pid for c in psutil.Process(server.proc.pid).children()
+            if c.status() != psutil.STATUS_ZOMBIE}
+
+
+#: gunicorn.conf.py with the README quick-start hooks only (no child_exit): a dead worker's
+#: series must go anyway (the other workers sweep the folder).
+QUICK_START_CONF = """
+import os
+from fh_prefork.gunicorn import on_starting, post_fork, worker_exit  # noqa: F401
+bind = os.environ["BIND"]
+workers = int(os.environ["WEB_CONCURRENCY"])
+"""
+
+
+@pytest.mark.parametrize("hooks", ["example", "quick-start"])
+def test_a_sigkilled_leader_leaves_no_series_behind_and_one_leader_counts(
+        hooks: str, start_server: Callable[..., Server], edge: EdgeSimulator, tmp_path: Path,
+        example_env: dict[str, str]) -> None:
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    example_env.update({"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "WEB_CONCURRENCY": "4",
+                        "FH_PREFORK_EDGE_MODE": "leader", "FH_PREFORK_LEASE_SECONDS": "3"})
+    conf = "gunicorn.conf.py"
+    if hooks == "quick-start":
+        conf = str(tmp_path / "quick_start_conf.py")
+        Path(conf).write_text(QUICK_START_CONF)
+    server = start_server([str(BIN / "gunicorn"), "-c", conf, "app:app"],
+                          cwd=EXAMPLES / "prometheus")
+    server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 7)
+    master = server.proc.pid
+    last: list[str] = [""]
+
+    def one_leader_among_live_workers(exclude: int | None = None) -> int | None:
+        text = scrape_or_none(server)
+        if text is None:
+            return None
+        last[0] = text
+        workers = live_workers(server)
+        leaders = pid_values(text, "fh_prefork_leader")
+        ok = (len(workers) == 4 and set(leaders) == workers and sum(leaders.values()) == 1
+              and series_pids(text) <= workers)
+        leader = next((pid for pid, v in leaders.items() if v == 1), None)
+        return leader if ok and leader != exclude else None
+
+    try:
+        leader = wait_for(one_leader_among_live_workers, 30, interval=0.2,
+                          what="one leader among the four workers' gauges")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last scrape:\n{last[0]}") from None
+    text = last[0]
+    assert master not in series_pids(text), "the master has series"
+    info = samples(text, "fh_prefork_info")
+    assert len(info) == 4 and all('store="file"' in k and 'edge_mode="leader"' in k
+                                  for k in info), info
+    roles = samples(text, "fh_prefork_role")
+    assert sum(v for k, v in roles.items() if 'role="leader"' in k) == 1, roles
+    assert sum(v for k, v in roles.items() if 'role="follower"' in k) == 3, roles
+    assert set(pid_values(text, "fh_prefork_store_healthy").values()) == {1.0}
+
+    os.kill(leader, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        new = wait_for(lambda: one_leader_among_live_workers(exclude=leader), 30, interval=0.2,
+                       what="one new leader, no series for the killed one")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last scrape:\n{last[0]}") from None
+    print(f"{hooks} hooks: new leader {new} counted alone, killed leader's series gone, "
+          f"{time.monotonic() - killed_at:.2f} s after the SIGKILL")
+    for _ in range(5):      # and it stays so
+        text = scrape(server)
+        assert sum(pid_values(text, "fh_prefork_leader").values()) == 1, text
+        assert leader not in series_pids(text) and master not in series_pids(text), text
+        time.sleep(0.3)
+    assert not list(multiproc.glob(f"gauge_live*_{leader}.db")), "the dead worker's gauges"
+    assert not list(multiproc.glob(f"*_{master}.db")), "the master wrote metrics"
+
+
+def test_metrics_without_a_store(start_server: Callable[..., Server], edge: EdgeSimulator,
+                                 tmp_path: Path, example_env: dict[str, str]) -> None:
+    """FH_PREFORK_STORE=none: no store thread, and every worker still exports."""
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    example_env.update({"PROMETHEUS_MULTIPROC_DIR": str(multiproc), "WEB_CONCURRENCY": "2",
+                        "FH_PREFORK_STORE": "none"})
+    server = start_server([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"],
+                          cwd=EXAMPLES / "prometheus")
+    server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 7)
+
+    def every_worker_exports() -> str | None:
+        text = scrape_or_none(server)
+        if text is None:
+            return None
+        features, workers = pid_values(text, "fh_prefork_features"), live_workers(server)
+        return text if (len(workers) == 2 and set(features) == workers
+                        and set(features.values()) == {1.0}) else None
+
+    text = wait_for(every_worker_exports, 20, interval=0.2,
+                    what="every worker's gauges without a store")
+    info = samples(text, "fh_prefork_info")
+    assert len(info) == 2 and all('store="none"' in k for k in info), info
+    assert set(pid_values(text, "fh_prefork_edge_connected").values()) == {1.0}
+    assert set(pid_values(text, "fh_prefork_store_healthy").values()) == {0.0}
+    assert sum(samples(text, "fh_prefork_updates_applied_total").values()) >= 2

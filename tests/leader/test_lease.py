@@ -460,3 +460,129 @@ def test_followers_fall_back_while_the_leader_says_its_state_does_not_fit(
     assert Lease.decode(record.encode()) == record
     assert Lease.decode(b'{"holder":"h","host":"x","pid":1,"expires_at":2,"store":5}') == Lease(
         "h", "x", 1, 2.0), "junk in the field is no problem"
+
+
+# -- a vanished lease stays its holder's -------------------------------------------------------
+
+
+def vanish(backend_kind: str, backend: Any, prefix: str, tmp_path: Path) -> None:
+    """What eviction, a store restarted empty or a cleaned folder does to the lease."""
+    if backend_kind != "file":
+        backend._client.delete(f"{prefix}_env_leader")
+    else:
+        (tmp_path / "store" / f"{prefix}_env.leader").unlink()
+
+
+def test_a_vanished_lease_is_taken_back_by_its_holder_and_left_alone_by_contenders(
+        backend_kind: str, backends: Callable[[], Any], prefix: str, tmp_path: Path) -> None:
+    a, b = backends(), backends()
+    assert a.lease_acquire(lease("a"), TTL).held
+    vanish(backend_kind, a, prefix, tmp_path)
+    left = b.lease_acquire(lease("b"), TTL, vacant=False)
+    assert not left.held and left.current is None, "a contender took a vacant lease"
+    back = a.lease_renew(lease("a"), TTL)
+    assert back.held and back.retaken and back.current is not None
+    assert back.current.holder == lease("a").holder
+    other = b.lease_acquire(lease("b"), TTL, vacant=False)
+    assert not other.held and other.current is not None
+    assert other.current.holder == lease("a").holder
+    again = a.lease_renew(lease("a"), TTL)
+    assert again.held and not again.retaken, "an ordinary renewal said it took the lease back"
+
+
+def test_a_released_lease_is_free_at_once_even_for_a_contender_that_waits(
+        backends: Callable[[], Any]) -> None:
+    a, b = backends(), backends()
+    mine = a.lease_acquire(lease("a"), TTL).current
+    assert mine is not None and a.lease_release(mine)
+    got = b.lease_acquire(lease("b"), TTL, vacant=False)
+    assert got.held, "a released lease waited for its time to live"
+
+
+def test_election_holder_keeps_a_vanished_lease_and_followers_leave_it(
+        backend_kind: str, backends: Callable[[], Any], prefix: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ra, rb = Roles(), Roles()
+    ba, bb = backends(), backends()
+    a, b = election(ba, ra, pid=301), election(bb, rb, pid=302)
+    a.step()
+    b.step()
+    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    vanish(backend_kind, ba, prefix, tmp_path)
+    for _ in range(3):
+        b.step()
+        assert b.role == FOLLOWER, "a follower took the vacant lease of a live holder"
+    a.step()
+    assert a.role == LEADER and ra.seen == [(FOLLOWER, LEADER)], ra.seen
+    assert a.status()["lease_retaken"] == 1
+    b.step()
+    assert b.role == FOLLOWER and b.status()["lease"]["holder"] == a.holder
+    assert rb.seen == [(FOLLOWER, FOLLOWER)]
+    text = caplog.text
+    assert "lost the leader lease" not in text
+    assert "301 took back the leader lease" in text
+    assert "302 found the leader lease vacant" in text
+
+
+def test_election_follower_takes_a_vacant_lease_once_its_holders_time_has_run_out(
+        backend_kind: str, backends: Callable[[], Any], prefix: str, tmp_path: Path) -> None:
+    """The holder is gone for good (it never renews again) and its lease vanished: a
+    follower that saw it waits out its time to live, then leads."""
+    ba, bb = backends(), backends()
+    a, b = election(ba, pid=401), election(bb, pid=402)
+    a.step()
+    b.step()
+    seen_at = time.monotonic()
+    assert (a.role, b.role) == (LEADER, FOLLOWER)
+    vanish(backend_kind, ba, prefix, tmp_path)    # and ``a`` never steps again
+    if backend_kind == "file":
+        ba.close()   # a dead holder's lock goes with it (here: it had already lost its file)
+
+    def leads() -> bool:
+        b.step()
+        return b.role == LEADER
+
+    wait_for(leads, TTL + 3, interval=0.05, what="the follower to take the lease")
+    took = time.monotonic() - seen_at
+    print(f"{backend_kind}: vacant lease taken {took:.2f} s after the holder was last seen")
+    assert took >= TTL - 0.2, "the follower did not wait out the holder's time to live"
+
+
+def test_file_lease_of_a_dead_holder_is_taken_at_once(tmp_path: Path, prefix: str) -> None:
+    """On the embedded store the lock is the proof of life: a holder that died (its lock
+    gone, its file still there) is gone at once, whatever the follower remembers."""
+    ba = FileBackend(tmp_path / "store", f"{prefix}_env")
+    bb = FileBackend(tmp_path / "store", f"{prefix}_env")
+    a, b = election(ba, pid=501), election(bb, pid=502, ttl=30.0)
+    try:
+        a.step()
+        b.step()
+        assert (a.role, b.role) == (LEADER, FOLLOWER)
+        ba.close()           # the lock dies with its process
+        b.step()
+        assert b.role == LEADER
+    finally:
+        ba.close()
+        bb.close()
+
+
+@pytest.mark.parametrize("backend_kind", ["memcache", "redis"])
+def test_election_follower_takes_over_a_silent_holder_within_its_ttl(
+        backend_kind: str, backends: Callable[[], Any]) -> None:
+    """A holder that stops renewing (SIGKILL) leaves its record until it expires; the
+    follower counts the holder's time from its last renewal, not from its last sighting
+    of that same record, so the take-over is not delayed by a second time to live."""
+    a, b = election(backends(), pid=601), election(backends(), pid=602, follow_seconds=0.1)
+    a.step()
+    renewed = time.monotonic()       # ``a`` never steps again
+    b.step()
+    assert b.role == FOLLOWER
+
+    def leads() -> bool:
+        b.step()
+        return b.role == LEADER
+
+    wait_for(leads, 2 * TTL + 3, interval=0.05, what="the follower to take the lease")
+    took = time.monotonic() - renewed
+    print(f"{backend_kind}: silent holder replaced {took:.2f} s after its last renewal")
+    assert took <= TTL + 1.0, took

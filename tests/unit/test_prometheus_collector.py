@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -47,3 +48,36 @@ def test_a_file_sized_but_not_yet_written_reads_as_no_samples(tmp_path: Path) ->
     written_counter(tmp_path, 101, 2)
     MmapedDict(str(tmp_path / "counter_102.db")).close()  # type: ignore[no-untyped-call]  # sized, header only
     assert "fh_prefork_store_writes_total 2.0" in scrape(MultiProcessCollector, tmp_path)
+
+
+def test_sweep_marks_dead_workers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed worker's live gauges go at the next sweep; a live worker's stay."""
+    import subprocess
+    import sys
+
+    from fh_prefork import prometheus
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)                      # a pid that surely exited (and was reaped)
+    dead, alive = child.pid, os.getpid()
+    for pid in (dead, alive):
+        (tmp_path / f"gauge_liveall_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert prometheus.sweep_dead() == [dead]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"counter_{dead}.db", f"counter_{alive}.db",
+                           f"gauge_liveall_{alive}.db"]), left
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert prometheus.sweep_dead() == []        # not in multiprocess mode: nothing to do
+
+
+def test_store_kind_names_the_scheme_never_the_url() -> None:
+    from fh_prefork.prometheus import store_kind
+
+    assert store_kind({"store_url": "memcache://a:1,b:2"}) == "memcache"
+    assert store_kind({"store_url": "rediss://:***@r:6380/0"}) == "redis"
+    assert store_kind({"store_url": "redis+cluster://r:7000"}) == "redis"
+    assert store_kind({"store_url": "file:///run/x"}) == "file"
+    assert store_kind({"store_url": "none"}) == "none"
+    assert store_kind({}) == "none"
