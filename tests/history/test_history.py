@@ -69,6 +69,7 @@ from tests.history.schedule import (
 )
 from tests.servers.conftest import API_KEY
 from tests.support.balancer import Balancer
+from tests.support.cost import assert_cost, measure_cost
 from tests.support.memcached import Memcached
 from tests.support.procs import hold_for
 from tests.support.redis import Redis
@@ -108,6 +109,11 @@ ABSENCE = 1.0
 #: as production's 300 s is longer than an Edge restart or a replica's lag; streams end
 #: after REAL_DROP_AFTER seconds (Edge's drop-after-seconds, 30 s in production).
 REAL_ABSENCE = 4.0
+#: Cost bounds (tests/support/cost.py): the schedules kill, add and remove workers while
+#: two clients keep asking, so a worker may go longer without answering than in a fault
+#: test; a spin (a core for seconds) or a stall still fails.
+HISTORY_MAX_WAIT = 3.0
+HISTORY_MAX_GAP = 6.0
 REAL_DROP_AFTER = 3.0
 
 #: Seeds CI runs for every backend x mode (together they use every step kind of both
@@ -512,15 +518,21 @@ def _run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
     history.note(f"baseline converged in {took:.2f} s")
     history.started = time.monotonic()
     try:
-        history.run()
-        ran = time.monotonic() - history.started
-        history.note("quiescence: " + ("SIGCONT memcached" if store.paused else "nothing paused")
-                     + store.resume())
-        store.ensure_running()
-        took = history.wait_converged(QUIESCE_BOUND)
+        with measure_cost(cluster, clients=2) as cost:
+            history.run()
+            ran = time.monotonic() - history.started
+            history.note("quiescence: " + ("SIGCONT memcached" if store.paused
+                                           else "nothing paused") + store.resume())
+            store.ensure_running()
+            took = history.wait_converged(QUIESCE_BOUND)
     finally:
         store.resume()
+    history.note(f"cost: {cost.summary()}")
     assert edge_state(edge) == edge_after(schedule), "the Edge simulator lost track of the schedule"
+    try:   # what the faults cost while they lasted: a spin or a stall fails the history
+        assert_cost(cost, max_wait=HISTORY_MAX_WAIT, max_gap=HISTORY_MAX_GAP)
+    except AssertionError as err:
+        pytest.fail(failure(f"the schedule cost too much: {err}"), pytrace=False)
     if history.violations:
         pytest.fail(failure("a bad Edge list, a lagging replica or a key outage removed "
                             "flags Edge still had:\n" + "\n".join(history.violations)),
@@ -535,7 +547,10 @@ def _run_schedule(schedule: Schedule, mode: str, request: pytest.FixtureRequest,
                             f"{absence:g} s Edge-absence grace and a verify read)"),
                     pytrace=False)
     print(f"history {label}: {len(schedule.steps)} steps in {ran:.1f} s, "
-          f"converged {took:.2f} s after quiescence, {history.workers} workers")
+          f"converged {took:.2f} s after quiescence, {history.workers} workers; "
+          f"busiest worker {cost.max_cpu:.2f} CPU s, longest unanswered request "
+          f"{cost.longest_wait:.2f} s, longest silent worker "
+          f"{max(cost.gaps.values(), default=0.0):.2f} s")
 
 
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed{s}")
