@@ -20,10 +20,13 @@ found to raise on. Beyond that it only asks what FeatureHub Edge always sends:
 * feature and strategy values have the type of the feature (JSON values are
   strings of JSON text, since ``ClientContext.get_json`` parses them);
 * attribute values are usable the way the matcher of their field type uses
-  them for their conditional (``float()`` for numbers, ``re`` for ``REGEX``
-  (and a pattern whose matching time ``re`` cannot bound: see below),
+  them for their conditional (``float()`` for numbers,
   ``ipaddress.ip_network`` for IP addresses, node-semver for semantic
-  versions, ``values[0]`` for booleans).
+  versions, ``values[0]`` for booleans). ``REGEX`` values need only be text,
+  a number or a boolean: a repository of fh_prefork matches them with
+  :mod:`fh_prefork.regex` (RE2, linear time), where a pattern that does not
+  compile or whose matching time cannot be bounded costs only its strategy, so a
+  regular expression never drops a feature's update.
 
 What the SDK tolerates is accepted: a missing ``type`` or ``l`` (but a
 percentage strategy needs ``l``: without it the SDK hashes a null id), null
@@ -31,11 +34,12 @@ optional fields, null items among string, number and version values, and every
 field this module does not know about, whatever it holds (other SDKs and newer
 Edge versions add fields).
 
-Regular expressions: the SDK runs ``re.search(pattern, value)`` on the request
-path with a value the application takes from its user (user key, custom
+Regular expressions (:func:`regex_unbounded`, used by :mod:`fh_prefork.regex`
+for the patterns RE2 refuses): the SDK runs ``re.search(pattern, value)`` on the
+request path with a value the application takes from its user (user key, custom
 attributes), and ``re`` backtracks while holding the GIL, so one bad pattern
 stalls the whole worker: ``^(a+)+$`` took 1.3 s on 25 characters and doubles with
-each one more. A pattern is refused when its parse tree (``re``'s own parser)
+each one more. A pattern is unbounded when its parse tree (``re``'s own parser)
 holds one of the three forms that make backtracking exponential in the length
 of the value:
 
@@ -64,7 +68,6 @@ import importlib
 import ipaddress
 import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -262,19 +265,10 @@ def _numeric_element_problem(value: object) -> str | None:
 
 
 def _regex_element_problem(value: object) -> str | None:
-    """``re.search(str(value), ...)``: a pattern that does not compile raises re.error."""
-    problem = _scalar_problem(value)
-    if problem is not None:
-        return problem
-    try:
-        re.compile(str(value))
-    except Exception as exc:  # whatever compile raises, re.search raises in the SDK
-        return f"not a valid regular expression ({type(exc).__name__}): {_quote(value)}"
-    unbounded = regex_unbounded(str(value))
-    if unbounded is not None:
-        return (f"regular expression {_quote(value)} {unbounded}: its matching time on a "
-                "user's value has no bound (exponential backtracking)")
-    return None
+    """A pattern is text (``str()`` of a number or boolean): whether it compiles, and how
+    long it can take, is :mod:`fh_prefork.regex`'s business, per strategy, never the
+    feature's."""
+    return _scalar_problem(value)
 
 
 _REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})

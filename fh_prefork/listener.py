@@ -23,6 +23,7 @@ from .absence import SUSPECT_FACTOR, AbsenceJudge, EdgeView, list_is_suspect
 from .feature_shape import MAX_VERSION
 from .features import feature_problem, identity_problem
 from .ratelog import RateLimitedLog
+from .regex import apply_feature
 from .tombstones import Tombstone
 
 log = logging.getLogger("fh_prefork")
@@ -78,7 +79,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(apply_feature())   # REGEX strategies on RE2 (fh_prefork.regex)
         self._listeners: list[RawUpdateFeatureListener] = []
         self._notify_lock = threading.RLock()
         self._tombstones: ts.Tombstones = {}

@@ -24,8 +24,10 @@ Lifecycle: ``initialize`` waits (bounded by ``ready_timeout``) until the worker 
 a state, from the store or from Edge. A watcher thread per process then turns what
 the worker sees into provider events: ``PROVIDER_READY`` once it has a state (again
 after a fork, per worker), ``PROVIDER_STALE`` while both the store and Edge are
-unreachable, ``PROVIDER_ERROR`` while Edge answers 404 (the API key was deleted),
-and ``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed`` whenever features
+unreachable, ``PROVIDER_ERROR`` with the spec's ``PROVIDER_FATAL`` code (provider
+status ``FATAL``) while Edge says it does not know the API key (``key_not_found``:
+a poll's 404 or the stream's "Unrecognized API key"; READY again if Edge comes to
+know it), and ``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed`` whenever features
 change, whichever way the change arrived (this worker's Edge stream or another
 worker's, through the store).
 
@@ -59,7 +61,7 @@ from featurehub_sdk.interceptors import InterceptorValue
 from openfeature import _event_support
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent, ProviderEventDetails
-from openfeature.exception import ErrorCode, GeneralError, ProviderNotReadyError
+from openfeature.exception import ErrorCode, ProviderFatalError, ProviderNotReadyError
 from openfeature.flag_evaluation import FlagMetadata, FlagResolutionDetails, FlagValueType, Reason
 from openfeature.hook import Hook
 from openfeature.provider import AbstractProvider, FeatureProvider, Metadata, _registry
@@ -68,12 +70,13 @@ from . import runtime
 from .listener import RawUpdateFeatureListener
 from .ratelog import RateLimitedLog
 
-__all__ = ["NOT_READY", "READY", "STALE", "ERROR", "FeatureHubProvider", "fh_context"]
+__all__ = ["NOT_READY", "READY", "STALE", "FATAL", "FeatureHubProvider", "fh_context"]
 
 log = logging.getLogger("fh_prefork.openfeature")
 
-#: What the watcher sees in a worker (``FeatureHubProvider.state()``).
-NOT_READY, READY, STALE, ERROR = "not_ready", "ready", "stale", "error"
+#: What the watcher sees in a worker (``FeatureHubProvider.state()``); FATAL: Edge does not
+#: know the API key.
+NOT_READY, READY, STALE, FATAL = "not_ready", "ready", "stale", "fatal"
 
 #: The FeatureHub feature type each OpenFeature resolution reads.
 _TYPE_OF = {"boolean": "BOOLEAN", "string": "STRING", "integer": "NUMBER", "float": "NUMBER",
@@ -83,8 +86,9 @@ _TYPE_OF = {"boolean": "BOOLEAN", "string": "STRING", "integer": "NUMBER", "floa
 _EDGE_DOWN = frozenset({"backoff", "standby", "none", "closed", "stale"})
 
 # Enum members looked up once: attribute access on an Enum class costs more than a global
-_STATIC, _SPLIT, _TARGETING_MATCH, _DEFAULT, _ERROR = (
-    Reason.STATIC, Reason.SPLIT, Reason.TARGETING_MATCH, Reason.DEFAULT, Reason.ERROR)
+_STATIC, _SPLIT, _TARGETING_MATCH, _DEFAULT, _ERROR, _STALE = (
+    Reason.STATIC, Reason.SPLIT, Reason.TARGETING_MATCH, Reason.DEFAULT, Reason.ERROR,
+    Reason.STALE)
 
 T = TypeVar("T")
 ObjectValue = Sequence[FlagValueType] | Mapping[str, FlagValueType]
@@ -194,11 +198,13 @@ class FeatureHubProvider(AbstractProvider):
         state, message = self._wait_for_state(worker)
         known = _versions(worker)     # waits for an update being applied (the repository's lock)
         with self._cond:
-            self._emitted = state
+            # what the API announces for us when we return (READY) or raise: the watcher
+            # announces only what differs from it (a STALE worker: STALE right after READY)
+            self._emitted = READY if state == STALE else state
             self._known, self._known_for = known, worker  # the state changes are measured from
             self._initialized = True
-        if state == ERROR:
-            raise GeneralError(message)
+        if state == FATAL:
+            raise ProviderFatalError(message)
         if state == NOT_READY:
             raise ProviderNotReadyError(message)
 
@@ -245,7 +251,7 @@ class FeatureHubProvider(AbstractProvider):
     # -- introspection --------------------------------------------------------------------------
 
     def state(self) -> str:
-        """What this process's worker is now: ``ready``, ``stale``, ``error`` or ``not_ready``."""
+        """What this process's worker is now: ``ready``, ``stale``, ``fatal`` or ``not_ready``."""
         worker = runtime.current_worker()
         return NOT_READY if worker is None else _observe(worker)[0]
 
@@ -257,16 +263,20 @@ class FeatureHubProvider(AbstractProvider):
         if worker is not self._worker:
             self._attach(worker)
         repository = worker.repository
+        emitted = self._emitted
+        if emitted == FATAL:
+            return _error(default, ErrorCode.PROVIDER_FATAL, _KEY_UNKNOWN)
         holder = repository.features.get(key)
         state = holder.internal_feature_state if holder is not None else None
-        if state is None:
+        if not state:   # never sent, or deleted (the SDK leaves {} or None in the holder)
             if not repository.is_ready():
                 return _error(default, ErrorCode.PROVIDER_NOT_READY,
                               "no feature state yet in this worker: the store holds none and "
                               "Edge has not answered")
             return _error(default, ErrorCode.FLAG_NOT_FOUND, f"no feature {key!r}")
         try:
-            return _evaluate(kind, key, default, context, repository, holder, state)
+            return _evaluate(kind, key, default, context, repository, holder, state,
+                             _STALE if emitted == STALE else _STATIC)
         except Exception as err:  # a matcher raising on a context value, an SDK bug...
             self._errors.failure("fh_prefork: OpenFeature resolution of %r failed: %s: %s",
                                  key, type(err).__name__, err)
@@ -384,8 +394,8 @@ class FeatureHubProvider(AbstractProvider):
                 self.emit_provider_ready(details)
             elif state == STALE:
                 self.emit_provider_stale(details)
-            elif state == ERROR:
-                details.error_code = ErrorCode.GENERAL
+            elif state == FATAL:
+                details.error_code = ErrorCode.PROVIDER_FATAL
                 self.emit_provider_error(details)
             log.info("fh_prefork: OpenFeature provider in worker %d: %s -> %s%s", os.getpid(),
                      previous, state, f" ({message})" if message else "")
@@ -408,8 +418,15 @@ class FeatureHubProvider(AbstractProvider):
 
 
 def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | None,
-              repository: Any, holder: Any, state: dict[str, Any]) -> FlagResolutionDetails[Any]:
-    """Resolve one existing feature the way FeatureHubSDK's ``FeatureStateHolder`` does."""
+              repository: Any, holder: Any, state: dict[str, Any],
+              static: str = _STATIC) -> FlagResolutionDetails[Any]:
+    """Resolve one existing feature the way FeatureHubSDK's ``FeatureStateHolder`` does.
+
+    ``static``: the reason of a value no strategy chose (STALE while the provider is).
+    A percentage strategy the context has no key for (no targeting key, no ``session``)
+    is TARGETING_KEY_MISSING, unless another strategy matched: the SDK would skip it
+    and serve the feature's value to every user, which a percentage rollout never means.
+    """
     feature_type = state.get("type") or _infer_type(state.get("value"))
     metadata = _metadata(key, state, feature_type)
     wanted = _TYPE_OF[kind]
@@ -417,7 +434,7 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
         return _error(default, ErrorCode.TYPE_MISMATCH,
                       f"{key!r} is a {feature_type} feature; {kind} asks for {wanted}", metadata)
     raw: Any = state.get("value")
-    reason: str = _STATIC
+    reason: str = static
     variant: str | None = None
     intercepted = None if state.get("l") else repository.find_interceptor(key)
     if intercepted is not None:
@@ -435,6 +452,11 @@ def _evaluate(kind: str, key: str, default: Any, context: EvaluationContext | No
                 variant = strategy.name or strategy.id
                 if strategy.id:
                     metadata["strategy_id"] = str(strategy.id)
+            elif fh.default_percentage_key is None and any(
+                    s.percentage != 0 and not s.has_percentage_attributes for s in strategies):
+                return _error(default, ErrorCode.TARGETING_KEY_MISSING,
+                              f"{key!r} has a percentage rollout: it needs a targeting key "
+                              "(or a 'session' attribute) to choose", metadata)
     if raw is None or (raw == "" and feature_type == "JSON"):  # no value: the caller's default
         return FlagResolutionDetails(value=default, reason=_DEFAULT, variant=variant,
                                      flag_metadata=metadata)
@@ -591,6 +613,9 @@ def _error(default: T, code: ErrorCode, message: str,
 
 # -- the worker's health ----------------------------------------------------------------------
 
+_KEY_UNKNOWN = ("Edge does not know the API key (HTTP 404, or 'Unrecognized API key'): it "
+                "does not exist or was deleted")
+
 
 def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
     """ready / stale / error / not_ready, and why, from the worker's Edge, store and repository."""
@@ -598,7 +623,7 @@ def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
     edge_state = edge.get("state")
     lease = (worker.election.status().get("lease") or {}) if worker.election is not None else {}
     if edge_state == "key_not_found" or lease.get("edge") == "key_not_found":
-        return ERROR, "Edge answered 404: the API key does not exist or was deleted"
+        return FATAL, _KEY_UNKNOWN
     if not worker.repository.is_ready():
         return NOT_READY, "no feature state yet: the store holds none and Edge has not answered"
     store = worker.store  # None: configured "none", or unusable (a store_error)

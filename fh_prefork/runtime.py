@@ -231,7 +231,7 @@ class Worker:
             "store_url": self.settings.store_display,
             "store": store,
             "store_error": self.store_error,
-            "edge_transport": self.settings.edge,
+            "edge_transport": edge.get("transport", self.settings.edge),   # poll after a 501
             "edge_mode": self.settings.edge_mode,
             "edge": edge,
             "edge_state": edge.get("state"),

@@ -18,7 +18,7 @@ from openfeature.provider import ProviderStatus
 
 import fh_prefork
 from fh_prefork import runtime
-from fh_prefork.openfeature import ERROR, NOT_READY, READY, STALE, FeatureHubProvider
+from fh_prefork.openfeature import FATAL, NOT_READY, READY, STALE, FeatureHubProvider
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
@@ -271,20 +271,25 @@ def test_an_unchanged_resend_is_no_change(edge: EdgeSimulator, events: Events) -
     assert "STR_FLAG" not in everything and changed
 
 
-def test_error_while_edge_says_the_key_is_gone(edge: EdgeSimulator, events: Events) -> None:
+def test_fatal_while_edge_says_the_key_is_gone(edge: EdgeSimulator, events: Events) -> None:
+    """The spec's fatal state while Edge does not know the key (before: GENERAL, ERROR)."""
     events.listen(ProviderEvent.PROVIDER_ERROR, ProviderEvent.PROVIDER_READY)
-    provider, client = ready_client()
+    provider, client = ready_client(watch_interval=0.1)
     edge.set_failure(404)
     edge.go_down()
     edge.come_up()  # the stream reconnects and hears 404: the key was deleted
     error = events.wait(ProviderEvent.PROVIDER_ERROR)[0]
-    assert "404" in (error.message or "") and error.error_code == ErrorCode.GENERAL
-    assert client.get_provider_status() == ProviderStatus.ERROR and provider.state() == ERROR
-    assert client.get_boolean_value("BOOL_FLAG", False) is True  # last known values still serve
+    assert "404" in (error.message or "") and error.error_code == ErrorCode.PROVIDER_FATAL
+    assert client.get_provider_status() == ProviderStatus.FATAL and provider.state() == FATAL
+    details = client.get_boolean_details("BOOL_FLAG", False)
+    assert details.error_code == ErrorCode.PROVIDER_FATAL and details.value is False
+    direct = provider.resolve_boolean_details("BOOL_FLAG", False)
+    assert direct.error_code == ErrorCode.PROVIDER_FATAL
 
     edge.set_failure(None)
     events.wait(ProviderEvent.PROVIDER_READY, count=2)  # READY once at start, once recovered
     assert client.get_provider_status() == ProviderStatus.READY
+    assert client.get_boolean_value("BOOL_FLAG", False) is True
 
 
 def test_stale_while_store_and_edge_are_unreachable(edge: EdgeSimulator, events: Events,
