@@ -195,3 +195,54 @@ def test_feature_filters_on_edge(edge: EdgeSimulator, start_cluster: StartCluste
     maekoy, maekoy_store = cluster_for("maekoy")
     wait_holds(maekoy, maekoy_store, state(ling, orm, tofu), '"ling,orm,tofu": no filters')
     wait_holds(silent, silent_store, state(orm), 'still only "orm"')
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_environment_featuredelete(edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                                   store: StoreReader, transport: str) -> None:
+    """environment.feature, @featuredelete: "When I create multiple features and delete them,
+    the MR list of features should match the Edge list of features". Every delete is Edge's
+    (``delete_feature`` at version 0, no value); after each step every worker and the store
+    hold exactly Edge's list ("there are N features")."""
+    cluster = connect(start_cluster, transport)
+
+    def there_are(n: int, what: str) -> None:
+        assert len(edge.features()) == n
+        wait_converged(edge, cluster, store, SETTLE, f"there are {n} features: {what}")
+
+    edge.push_feature(new_feature("FLAG_1", False, locked=True))
+    there_are(1, "a new feature flag")
+    edge.delete_feature({"key": "FLAG_1"})
+    there_are(0, "the flag deleted")
+    edge.push_feature(new_feature("STRING_1", None, "STRING"))
+    there_are(1, "a new string feature, null")
+    edge.delete_feature({"key": "STRING_1"})
+    there_are(0, "the string deleted")
+    number = new_feature("NUMBER_1", None, "NUMBER")
+    edge.push_feature(number)
+    edge.push_feature({**number, "value": 15, "version": 2})
+    there_are(1, "a number set to 15")
+    edge.push_feature(new_feature("FLAG_2", False, locked=True))
+    there_are(2, "another flag")
+    edge.push_feature(new_feature("FLAG_3", False, locked=True))
+    there_are(3, "a third flag")
+    edge.delete_feature({"key": "FLAG_3"})
+    there_are(2, "the third flag deleted")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_environment_deleted(edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
+                             store: StoreReader, transport: str) -> None:
+    """environment.feature, @environment: "When I delete an environment, it becomes unpublished
+    from Edge": its key is no longer in Edge's cache, so the stream answers 200 + ``failure``
+    "Unrecognized API key" and polls 404. Every worker says ``key_not_found`` and keeps
+    answering requests."""
+    cluster = connect(start_cluster, transport, 2)
+    edge.push_feature(new_feature("FEATURE_FLAG", False, locked=True))
+    wait_converged(edge, cluster, store, SETTLE, "the feature flag is locked and off")
+    edge.keys_unknown = True                                # I delete the environment
+    edge.drop_streams()
+    wait_for(lambda: all(s["edge_state"] == "key_not_found"
+                         for s in cluster.statuses().values()), SETTLE,
+             what="the edge connection is no longer available: key_not_found")
+    assert len(cluster.sample("/flags?key=FEATURE_FLAG")) == 2

@@ -191,3 +191,20 @@ def test_javascript_sdk_stops_on_the_unknown_key_failure(node_sdk: Path) -> None
             assert edge.total_stream_requests == asked
         finally:
             watcher.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its close
+def test_python_sdk_keeps_asking_after_the_unknown_key_failure() -> None:
+    """Recorded: the Python SDK treats ``failure`` as data and the close as a reason to
+    reconnect at once (the seed page's "Python reconnects at once"), so a deleted key makes it
+    ask again and again; its repository never becomes ready."""
+    with EdgeSimulator([KEY], drop_after=2.0) as edge:
+        edge.keys_unknown = True
+        config = FeatureHubConfig(edge.url, [KEY])
+        try:
+            asyncio.run(config.init())
+            wait_for(lambda: edge.total_stream_requests >= 3, 10, interval=0.05,
+                     what="the Python SDK to ask a third time")
+            assert not config.repository().is_ready()
+        finally:
+            config.close()
