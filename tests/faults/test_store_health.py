@@ -43,7 +43,8 @@ def admin(server: Redis) -> redis.Redis:
 
 def set_user(server: Redis, rules: str) -> None:
     """``ACL SETUSER fhprefork reset <rules>`` on ``server``."""
-    admin(server).execute_command("ACL", "SETUSER", "fhprefork", "reset", *rules.split())
+    admin(server).execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "fhprefork", "reset", *rules.split())
 
 
 def settings_for(url: str, **env: str) -> Settings:

@@ -33,7 +33,7 @@ def scrape(folder: Path) -> str:
     from fh_prefork.prometheus import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(folder))
+    MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
     return generate_latest(registry).decode()
 
 

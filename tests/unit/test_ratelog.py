@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import types
 
 import pytest
 import redis.exceptions as rex
@@ -27,7 +28,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(ratelog.time, "monotonic", fake)
+    monkeypatch.setattr(ratelog, "time", types.SimpleNamespace(monotonic=fake))
     return fake
 
 
