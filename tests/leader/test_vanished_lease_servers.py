@@ -4,9 +4,10 @@ The lease key is the only key with an expiry, so ``volatile-lru`` and
 ``allkeys-lru`` evict it first; a store restarted without persistence loses it
 too, and one down for two seconds comes back without it. The holder is alive
 and renews within a renewal period: it must take the lease back and keep its
-Edge stream, and no follower may take the vacant lease meanwhile. A sampler reads the lease key straight from the store every 20 ms
-throughout, so a second holder, however brief, is seen; the time the key named
-nobody is printed.
+Edge stream, and no follower may take the vacant lease meanwhile. A sampler
+reads the lease key straight from the store every 20 ms throughout, so a
+second holder, however brief, is seen; the time the key named nobody is
+printed.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def lease_reader(store: str, server: Memcached | Redis, key: str) -> Callable[[]
 
     def read_redis() -> Any:
         try:
-            lease = Lease.decode(client.get(key))
+            raw = client.get(key)
         except redis.RedisError:
             return "down"
+        lease = Lease.decode(raw if isinstance(raw, bytes) else None)
         return lease.pid if lease is not None else None
     return read_redis
 
