@@ -27,8 +27,7 @@ pytest.importorskip("prometheus_client", reason="pip install -e '.[test]'")
 
 def scrape(server: Server) -> str:
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
-        body: bytes = resp.read()
-        return body.decode()
+        return str(resp.read().decode())
 
 
 def scrape_or_none(server: Server) -> str | None:
@@ -77,10 +76,13 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         # what a worker killed between creating its file and sizing it leaves for good
         # (prometheus/client_python#1199): the stock collector answers 500 from then on
         (multiproc / "counter_4194301.db").touch()
-        text = wait_for(every_worker_reports, 15, what="every worker's gauges past an empty file")
+        found = wait_for(every_worker_reports, 15,
+                         what="every worker's gauges past an empty file")
+        assert found is not None
+        text = found
         for name in ("fh_prefork_edge_connected", "fh_prefork_store_refresh_age_seconds"):
             assert len(samples(text, name)) >= 4, name
-        before = sum(samples(text, "fh_prefork_store_cas_conflicts_total").values())
+        before: float = sum(samples(text, "fh_prefork_store_cas_conflicts_total").values())
         applied = samples(text, "fh_prefork_updates_applied_total")
         assert any('source="edge"' in labels for labels in applied), applied
 
@@ -179,10 +181,12 @@ def test_a_sigkilled_leader_leaves_no_series_behind_and_one_leader_counts(
         return leader if ok and leader != exclude else None
 
     try:
-        leader = wait_for(one_leader_among_live_workers, 30, interval=0.2,
-                          what="one leader among the four workers' gauges")
+        found = wait_for(one_leader_among_live_workers, 30, interval=0.2,
+                         what="one leader among the four workers' gauges")
     except AssertionError as err:
         raise AssertionError(f"{err}; last scrape:\n{last[0]}") from None
+    assert found is not None
+    leader = found
     text = last[0]
     assert master not in series_pids(text), "the master has series"
     info = samples(text, "fh_prefork_info")
@@ -230,10 +234,13 @@ def test_metrics_without_a_store(start_server: Callable[..., Server], edge: Edge
         return text if (len(workers) == 2 and set(features) == workers
                         and set(features.values()) == {1.0}) else None
 
-    text = wait_for(every_worker_exports, 20, interval=0.2,
-                    what="every worker's gauges without a store")
+    found = wait_for(every_worker_exports, 20, interval=0.2,
+                     what="every worker's gauges without a store")
+    assert found is not None
+    text = found
     info = samples(text, "fh_prefork_info")
     assert len(info) == 2 and all('store="none"' in k for k in info), info
     assert set(pid_values(text, "fh_prefork_edge_connected").values()) == {1.0}
     assert set(pid_values(text, "fh_prefork_store_healthy").values()) == {0.0}
-    assert sum(samples(text, "fh_prefork_updates_applied_total").values()) >= 2
+    applied: float = sum(samples(text, "fh_prefork_updates_applied_total").values())
+    assert applied >= 2

@@ -68,8 +68,9 @@ def test_one_leader_counts_after_the_leader_is_sigkilled(
         return leader if ok else None
 
     try:
-        leader = wait_for(one_leader, 30, interval=0.2, what="one leader among the workers")
-        assert master not in series_pids(last[0])
+        found = wait_for(one_leader, 30, interval=0.2, what="one leader among the workers")
+        assert found is not None and master not in series_pids(last[0])
+        leader = found
         os.kill(leader, signal.SIGKILL)
         killed_at = time.monotonic()
         new = wait_for(lambda: one_leader(exclude=leader), 40, interval=0.2,

@@ -5,8 +5,9 @@ The lease key is the only key with an expiry, so ``volatile-lru`` and
 too, and one down for two seconds comes back without it. The holder is alive
 and renews within a renewal period: it must take the lease back and keep its
 Edge stream, and no follower may take the vacant lease meanwhile. A sampler
-reads the lease key straight from the store every 20 ms throughout, so a second
-holder, however brief, is seen; the time the key named nobody is printed.
+reads the lease key straight from the store every 20 ms throughout, so a
+second holder, however brief, is seen; the time the key named nobody is
+printed.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def lease_reader(store: str, server: Memcached | Redis, key: str) -> Callable[[]
     def read_redis() -> Any:
         try:
             raw = client.get(key)
-            lease = Lease.decode(raw if isinstance(raw, bytes) or raw is None else raw.encode())
         except redis.RedisError:
             return "down"
+        lease = Lease.decode(raw if isinstance(raw, bytes) else None)
         return lease.pid if lease is not None else None
     return read_redis
 
