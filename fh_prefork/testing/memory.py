@@ -24,14 +24,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id
-from ..store.backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, store_keys
+from ..store.backend import (
+    Lease,
+    LeaseAnswer,
+    Snapshot,
+    StoreUnavailable,
+    released_seconds,
+    store_keys,
+)
 from ..store.core import SessionStore
 from ..store.options import SessionStoreOptions
 
@@ -203,26 +210,38 @@ class MemoryBackend:
         raw, _ = self.medium.get(self.lease_key)
         return Lease.decode(raw)
 
-    def lease_acquire(self, candidate: Lease, ttl: float) -> LeaseAnswer:
+    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
         self._open()
         raw, cas = self.medium.get(self.lease_key)
         mine = candidate.stamped(ttl)
         if raw is None:
+            if not vacant:
+                return LeaseAnswer(False, None)   # left to its last holder, who may renew
             if self.medium.add(self.lease_key, mine.encode(), ttl):
                 return LeaseAnswer(True, mine, ttl)
             return LeaseAnswer(False, self.lease_read())
         current = Lease.decode(raw)
-        if current is None or current.holder == candidate.holder:
-            return self._cas_lease(mine, ttl, cas)   # ours already, or junk nobody can renew
-        return LeaseAnswer(False, current)
+        if current is not None and current.holder != candidate.holder:
+            return LeaseAnswer(False, current)
+        if current is None and raw != _RELEASED and not vacant:
+            return LeaseAnswer(False, None)       # junk: vacant, left alone likewise
+        return self._cas_lease(mine, ttl, cas)    # ours already, released, or junk
 
     def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
         self._open()
         raw, cas = self.medium.get(self.lease_key)
+        mine = lease.stamped(ttl)
+        if raw is None:    # vanished (evicted, restarted empty): still ours, take it back
+            if self.medium.add(self.lease_key, mine.encode(), ttl):
+                return LeaseAnswer(True, mine, ttl, retaken=True)
+            raw, cas = self.medium.get(self.lease_key)
+            if raw is None:
+                return LeaseAnswer(False, None)
         current = Lease.decode(raw)
-        if current is None or current.holder != lease.holder:
+        if current is not None and current.holder != lease.holder:
             return LeaseAnswer(False, current)
-        return self._cas_lease(lease.stamped(ttl), ttl, cas)
+        answer = self._cas_lease(mine, ttl, cas)
+        return replace(answer, retaken=answer.held and current is None)
 
     def lease_release(self, lease: Lease) -> bool:
         self._open()
@@ -230,7 +249,9 @@ class MemoryBackend:
         current = Lease.decode(raw)
         if current is None or current.holder != lease.holder:
             return False
-        return self.medium.delete_if(self.lease_key, cas)
+        # as on memcached: a released marker every contender takes at once, for what was
+        # left of the lease (a vacant lease is left to its last holder until it expires)
+        return self.medium.cas(self.lease_key, _RELEASED, cas, max(0.001, released_seconds(lease)))
 
     def _cas_lease(self, mine: Lease, ttl: float, cas: int | None) -> LeaseAnswer:
         if self.medium.cas(self.lease_key, mine.encode(), cas, ttl):
@@ -243,6 +264,10 @@ class MemoryBackend:
     def _open(self) -> None:
         if self._closed:
             raise StoreUnavailable("this in-memory backend was closed")
+
+
+#: What a released lease holds (see lease_release), as on memcached.
+_RELEASED = b"released"
 
 
 def memory_store(medium: MemoryMedium, config: FeatureHubConfig,
