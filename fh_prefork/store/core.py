@@ -730,9 +730,10 @@ class SessionStore(RawUpdateFeatureListener):
                 except StoreUnavailable:
                     return DEFAULT_MAX_ITEM_BYTES     # unreachable: asked again next time
                 if self._server_item_limit not in (0, DEFAULT_MAX_ITEM_BYTES):
-                    self._log.info("fh_prefork: %s stores items up to %d bytes (its own "
-                                   "limit); writing states up to that size",
-                                   self._backend.description, self._server_item_limit)
+                    # status()["max_item_bytes"] shows it; one line per worker is noise
+                    self._log.debug("fh_prefork: %s stores items up to %d bytes (its own "
+                                    "limit); writing states up to that size",
+                                    self._backend.description, self._server_item_limit)
         return self._server_item_limit or DEFAULT_MAX_ITEM_BYTES
 
     def _set_problem(self, problem: str | None) -> None:
