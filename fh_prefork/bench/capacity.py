@@ -132,7 +132,8 @@ def _stored_bytes(backend: str, url: str, key: str) -> int:
 
 
 def measure(backend: str, mode: str, workers: int, idle: float, updates: int,
-            n_features: int, log: Callable[[str], None]) -> dict[str, Any]:
+            n_features: int, log: Callable[[str], None],
+            refresh: float | None = None) -> dict[str, Any]:
     """One backend and mode: per-worker store load idle and under updates, Edge streams."""
     prefix = f"cap{os.getpid()}"
     with _store_server(backend) as url, EdgeSimulator(keepalive_interval=5.0) as edge:
@@ -141,6 +142,8 @@ def measure(backend: str, mode: str, workers: int, idle: float, updates: int,
             "FEATUREHUB_EDGE_URL": edge.url, "FEATUREHUB_API_KEY": API_KEY,
             "FH_PREFORK_STORE": url, "FH_PREFORK_PREFIX": prefix, "FH_PREFORK_EDGE_MODE": mode,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        if refresh is not None:
+            env["FH_PREFORK_REFRESH_SECONDS"] = str(refresh)
         for name in list(os.environ):
             if name.startswith("FH_PREFORK_") and name not in env:
                 env[name] = None   # Cluster unsets it: the defaults are measured
@@ -178,6 +181,7 @@ def measure(backend: str, mode: str, workers: int, idle: float, updates: int,
     per_update = {k: (update_delta[k] - idle_delta[k] / idle * window) / updates
                   for k in update_delta}
     return {"backend": backend, "mode": mode, "workers": workers, "features": n_features,
+            "refresh_seconds": refresh or (1.0 if mode == "leader" else 5.0),
             "state_bytes": state_bytes, "idle_seconds": idle, "updates": updates,
             "update_window_seconds": round(window, 1),
             "idle_per_worker_per_second": per_worker_idle, "per_update_all_workers": per_update,
@@ -191,14 +195,15 @@ def _fmt(value: float) -> str:
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    lines = ["| backend | mode | workers | idle ops/s per worker | idle bytes/s per worker "
-             "(in + out) | ops per update (all workers) | bytes per update (all workers) | "
-             "Edge streams | store connections |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | mode | refresh | workers | idle ops/s per worker | "
+             "idle bytes/s per worker (in + out) | ops per update (all workers) | "
+             "bytes per update (all workers) | Edge streams | store connections |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         idle, upd = r["idle_per_worker_per_second"], r["per_update_all_workers"]
         lines.append(
-            f"| {r['backend']} | {r['mode']} | {r['workers']} | {_fmt(idle['ops'])} | "
+            f"| {r['backend']} | {r['mode']} | {r['refresh_seconds']:g} s | {r['workers']} | "
+            f"{_fmt(idle['ops'])} | "
             f"{_fmt(idle['bytes_in'] + idle['bytes_out'])} | {_fmt(upd['ops'])} | "
             f"{_fmt(upd['bytes_in'] + upd['bytes_out'])} | {r['edge_streams']} | "
             f"{r['store_connections']} |")
@@ -214,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=50)
     parser.add_argument("--backends", nargs="+", default=["memcache", "redis"],
                         choices=["memcache", "redis"])
+    parser.add_argument("--modes", nargs="+", default=["every", "leader"],
+                        choices=["every", "leader"])
+    parser.add_argument("--refresh", type=float, default=None,
+                        help="FH_PREFORK_REFRESH_SECONDS (default: the setting's default)")
     parser.add_argument("--json", metavar="PATH", help="write the rows here too")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanups
@@ -222,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[capacity] {line}", file=sys.stderr, flush=True)
 
     taken = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = [measure(backend, mode, args.workers, args.idle, args.updates, args.features, log)
-            for backend in args.backends for mode in ("every", "leader")]
+    rows = [measure(backend, mode, args.workers, args.idle, args.updates, args.features, log,
+                    refresh=args.refresh)
+            for backend in args.backends for mode in args.modes]
     print(f"Capacity, taken {taken} on {platform.node() or 'this host'} "
           f"({os.cpu_count()} CPUs, Python {platform.python_version()}), gunicorn sync "
-          f"workers at the default settings, {args.features} features, idle {args.idle:g} s, "
-          f"{args.updates} updates:\n")
+          f"workers, refresh {args.refresh or 'default'}, {args.features} features, "
+          f"idle {args.idle:g} s, {args.updates} updates:\n")
     print(report(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"taken": taken, "rows": rows}, indent=2))
