@@ -266,8 +266,7 @@ def _fill(url: str, prefix: str, n: int) -> None:
 
 
 #: What the memcached row of ``--quick``'s cold start says instead of a figure.
-QUICK_SKIPS_WORKER_START = ("not measured in --quick (a gunicorn per backend is slow); "
-                            "the file row has it, or run without --quick")
+QUICK_SKIPS_WORKER_START = "not measured in --quick (the file row has it)"
 
 
 def section_cold(b: Bench) -> None:
