@@ -35,7 +35,9 @@ def _causes(cluster: Cluster, what: str, expected: str) -> dict[str, Any]:
         causes = {w.get("cause") for w in answer["workers"]}
         return answer if len(answer["workers"]) == 2 and causes == {expected} else None
 
-    return wait_for(report, 20, interval=0.2, what=what)
+    found = wait_for(report, 20, interval=0.2, what=what)
+    assert found is not None
+    return found
 
 
 def test_an_unreachable_store_is_named_not_reported_as_fingerprint_none(
