@@ -291,27 +291,49 @@ def _master_store(master: psutil.Process) -> str | None:
         return None
 
 
-def inspect_server(master_pid: int, timeout: float = 1.0,
-                   store: str | None = None) -> dict[str, Any]:
+#: Seconds ``status --server`` waits before re-checking workers that disagree with the store:
+#: each worker rewrites its record once a second, so a store that just changed is seen by
+#: every worker's record after this (a flip is not a failure).
+SETTLE_SECONDS = 2.0
+
+
+def inspect_server(master_pid: int, timeout: float = 1.0, store: str | None = None,
+                   settle: float = SETTLE_SECONDS) -> dict[str, Any]:
     """Every live worker of a gunicorn or uWSGI master, and whether each agrees with its store.
 
     ``store``: the store URL to compare with, for a store whose password the
     workers' records mask (default: ``FH_PREFORK_STORE`` in the master's
-    environment, when it can be read).
+    environment, when it can be read). Workers that differ from a readable store
+    are asked again once after ``settle`` seconds: their records may predate a
+    change the store just took. A disagreement names its cause where one shows:
+    the store unreachable or empty, Edge not knowing the API key, Edge down.
     """
-    from . import workers
-
     try:
         master = psutil.Process(master_pid)
         title = " ".join(master.cmdline())
     except psutil.Error as err:
         return {"master_pid": master_pid, "workers": [], "healthy": False,
                 "problems": [f"no such process: {err}"], "exit_code": EXIT_UNREACHABLE}
+    report = _inspect_workers(master, title, timeout, store)
+    if settle > 0 and any(r.get("agrees") is False and r.get("cause") == "differs"
+                          for r in report["workers"]):
+        time.sleep(settle)
+        report = _inspect_workers(master, title, timeout, store)
+        report["rechecked_after"] = settle
+    return report
+
+
+def _inspect_workers(master: psutil.Process, title: str, timeout: float,
+                     store: str | None) -> dict[str, Any]:
+    from . import workers
+
+    master_pid = master.pid
     records, silent = workers.read_server(master_pid)
     report: dict[str, Any] = {"master_pid": master_pid, "command": title, "workers": records,
                               "silent": silent, "stores": {}, "problems": []}
     unmasked = store or _master_store(master)
     now = time.time()
+    seen: dict[tuple[str, str, str], tuple[str | None, str | None]] = {}
     for record in records:
         url = str(record.get("store"))
         if ":***@" in url:
@@ -320,45 +342,91 @@ def inspect_server(master_pid: int, timeout: float = 1.0,
                     f"worker {record['pid']}'s store {url} has a masked password: pass "
                     "--store with the full URL to compare with it")
                 record["agrees"] = None
+                record["cause"] = "store password masked"
                 continue
             url = unmasked
         store_key = (url, str(record.get("environment_id")),
                      str(record.get("prefix") or "featurehub"))
-        if store_key not in report["stores"]:
-            report["stores"][store_key] = _store_fingerprint(*store_key, timeout=timeout)
-        stored = report["stores"].get(store_key)
-        record["agrees"] = stored is not None and stored == record.get("fingerprint")
+        if store_key not in seen:
+            seen[store_key] = _store_state(*store_key, timeout=timeout)
+        stored, store_problem = seen[store_key]
         record["age"] = (None if record.get("last_refresh") is None
                          else round(now - float(record["last_refresh"]), 3))
-        if not record["agrees"]:
-            report["problems"].append(f"worker {record['pid']} holds fingerprint "
-                                      f"{str(record.get('fingerprint'))[:12]}, the store "
-                                      f"{str(stored)[:12]}")
+        record["agrees"] = stored is not None and stored == record.get("fingerprint")
+        if record["agrees"]:
+            record["cause"] = None
+            continue
+        cause, problem = _why_differs(record, stored, store_problem, describe_store(url))
+        record["cause"] = cause
+        if cause == "store unreachable":
+            record["agrees"] = None     # nothing to compare with: unknown, not different
+        report["problems"].append(f"worker {record['pid']}: {problem}")
     if not records:
         report["problems"].append(f"process {master_pid} has no live worker publishing its "
                                   "status" + (f" ({len(silent)} child process(es) publish none: "
                                               "fh_prefork not started there)" if silent else ""))
-    report["stores"] = {f"{describe_store(k[0])} {k[2]}_{k[1]}": v
-                        for k, v in report["stores"].items()}
+    report["stores"] = {f"{describe_store(k[0])} {k[2]}_{k[1]}": v[0] for k, v in seen.items()}
     report["healthy"] = not report["problems"]
     report["exit_code"] = EXIT_OK if report["healthy"] else (
         EXIT_UNREACHABLE if not records else EXIT_UNHEALTHY)
     return report
 
 
-def _store_fingerprint(store: str, environment: str, prefix: str,
-                       timeout: float) -> str | None:
-    """The fingerprint of what the store holds (sorted formula), or None when unreadable."""
+#: Edge states of a worker whose Edge view is current (SupervisedEdge's names).
+_EDGE_UP = {"connected", "polling", "standby", "none"}
+
+
+def _why_differs(record: dict[str, Any], stored: str | None, store_problem: str | None,
+                 store_shown: str) -> tuple[str, str]:
+    """(short cause, one line) for a worker whose fingerprint is not the store's."""
+    held = record.get("fingerprint")
+    edge_state = str(record.get("edge_state") or "unknown")
+    holds = (f"holds fingerprint {str(held)[:12]}" if held
+             else "holds no features")
+    if store_problem is not None and stored is None and "unreachable" in store_problem:
+        return "store unreachable", (f"the store {store_shown} is {store_problem}: cannot "
+                                     f"compare (the worker {holds}, Edge {edge_state})")
+    if edge_state == "key_not_found":
+        return "edge key not found", (f"Edge answers that the API key does not exist "
+                                      f"(404, key not found): the worker {holds}; check "
+                                      "FEATUREHUB_API_KEY and that the key was not deleted")
+    if not held and edge_state not in _EDGE_UP:
+        where = store_problem or "holds nothing for it either"
+        return "edge down", (f"Edge is down (state {edge_state}) and the store {where}: the "
+                             "worker has nothing to serve")
+    if stored is None:
+        return "store empty", (f"the store {store_shown} {store_problem or 'holds no data'}; "
+                               f"the worker {holds} (Edge {edge_state})")
+    return "differs", (f"the worker {holds}, the store {stored[:12]} (Edge {edge_state}): it "
+                       "is behind or ahead of the store")
+
+
+def _store_state(store: str, environment: str, prefix: str,
+                 timeout: float) -> tuple[str | None, str | None]:
+    """(fingerprint of what the store holds, sorted formula; or None and why not)."""
     from .store import open_backend
 
     try:
         raw = _read(open_backend(store, f"{prefix}_{environment}", timeout))
-    except Exception:
-        return None
+    except FileNotFoundError:
+        return None, "has no folder yet (nothing was stored)"
+    except Exception as err:  # socket, timeout, permission, refusal: all mean "unreadable"
+        return None, f"unreachable or unreadable ({type(err).__name__}: {err})"
     if raw["value"] is None:
-        return None
+        return None, f"holds no data under {prefix}_{environment}"
     decoded = fs.decode(raw["value"], fs.MAX_READ_BYTES)
-    return None if decoded.problem else fs.fingerprint(decoded.placed.values())
+    if decoded.problem:
+        return None, f"holds junk ({decoded.problem})"
+    return fs.fingerprint(decoded.placed.values()), None
+
+
+def _agreement(record: dict[str, Any]) -> str:
+    if record.get("agrees"):
+        return "agrees"
+    cause = record.get("cause")
+    if record.get("agrees") is None:
+        return f"unknown: {cause}" if cause else "unknown"
+    return "DIFFERS" if cause in (None, "differs") else f"DIFFERS: {cause}"
 
 
 def format_server(report: dict[str, Any]) -> str:
@@ -370,7 +438,7 @@ def format_server(report: dict[str, Any]) -> str:
         rows.append((str(r["pid"]), str(r.get("role")), str(r.get("edge_state") or "-"),
                      "-" if age is None else f"{age:.1f} s ago", str(r.get("features", "-")),
                      str(r.get("fingerprint") or "-")[:12],
-                     {True: "agrees", None: "unknown"}.get(r.get("agrees"), "DIFFERS")))
+                     _agreement(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out.append("")
     out += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

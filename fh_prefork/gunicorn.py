@@ -53,7 +53,7 @@ def on_starting(server: Any) -> None:
     try:
         runtime.check()
     except SettingsError as err:
-        raise SystemExit(f"fh_prefork: refusing to start: {err}") from None
+        serverlog.refuse(server, f"fh_prefork: refusing to start: {err}")
 
 
 def on_reload(server: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 LOGGER = "fh_prefork"
 #: uWSGI's own lines carry no pid or level; ours do, so four workers' lines can be told apart.
@@ -91,3 +92,25 @@ def route_for(server: str) -> bool:
     if server == "gunicorn" and error_log.handlers:
         return route_to(error_log, error_log.level or logging.INFO)
     return False
+
+
+def _writes_to_a_terminal_stream(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(
+        handler, logging.FileHandler) and handler.stream in (sys.stderr, sys.stdout,
+                                                             sys.__stderr__, sys.__stdout__)
+
+
+def refuse(server: object, message: str) -> NoReturn:
+    """Stop a gunicorn master with ``message``: in its error log and, as one line, on stderr.
+
+    ``raise SystemExit(message)`` alone reaches stderr only: with ``--error-logfile``
+    the operator's log would say "Starting gunicorn" and nothing more. The record
+    goes to the error log's handlers that do not already write to stderr (or stdout),
+    so a terminal shows the line once.
+    """
+    error_log = getattr(getattr(server, "log", None), "error_log", None)
+    if isinstance(error_log, logging.Logger):
+        record = error_log.makeRecord(error_log.name, logging.ERROR, __file__, 0, "%s",
+                                      (message,), None)
+        _handle([h for h in error_log.handlers if not _writes_to_a_terminal_stream(h)], record)
+    raise SystemExit(message)

@@ -11,6 +11,8 @@ The README's settings table is generated from ``SETTINGS`` (``fh-prefork setting
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -258,12 +260,48 @@ def check_names(overrides: Mapping[str, Any]) -> None:
                             f"known: {', '.join(_BY_NAME)}")
 
 
+#: Variables in fh_prefork's namespace: a name that starts so and is not a setting is a typo.
+NAMESPACE = "FH_PREFORK_"
+#: Unknown variables already named by this process (a forked worker inherits its master's).
+_warned_unknown: set[str] = set()
+log = logging.getLogger("fh_prefork.settings")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``FH_PREFORK_*`` variable that is no setting, naming the closest one.
+
+    A misspelled setting would otherwise be ignored without a word (its default applies).
+    """
+    known = [s.env for s in SETTINGS if s.env.startswith(NAMESPACE)]
+    lines = []
+    for name in sorted(n for n in environ if n.startswith(NAMESPACE) and n not in known):
+        # compared without the shared prefix, which would make every name look close
+        close = difflib.get_close_matches(name[len(NAMESPACE):],
+                                          [k[len(NAMESPACE):] for k in known], n=1, cutoff=0.6)
+        hint = (f"did you mean {NAMESPACE}{close[0]}?" if close
+                else f"known: {', '.join(known)}")
+        lines.append(f"fh_prefork: unknown setting {name} is ignored: {hint}")
+    return lines
+
+
+def _warn_unknown(environ: Mapping[str, str]) -> None:
+    """Log each unknown variable once per process (and not again in its forked workers)."""
+    for line in unknown_variables(environ):
+        if line not in _warned_unknown:
+            _warned_unknown.add(line)
+            log.warning("%s", line)
+
+
 def load(environ: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Parse every setting from ``overrides`` (configure()) over ``environ``."""
+    """Parse every setting from ``overrides`` (configure()) over ``environ``.
+
+    An unknown ``FH_PREFORK_*`` variable is logged as a warning naming the closest setting.
+    """
     environ = os.environ if environ is None else environ
     overrides = overrides or {}
     check_names(overrides)
+    _warn_unknown(environ)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         if setting.name in overrides:

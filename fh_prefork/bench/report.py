@@ -266,6 +266,10 @@ def _fill(url: str, prefix: str, n: int) -> None:
         store.close(flush_timeout=0)
 
 
+#: What the memcached row of ``--quick``'s cold start says instead of a figure.
+QUICK_SKIPS_WORKER_START = "not measured in --quick (the file row has it)"
+
+
 def section_cold(b: Bench) -> None:
     from featurehub_sdk.featurehub_config import FeatureHubConfig
 
@@ -295,7 +299,9 @@ def section_cold(b: Bench) -> None:
                                "constructor_ms_median": round(statistics.median(took) * 1000, 2),
                                "constructor_ms_max": round(max(took) * 1000, 2)}
         if b.quick and backend == "memcache":
+            # a table cell that says why, not "None": the JSON keeps the figure empty
             row["worker_first_answer_ms_median"] = None
+            row["worker_first_answer_shown"] = QUICK_SKIPS_WORKER_START
             rows.append(row)
             continue
         _progress(f"cold start: fresh gunicorn worker serving {n_features} features from "
@@ -327,12 +333,13 @@ def section_cold(b: Bench) -> None:
                                          interval=0.005) - born)
         row["worker_first_answer_ms_median"] = round(statistics.median(firsts) * 1000, 1)
         row["worker_first_answer_ms_max"] = round(max(firsts) * 1000, 1)
+        row["worker_first_answer_shown"] = row["worker_first_answer_ms_median"]
         rows.append(row)
     b.results["cold"] = {"rows": rows}
     b.emit(table(f"Cold start with {n_features} features in the store",
                  [("backend", "backend"), ("constructor ms (median)", "constructor_ms_median"),
                   ("constructor ms (max)", "constructor_ms_max"),
-                  ("worker fork -> first answer ms (median)", "worker_first_answer_ms_median")],
+                  ("worker fork -> first answer ms (median)", "worker_first_answer_shown")],
                  rows))
 
 

@@ -10,14 +10,14 @@ Opt in from a ``conftest.py``::
 
 ``featurehub`` runs a local Edge (:class:`~fh_prefork.testing.edge_simulator.EdgeSimulator`)
 and points fh_prefork's settings at it, with a private embedded store in the
-test's ``tmp_path``: the application under test, in this process or in a
-server it starts with :attr:`FeatureHubFlags.env`, gets its flags the way it
-does in production (Edge stream, store, replay), not through a mock. ``set``
-and ``delete`` return once the change is served: by fh_prefork in this
-process, or, for a server in a subprocess, by what ``probe(key)`` answers
-(the version the server serves, e.g. from an endpoint of the app; None when
-it has none). Without a probe and with no fh_prefork here they return once
-Edge has the change, and a server follows within milliseconds (its streams).
+test's ``tmp_path``, and starts fh_prefork in the test's process (as a server's
+post-fork hook would; a worker already running there is restarted on these
+settings): the application under test, in this process or in a server it
+starts with :attr:`FeatureHubFlags.env`, gets its flags the way it does in
+production (Edge stream, store, replay), not through a mock. ``set`` and
+``delete`` return once the change is served: by fh_prefork in this process,
+or, for a server in a subprocess, by what ``probe(key)`` answers (the version
+the server serves, e.g. from an endpoint of the app; None when it has none).
 """
 
 from __future__ import annotations
@@ -114,7 +114,14 @@ def featurehub(featurehub_edge: EdgeSimulator, tmp_path: Path,
            "FH_PREFORK_REFRESH_SECONDS": "0.2"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    started_here = runtime.current_worker() is not None
-    yield FeatureHubFlags(featurehub_edge, {**os.environ, **env})
-    if not started_here:
-        runtime.stop_worker()   # a worker this test's app started lazily
+    # configure() overrides would win over the environment: the test's Edge and store rule
+    monkeypatch.setattr(runtime, "_overrides", {})
+    # A worker already running here serves another Edge: the test's flags would never reach
+    # it. Start one on the test's settings now, so that set() has something to wait for
+    # (started lazily by the app's first flag read, the first request would serve nothing).
+    runtime.stop_worker()
+    runtime.start_worker(hooked="fh_prefork.testing.pytest_plugin")
+    try:
+        yield FeatureHubFlags(featurehub_edge, {**os.environ, **env})
+    finally:
+        runtime.stop_worker()

@@ -15,7 +15,7 @@ from .conftest import BIN, EXAMPLES, Server
 
 def _needs(module: str) -> None:
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
+        pytest.skip(f"{module} is not installed (pip install --group dev -e .)")
 
 
 def _serves(value: Any, version: int) -> Callable[[Any], bool]:

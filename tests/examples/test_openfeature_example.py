@@ -22,7 +22,7 @@ def test_openfeature_example_under_gunicorn(start_server: Callable[..., Server],
                                             edge: EdgeSimulator) -> None:
     for module in ("flask", "openfeature"):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
+            pytest.skip(f"{module} is not installed (pip install --group dev -e .)")
     server = start_server([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"],
                           cwd=EXAMPLES / "openfeature")
     body = server.serving("/?user=alice&country=new_zealand", _serves(True, 7))
