@@ -1,7 +1,13 @@
 # The gunicorn hooks run in UvicornWorker processes exactly as in sync workers.
 import os
 
-from fh_prefork.gunicorn import on_reload, on_starting, post_fork, worker_exit  # noqa: F401
+from fh_prefork.gunicorn import (  # noqa: F401
+    child_exit,
+    on_reload,
+    on_starting,
+    post_fork,
+    worker_exit,
+)
 
 worker_class = "uvicorn.workers.UvicornWorker"
 bind = os.environ.get("BIND", "127.0.0.1:8000")

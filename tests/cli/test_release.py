@@ -93,6 +93,7 @@ def test_the_readme_is_short_and_starts_with_what_a_user_needs() -> None:
     first_screen = "\n".join(readme.splitlines()[:60])
     for needed in ("pip install", "pip install -e", "fh-prefork demo"):
         assert needed in first_screen, needed
-    assert "from fh_prefork.gunicorn import on_starting, post_fork, worker_exit" in readme
+    hooks = "from fh_prefork.gunicorn import child_exit, on_starting, post_fork, worker_exit"
+    assert hooks in readme
     assert "import = fh_prefork.uwsgi" in readme and "bash scripts/test" in readme
     assert readme.index("## Install") < readme.index("## Development")

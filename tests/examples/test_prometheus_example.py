@@ -22,7 +22,7 @@ from tests.support.proxy import FaultyProxy
 
 from .conftest import API_KEY, BIN, EXAMPLES, Server
 
-pytest.importorskip("prometheus_client", reason="pip install -e '.[test]'")
+pytest.importorskip("prometheus_client", reason="pip install --group dev -e .")
 
 
 def scrape(server: Server) -> str:

@@ -24,7 +24,7 @@ from tests.leader.test_leader_servers import LEADER_ENV
 from tests.servers.conftest import edge, server_env, start_cluster  # noqa: F401  # fixtures
 from tests.support.procs import wait_for
 
-pytest.importorskip("prometheus_client", reason="pip install -e '.[test]'")
+pytest.importorskip("prometheus_client", reason="pip install --group dev -e .")
 
 
 def scrape(folder: Path) -> str:

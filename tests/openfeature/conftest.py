@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("openfeature", reason="openfeature-sdk is not installed "
-                    "(pip install -e '.[test]')")
+                    "(pip install --group dev -e .)")
 
 from openfeature import api
 from openfeature.event import EventDetails, ProviderEvent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-prometheus_client = pytest.importorskip("prometheus_client", reason="pip install -e '.[test]'")
+prometheus_client = pytest.importorskip("prometheus_client", reason="pip install --group dev -e .")
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client import multiprocess as stock  # noqa: E402
