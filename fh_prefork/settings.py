@@ -170,8 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
             "a feature Edge's current view (its last full list and the events since) keeps "
             "lacking this long was deleted while no stream heard it: removed, and back as "
             "soon as Edge names it again. Longer than an Edge restart or a replica's lag; "
-            "a list naming less than half of what is held counts only after 6 times this, "
-            "an empty list never (see fh_prefork.absence)"),
+            "a list naming less than half of what is held (an empty one included) counts "
+            "only after 6 times this (see fh_prefork.absence)"),
     Setting("edge", "FH_PREFORK_EDGE", _choice("sse", "poll"), "sse",
             "how workers talk to Edge: sse (streaming) or poll"),
     Setting("poll_interval", "FEATUREHUB_POLL_INTERVAL", _whole_seconds, "30",
