@@ -18,9 +18,9 @@ Faults tests need are switches: ``serve_empty``, ``hide`` (a short list), ``repl
 friendlier behaviours stay as explicit options (``delete_sends_held_version``,
 ``legacy_unknown_key_404``, ``legacy_event_ids``, ``keepalive_interval``).
 
-Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085 --api-key KEY``; a
-simulator in another process is driven through the ``/_sim/...`` control API (see the
-README), which checks what it is given: a malformed feature is answered 400 with the reason,
+Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085 --api-key
+KEY``; a simulator in another process is driven through the ``/_sim/...`` control API (see
+the docs' testing page, ``docs/testing.md``), which checks what it is given: a malformed feature is answered 400 with the reason,
 never installed for every worker to ignore. ``{"key": ..., "value": ...}`` is enough there:
 the type is inferred and the version bumped. Versions the simulator picks itself (that short
 form, ``--feature``) start from the clock in milliseconds, so they are above anything a

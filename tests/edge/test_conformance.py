@@ -153,7 +153,7 @@ ROWS: list[Row] = [
         "test_cache_control_max_age"),
     Row("status 236",
         "in the API spec (environment stagnant); the open-source Edge never sends it",
-        "applies the list, then stops polling (state `stale`)",
+        "applies the list, then pauses polling (state `stale`) and resumes after 300 s",
         "backend/edge-api/sse-api.yaml, backend/edge-common/src/main/kotlin/io/featurehub/edge/"
         "rest/FeatureGet.kt",
         "test_status_236"),
@@ -511,7 +511,7 @@ def test_status_236(edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F
     cluster = start(start_cluster, 2, FH_PREFORK_EDGE="poll", FEATUREHUB_POLL_INTERVAL="1")
     wait_converged(edge, cluster, store, SETTLE, "the 236 list applied")
     wait_for(lambda: all(s["edge_state"] == "stale" for s in cluster.statuses().values()),
-             SETTLE, what="polling stopped on 236")
+             SETTLE, what="polling paused on 236")
 
 
 def test_config_edge_stale(edge: EdgeSimulator, start_cluster: StartCluster,  # noqa: F811
