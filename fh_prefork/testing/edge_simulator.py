@@ -22,9 +22,10 @@ Run it standalone with ``python -m fh_prefork.testing.edge_simulator --port 8085
 KEY``; a simulator in another process is driven through the ``/_sim/...`` control API (see
 the docs' testing page, ``docs/testing.md``), which checks what it is given: a malformed
 feature is answered 400 with the reason, never installed for every worker to ignore.
-``{"key": ..., "value": ...}`` is enough there: the type is inferred and the version bumped. Versions the simulator picks itself (that short
-form, ``--feature``) start from the clock in milliseconds, so they are above anything a
-store kept from an earlier run; versions given by code (``make_feature``) are used as given.
+``{"key": ..., "value": ...}`` is enough there: the type is inferred and the version bumped.
+Versions the simulator picks itself (that short form, ``--feature``) start from the clock in
+milliseconds, so they are above anything a store kept from an earlier run; versions given by
+code (``make_feature``) are used as given.
 """
 
 from __future__ import annotations
