@@ -378,6 +378,9 @@ class SessionStore(RawUpdateFeatureListener):
             "healthy": not self._backend_log.failing,
             "push": self._notifier.status() if self._notifier is not None else None,
             "refresh_seconds": self.options.refresh_timeout,
+            # the largest state written: the option, or the server's own limit once known
+            "max_item_bytes": (self.options.max_item_bytes or self._server_item_limit
+                               or DEFAULT_MAX_ITEM_BYTES),
             "counters": self.counters.as_dict(),
             "recent_ticks": list(self._recent_ticks),
         }
@@ -735,7 +738,7 @@ class SessionStore(RawUpdateFeatureListener):
                 except StoreUnavailable:
                     return DEFAULT_MAX_ITEM_BYTES     # unreachable: asked again next time
                 if self._server_item_limit not in (0, DEFAULT_MAX_ITEM_BYTES):
-                    self._log.info("fh_prefork: %s stores items up to %d bytes (its own "
+                    self._log.debug("fh_prefork: %s stores items up to %d bytes (its own "
                                    "limit); writing states up to that size",
                                    self._backend.description, self._server_item_limit)
         return self._server_item_limit or DEFAULT_MAX_ITEM_BYTES
