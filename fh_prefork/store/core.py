@@ -465,10 +465,6 @@ class SessionStore(RawUpdateFeatureListener):
         j = self.options.refresh_jitter
         return self.options.refresh_timeout * random.uniform(1 - j, 1 + j)
 
-    def _is_dirty(self) -> bool:
-        with self._cond:
-            return self._dirty
-
     def _tick(self, full: bool) -> None:
         """One refresh: a cheap token read, and a full sync only when something changed."""
         self.counters.refreshes += 1
