@@ -388,6 +388,9 @@ class SessionStore(RawUpdateFeatureListener):
             "healthy": not self._backend_log.failing,
             "push": self._notifier.status() if self._notifier is not None else None,
             "refresh_seconds": self.options.refresh_timeout,
+            # the largest state written: the option, or the server's own limit once known
+            "max_item_bytes": (self.options.max_item_bytes or self._server_item_limit
+                               or DEFAULT_MAX_ITEM_BYTES),
             "counters": self.counters.as_dict(),
             "recent_ticks": list(self._recent_ticks),
         }
@@ -471,10 +474,6 @@ class SessionStore(RawUpdateFeatureListener):
     def _period(self) -> float:
         j = self.options.refresh_jitter
         return self.options.refresh_timeout * random.uniform(1 - j, 1 + j)
-
-    def _is_dirty(self) -> bool:
-        with self._cond:
-            return self._dirty
 
     def _tick(self, full: bool) -> None:
         """One refresh: a cheap token read, and a full sync only when something changed."""

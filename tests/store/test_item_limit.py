@@ -52,7 +52,7 @@ def test_a_2mb_state_is_written_to_a_memcached_started_with_8m_items(
     try:
         assert store.status()["pending"] == 0 and store.write_problem() is None
         assert stored_bytes(memcached_8m, prefix) > 2_000_000
-        assert any("items up to 8387584 bytes" in r.getMessage() for r in caplog.records)
+        assert store.status()["max_item_bytes"] == 8 * 1024 * 1024 - 1024
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         store.close()
