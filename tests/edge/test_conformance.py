@@ -268,7 +268,7 @@ def test_stream_start(edge: EdgeSimulator, start_cluster: StartCluster,  # noqa:
     cluster = start(start_cluster)
     wait_for(lambda: len(edge.seen_last_event_ids) >= seen + 6, 30,
              what="workers to reconnect after bye")
-    echoed = edge.seen_last_event_ids[seen:]
+    echoed = list(edge.seen_last_event_ids)[seen:]
     assert any(e == etag for e in echoed), echoed         # they echo the id...
     assert not any(e and e.startswith('"') for e in echoed)  # ...unquoted: full lists
     wait_converged(edge, cluster, store, SETTLE, "every worker after several reconnects")
