@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -54,6 +55,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 log = logging.getLogger("fh_prefork.testing.edge_simulator")
 
 __all__ = ["EdgeSimulator", "StreamInfo", "deleted_shape", "main", "make_feature"]
+
+#: how many recent polls and stream starts the simulator remembers for tests
+_RECENT = 10_000
 
 # Sentinel put on a stream queue to make it say ``bye`` and close.
 _BYE = object()
@@ -562,8 +566,10 @@ class EdgeSimulator:
         self.legacy_unknown_key_404 = False
         self.legacy_event_ids = False
         self.stagnant = False
-        self.poll_times: list[float] = []
-        self.seen_last_event_ids: list[str | None] = []
+        #: when each recent poll came (monotonic), and each recent stream's Last-Event-ID: the
+        #: last _RECENT of each, so a simulator left running for days stays small
+        self.poll_times: deque[float] = deque(maxlen=_RECENT)
+        self.seen_last_event_ids: deque[str | None] = deque(maxlen=_RECENT)
         self.total_not_modified = 0
         self.ack_data = json.dumps({"status": "discover"})
         self.bye_data = json.dumps({"status": "closed"})

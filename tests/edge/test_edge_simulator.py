@@ -281,7 +281,7 @@ def test_quoted_last_event_id_is_honoured_and_unquoted_is_not(sim: EdgeSimulator
             assert [reader.next_event()[1] for _ in names] == names, last
         finally:
             reader.close()
-    assert sim.seen_last_event_ids[-3:] == list(expected)
+    assert list(sim.seen_last_event_ids)[-3:] == list(expected)
 
 
 def test_retire_update_retired_and_unretire(sim: EdgeSimulator) -> None:
