@@ -82,7 +82,11 @@ _Tracker = Callable[[Any], None]
 
 class _KeyNotFound(Exception):
     """Edge does not know the API key: a poll's 404, or the stream's ``failure``
-    "Unrecognized API key"."""
+    "Unrecognized API key". ``answer`` is what Edge said, for the log."""
+
+    def __init__(self, error: str, answer: str) -> None:
+        super().__init__(error)
+        self.answer = answer
 
 
 class _EdgeFailure(Exception):
@@ -409,10 +413,10 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
                 self._set_state(
                     "key_not_found",
                     logging.ERROR,
-                    "fh_prefork: Edge %s does not know API key %s (%s): %s; the key does not "
-                    "exist or was deleted. Retrying with backoff up to %.0fs",
-                    self._edge_url, self._keys_for_log(), self._environments(), exc,
-                    self._backoff_max,
+                    "fh_prefork: Edge answered %s for API key %s (%s): the key does not "
+                    "exist or was deleted; retrying with backoff up to %.0fs (Edge %s)",
+                    exc.answer, self._keys_for_log(), self._environments(),
+                    self._backoff_max, self._edge_url,
                 )
             except _PollOnly:
                 if self._stop.is_set():
@@ -514,7 +518,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         resp = self._request(self._sse_path, headers, preload=False)
         try:
             if resp.status == 404:
-                raise _KeyNotFound("HTTP 404")
+                raise _KeyNotFound("HTTP 404: API key not found", "404")
             if resp.status == 501:
                 raise _PollOnly()
             if resp.status != 200:
@@ -591,7 +595,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         elif name == "failure":
             status = self._failure_status(data)
             if _UNKNOWN_KEY in status.lower():
-                raise _KeyNotFound(f"it sent failure {status!r}")
+                raise _KeyNotFound(f"failure {status!r}: API key not found", repr(status))
             raise _EdgeFailure(f"Edge sent failure {status!r}")
         elif name == "bye":
             self._bye = True   # Edge drops every stream after a while; the next one resumes
@@ -653,7 +657,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         resp = self._request(self._poll_path, headers, preload=True)
         status = int(resp.status)
         if status == 404:
-            raise _KeyNotFound("HTTP 404")
+            raise _KeyNotFound("HTTP 404: API key not found", "404")
         if status not in (200, 236, 304):
             raise _BadStatus(status)
         self._take_max_age(resp.headers.get("cache-control"))
