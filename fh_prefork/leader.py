@@ -72,12 +72,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from featurehub_sdk.edge_service import EdgeService
 
 from .edge import SupervisedEdge
-from .store.backend import Lease, LeaseAnswer, LeaseBackend, StoreUnavailable
+from .store.backend import StoreUnavailable
+from .store.lease import Lease, LeaseAnswer, LeaseBackend
 
 log = logging.getLogger("fh_prefork.leader")
 
@@ -93,10 +94,9 @@ FALLBACK = "fallback"
 NEW_LEADER_SECONDS = 2.0
 
 
-def supports_lease(backend: object) -> bool:
+def supports_lease(backend: object) -> TypeGuard[LeaseBackend]:
     """True when ``backend`` implements the lease operations of :class:`LeaseBackend`."""
-    return all(callable(getattr(backend, name, None))
-               for name in ("lease_read", "lease_acquire", "lease_renew", "lease_release"))
+    return isinstance(backend, LeaseBackend)
 
 
 class Election:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import types
-from typing import Any, cast
+from typing import Any
 
 import psutil
 from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContext
@@ -46,7 +46,6 @@ from .leader import FALLBACK, FOLLOWER, NEW_LEADER_SECONDS, EdgeSwitch, Election
 from .listener import ListeningRepository
 from .settings import Settings
 from .store import SessionStore, open_store
-from .store.backend import LeaseBackend
 from .store.health import check_store_at_start
 
 log = logging.getLogger("fh_prefork")
@@ -163,7 +162,7 @@ class Worker:
             grace = refresh if election.role == FALLBACK else refresh + NEW_LEADER_SECONDS
             return store.state_problem(min_age=refresh, absent_min_age=grace)
 
-        election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
+        election = Election(backend, ttl=self.settings.lease_seconds,
                             renew_seconds=self.settings.lease_renew_seconds,
                             follow_seconds=refresh, jitter=self.settings.refresh_jitter,
                             on_role=on_role, state_problem=state_problem,

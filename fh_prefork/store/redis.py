@@ -44,17 +44,10 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
 from ..ratelog import RateLimitedLog
-from .backend import (
-    Lease,
-    LeaseAnswer,
-    Snapshot,
-    StoreUnavailable,
-    Wake,
-    released_seconds,
-    store_keys,
-)
+from .backend import Snapshot, StoreUnavailable, Wake, store_keys
 from .core import SessionStore
 from .core import log as store_log  # push is part of what the store does
+from .lease import Lease, LeaseAnswer, released_seconds
 from .options import RedisSessionStoreOptions
 
 SOURCE = "redis-store"

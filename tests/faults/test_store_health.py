@@ -15,8 +15,8 @@ import redis
 
 from fh_prefork.settings import Settings, load
 from fh_prefork.store import RedisSessionStore
-from fh_prefork.store.backend import Lease
 from fh_prefork.store.health import check_store_at_start
+from fh_prefork.store.lease import Lease
 from fh_prefork.store.options import RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend, make_client
 from fh_prefork.testing.cluster import Cluster

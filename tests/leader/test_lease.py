@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from fh_prefork.leader import FALLBACK, FOLLOWER, LEADER, EdgeSwitch, Election
-from fh_prefork.store.backend import Lease, StoreUnavailable
+from fh_prefork.store.backend import StoreUnavailable
 from fh_prefork.store.file import FileBackend
+from fh_prefork.store.lease import Lease
 from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
 from fh_prefork.store.options import MemcacheSessionStoreOptions, RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend
@@ -175,7 +176,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from fh_prefork.store.file import FileBackend
-from fh_prefork.store.backend import Lease
+from fh_prefork.store.lease import Lease
 b = FileBackend(Path(sys.argv[1]), sys.argv[2])
 assert b.lease_acquire(Lease("child:1:x", "child", 1, time.time() + 2), 2).held
 print("held", flush=True)

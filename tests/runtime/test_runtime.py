@@ -317,8 +317,8 @@ def test_a_follower_gives_a_new_leader_time_to_fill_an_empty_store(
     most cold starts against an Edge a second away; it now waits a period plus
     NEW_LEADER_SECONDS, and still falls back when the store stays empty."""
     from fh_prefork.leader import NEW_LEADER_SECONDS
-    from fh_prefork.store.backend import Lease
     from fh_prefork.store.core import NO_STATE
+    from fh_prefork.store.lease import Lease
     from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
     from fh_prefork.store.options import MemcacheSessionStoreOptions
 
