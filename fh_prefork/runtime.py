@@ -39,7 +39,7 @@ from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContex
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
-from . import serverlog, workers
+from . import serverlog, status_records
 from . import settings as settings_mod
 from .edge import SupervisedEdge, edge_provider
 from .leader import FALLBACK, FOLLOWER, NEW_LEADER_SECONDS, EdgeSwitch, Election, supports_lease
@@ -81,8 +81,8 @@ class Worker:
         self.store: SessionStore | None = None
         self.store_error: str | None = None
         self.edge: SupervisedEdge | None = None
-        self.publisher: workers.Publisher | None = None
-        self.ticker: workers.Ticker | None = None
+        self.publisher: status_records.Publisher | None = None
+        self.ticker: status_records.Ticker | None = None
         self.metrics = False
         try:
             self._build(settings, role)
@@ -125,15 +125,15 @@ class Worker:
         if role != MASTER:   # the absence judge counts silence only from a current view
             self.repository.edge_live = self._edge_live
         if role != MASTER:   # on the store thread, or a ticker of their own without a store
-            tasks: list[tuple[workers.Task, str]] = []
+            tasks: list[tuple[status_records.Task, str]] = []
             parent = os.getppid()      # the prefork master (or whoever started us)
             if parent > 1:
-                self.publisher = workers.Publisher(self.status, parent)
+                self.publisher = status_records.Publisher(self.status, parent)
                 tasks.append((self.publisher.step, "status record"))
             if _metrics is not None:
                 tasks.append((_metrics.Exporter(self.status).step, "metrics"))
                 self.metrics = True
-            self.ticker = workers.run_tasks(self.store, tasks)
+            self.ticker = status_records.run_tasks(self.store, tasks)
 
     def _elect(self, switch: EdgeSwitch) -> None:
         """Leader mode: run the lease as a store task; the role switches the Edge connection."""

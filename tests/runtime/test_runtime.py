@@ -83,7 +83,7 @@ def test_a_worker_interrupted_while_starting_stops_what_it_started(
         assert edge.wait_for_streams(1, 5)       # Edge and the store are running by now
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fh_prefork.workers.Publisher", interrupted)
+    monkeypatch.setattr("fh_prefork.status_records.Publisher", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fh_prefork.start_worker()
     assert runtime.current_worker() is None
