@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict, runtime_checkable
 
 from .options import validate_key
 
@@ -94,6 +94,19 @@ class StoreBackend(Protocol):
 # -- push (optional) --------------------------------------------------------------------------
 
 
+class _PushStatus(TypedDict):
+    connected: bool
+    reconnects: int | None      # None: nothing to reconnect (inotify)
+    last_error: str | None
+
+
+class PushStatus(_PushStatus, total=False):
+    """``ChangeNotifier.status()``: whether notifications arrive, and how it went."""
+
+    messages: int               # Redis: pub/sub messages received
+    events: int                 # inotify: directory events received
+
+
 class ChangeNotifier(Protocol):
     """Wakes a store when another writer changed the data: the optional push part.
 
@@ -113,10 +126,41 @@ class ChangeNotifier(Protocol):
         """Stop promptly (well under a second); no ``wake`` after it returns."""
         ...
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PushStatus:
         """``connected`` (notifications arrive now), ``reconnects``, ``last_error``."""
         ...
 
 
 #: What a backend's optional ``notifier`` method is called with: ``wake(full)``.
 Wake = Callable[[bool], None]
+
+
+# -- optional abilities: the store core asks isinstance(), never getattr() -------------------
+
+
+@runtime_checkable
+class PushBackend(Protocol):
+    """A backend that can push: ``notifier(wake)`` makes its notifier (None: not here)."""
+
+    def notifier(self, wake: Wake) -> ChangeNotifier | None:
+        ...
+
+
+@runtime_checkable
+class TokenKind(Protocol):
+    """A backend that says whether its change tokens are fingerprints of the data.
+
+    Without it they are (memcached, Redis): a token that matches no formula is
+    settled. The file backend's tokens are the file's identity: never settled.
+    """
+
+    fingerprint_tokens: bool
+
+
+@runtime_checkable
+class ItemLimitBackend(Protocol):
+    """A backend whose server can say the largest item it stores (memcached's ``-I``)."""
+
+    def item_limit(self) -> int | None:
+        """The server's item limit in bytes; None or 0: it does not say."""
+        ...

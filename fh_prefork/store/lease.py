@@ -11,10 +11,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 #: Bytes a lease record may take; longer values are junk (the file backend pads to this size).
 LEASE_RECORD_BYTES = 512
+
+
+class LeaseRecord(TypedDict):
+    """``Lease.public()``: the lease as status and the CLI show it."""
+
+    holder: str
+    host: str
+    pid: int
+    expires_at: float
+    edge: str | None
+    store: str | None
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class Lease:
         return cls(holder, host, pid, float(expires), edge if isinstance(edge, str) else None,
                    store if isinstance(store, str) and store else None)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> LeaseRecord:
         return {"holder": self.holder, "host": self.host, "pid": self.pid,
                 "expires_at": self.expires_at, "edge": self.edge, "store": self.store}
 
