@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 
 from fh_prefork import status_records
+from fh_prefork.runtime import WorkerStatus
 
 
 def test_a_worker_that_exits_before_its_first_step_removes_nothing_and_does_not_raise(
         tmp_path: Path) -> None:
-    publisher = status_records.Publisher(lambda: {}, os.getppid(), base=tmp_path)
+    def status() -> WorkerStatus:
+        raise AssertionError("no step ran: the status is never asked")
+
+    publisher = status_records.Publisher(status, os.getppid(), base=tmp_path)
     publisher.remove()        # worker_exit before the store thread ran: no record, no error
     assert not (tmp_path / "workers").exists()
 
