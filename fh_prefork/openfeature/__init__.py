@@ -46,6 +46,7 @@ This is the only package of fh_prefork that imports ``openfeature``: the provide
 from __future__ import annotations
 
 from .evaluation import fh_context
-from .provider import FATAL, NOT_READY, READY, STALE, FeatureHubProvider
+from .provider import FATAL, NOT_READY, READY, STALE, FeatureHubProvider, ProviderState
 
-__all__ = ["NOT_READY", "READY", "STALE", "FATAL", "FeatureHubProvider", "fh_context"]
+__all__ = ["NOT_READY", "READY", "STALE", "FATAL", "FeatureHubProvider", "ProviderState",
+           "fh_context"]

@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal
 
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent, ProviderEventDetails
@@ -27,13 +27,17 @@ from ..ratelog import RateLimitedLog
 from .evaluation import STALE_REASON, STATIC, ObjectValue, error, evaluate, feature_metadata
 from .fork import fresh_openfeature, providers
 
-__all__ = ["FATAL", "NOT_READY", "READY", "STALE", "FeatureHubProvider"]
+__all__ = ["FATAL", "NOT_READY", "READY", "STALE", "FeatureHubProvider", "ProviderState"]
 
 log = logging.getLogger("fh_prefork.openfeature")
 
 #: What the watcher sees in a worker (``FeatureHubProvider.state()``); FATAL: Edge does not
 #: know the API key.
-NOT_READY, READY, STALE, FATAL = "not_ready", "ready", "stale", "fatal"
+ProviderState = Literal["not_ready", "ready", "stale", "fatal"]
+NOT_READY: Final = "not_ready"
+READY: Final = "ready"
+STALE: Final = "stale"
+FATAL: Final = "fatal"
 
 
 class _Changes(RawUpdateFeatureListener):
@@ -87,7 +91,7 @@ class FeatureHubProvider(AbstractProvider):
         self._cond = threading.Condition()
         self._worker: runtime.Worker | None = None   # the worker the listener is attached to
         self._pending: dict[str, None] = {}          # changed keys not announced yet (ordered)
-        self._emitted: str | None = None             # the status last announced in this process
+        self._emitted: ProviderState | None = None   # the status last announced here
         self._known: dict[str, tuple[Any, ...]] = {}  # key -> (id, version, value) announced
         self._known_for: runtime.Worker | None = None  # the worker _known describes
         self._stop = threading.Event()
@@ -189,7 +193,7 @@ class FeatureHubProvider(AbstractProvider):
 
     # -- introspection --------------------------------------------------------------------------
 
-    def state(self) -> str:
+    def state(self) -> ProviderState:
         """What this process's worker is now: ``ready``, ``stale``, ``fatal`` or ``not_ready``."""
         worker = runtime.current_worker()
         return NOT_READY if worker is None else _observe(worker)[0]
@@ -278,7 +282,7 @@ class FeatureHubProvider(AbstractProvider):
                 self._pending[key] = None
             self._cond.notify_all()
 
-    def _wait_for_state(self, worker: runtime.Worker) -> tuple[str, str | None]:
+    def _wait_for_state(self, worker: runtime.Worker) -> tuple[ProviderState, str | None]:
         """Bounded wait until the worker has a state, or Edge said the key does not exist.
 
         ``_observe`` takes the store's lock, so it is never called under ours (the
@@ -359,7 +363,7 @@ _KEY_UNKNOWN = ("Edge does not know the API key (HTTP 404, or 'Unrecognized API 
                 "does not exist or was deleted")
 
 
-def _observe(worker: runtime.Worker) -> tuple[str, str | None]:
+def _observe(worker: runtime.Worker) -> tuple[ProviderState, str | None]:
     """ready / stale / fatal / not_ready, and why, from the worker's typed health."""
     health = worker.health()
     if health.key_not_found:
