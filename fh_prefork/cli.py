@@ -325,10 +325,10 @@ def inspect_server(master_pid: int, timeout: float = 1.0, store: str | None = No
 
 def _inspect_workers(master: psutil.Process, title: str, timeout: float,
                      store: str | None) -> dict[str, Any]:
-    from . import workers
+    from . import status_records
 
     master_pid = master.pid
-    records, silent = workers.read_server(master_pid)
+    records, silent = status_records.read_server(master_pid)
     report: dict[str, Any] = {"master_pid": master_pid, "command": title, "workers": records,
                               "silent": silent, "stores": {}, "problems": []}
     unmasked = store or _master_store(master)

@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from urllib.parse import quote
 
 import urllib3
@@ -59,7 +59,7 @@ from .listener import ListeningRepository
 
 log = logging.getLogger("fh_prefork.edge")
 
-__all__ = ["EdgeState", "SupervisedEdge", "Transport", "edge_provider"]
+__all__ = ["EdgeState", "EdgeStatus", "EdgeView", "SupervisedEdge", "Transport", "edge_provider"]
 
 #: status()["state"]: ``key_not_found`` is Edge not knowing the API key (poll 404, or the
 #: stream's ``failure`` "Unrecognized API key"); ``stale`` is Edge asking for a pause
@@ -68,6 +68,30 @@ EdgeState = Literal["connecting", "connected", "backoff", "key_not_found", "stal
 #: status()["transport"]; status()["polling_fallback"] is True when "poll" was chosen because
 #: the stream path answered 501 (a poll-only Edge).
 Transport = Literal["sse", "poll"]
+#: A worker's Edge view: its connection's state, ``standby`` (leader mode, switched off: a
+#: follower) or ``none`` (no connection at all: a prefork master).
+EdgeView = Literal[EdgeState, "standby", "none"]
+
+
+class _EdgeStatusState(TypedDict):
+    state: EdgeView
+
+
+class EdgeStatus(_EdgeStatusState, total=False):
+    """``SupervisedEdge.status()``; a switched-off or absent connection has ``state`` alone
+    (and ``terms``, in leader mode), so every other key is optional to a reader."""
+
+    transport: Transport
+    polling_fallback: bool
+    poll_interval: float | None
+    connects: int
+    failures: int
+    events: int
+    last_error: str | None
+    last_event_at: float | None
+    next_attempt_in: float | None
+    #: leader mode (EdgeSwitch): leadership terms begun, each with a connection of its own
+    terms: int
 
 #: The text of the stream's ``failure`` for an unknown or deleted key (TimedBucketClientConnection).
 _UNKNOWN_KEY = "unrecognized api key"
@@ -331,7 +355,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             return (self._last_ok_at is not None
                     and time.monotonic() - self._last_ok_at <= 2.0 * self._poll_interval)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EdgeStatus:
         """Snapshot for health endpoints and tests."""
         with self._lock:
             next_in: float | None = None

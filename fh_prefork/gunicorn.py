@@ -41,7 +41,7 @@ import os
 import sys
 from typing import Any
 
-from . import green, runtime, serverlog, workers
+from . import green, runtime, serverlog, status_records
 from .settings import SettingsError
 
 __all__ = ["child_exit", "on_reload", "on_starting", "post_fork", "worker_exit"]
@@ -81,7 +81,7 @@ def child_exit(server: Any, worker: Any) -> None:
     pid = getattr(worker, "pid", None)
     if not isinstance(pid, int) or pid == os.getpid():
         return
-    workers.forget(pid, master_pid=os.getpid())
+    status_records.forget(pid, master_pid=os.getpid())
 
 
 if "gunicorn.arbiter" in sys.modules:

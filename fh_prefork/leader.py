@@ -72,31 +72,53 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final, Literal, TypedDict, TypeGuard
 
 from featurehub_sdk.edge_service import EdgeService
 
-from .edge import SupervisedEdge
-from .store.backend import Lease, LeaseAnswer, LeaseBackend, StoreUnavailable
+from .edge import EdgeStatus, SupervisedEdge
+from .store.backend import StoreUnavailable
+from .store.lease import Lease, LeaseAnswer, LeaseBackend, LeaseRecord
 
 log = logging.getLogger("fh_prefork.leader")
 
-__all__ = ["FALLBACK", "FOLLOWER", "LEADER", "EdgeSwitch", "Election",
-           "supports_lease"]
+__all__ = ["FALLBACK", "FOLLOWER", "LEADER", "EdgeSwitch", "Election", "ElectionStatus",
+           "Role", "supports_lease"]
 
-LEADER = "leader"
-FOLLOWER = "follower"
-FALLBACK = "fallback"
+#: A worker's part in leader mode: it holds the lease, follows the store, or (the store
+#: unusable) connects to Edge itself.
+Role = Literal["leader", "follower", "fallback"]
+LEADER: Final = "leader"
+FOLLOWER: Final = "follower"
+FALLBACK: Final = "fallback"
 
 #: Seconds, beyond one refresh period, a follower gives a new leader to fill an empty store
 #: before opening its own Edge connection: time for an Edge answer from far away.
 NEW_LEADER_SECONDS = 2.0
 
 
-def supports_lease(backend: object) -> bool:
+def supports_lease(backend: object) -> TypeGuard[LeaseBackend]:
     """True when ``backend`` implements the lease operations of :class:`LeaseBackend`."""
-    return all(callable(getattr(backend, name, None))
-               for name in ("lease_read", "lease_acquire", "lease_renew", "lease_release"))
+    return isinstance(backend, LeaseBackend)
+
+
+class ElectionStatus(TypedDict):
+    """``Election.status()``: this worker's role and the lease as it last saw it."""
+
+    role: Role
+    lease: LeaseRecord | None
+    holder: str
+    lease_ttl: float
+    renew_seconds: float
+    follow_seconds: float
+    lease_valid_for: float | None
+    since: float
+    terms: int
+    role_changes: int
+    lease_retaken: int
+    failures: int
+    fallback_reason: str | None
+    last_error: str | None
 
 
 class Election:
@@ -104,7 +126,7 @@ class Election:
 
     def __init__(self, backend: LeaseBackend, *, ttl: float, renew_seconds: float | None = None,
                  follow_seconds: float = 1.0, jitter: float = 0.2, fallback_after: int = 2,
-                 on_role: Callable[[str, str], None] | None = None,
+                 on_role: Callable[[Role, Role], None] | None = None,
                  state_problem: Callable[[], str | None] | None = None,
                  edge_state: Callable[[], str | None] | None = None,
                  write_problem: Callable[[], str | None] | None = None,
@@ -134,7 +156,7 @@ class Election:
         self.pid = os.getpid() if pid is None else pid
         self.holder = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
         self._lock = threading.Lock()     # guards what status() reads from other threads
-        self.role = FOLLOWER
+        self.role: Role = FOLLOWER
         self._announced = False
         self._mine: Lease | None = None         # our lease while we lead
         self._current: Lease | None = None      # the lease as last seen in the backend
@@ -285,7 +307,7 @@ class Election:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ElectionStatus:
         with self._lock:
             lease = self._mine if self._mine is not None else self._current
             valid_for = None
@@ -322,7 +344,7 @@ class Election:
     def _describe(lease: Lease | None) -> str:
         return f"{lease.host}:{lease.pid}" if lease is not None else "nobody yet"
 
-    def _become(self, role: str, msg: str, *args: Any) -> None:
+    def _become(self, role: Role, msg: str, *args: Any) -> None:
         old = self.role
         with self._lock:
             self.role = role
@@ -389,8 +411,8 @@ class EdgeSwitch(EdgeService):  # type: ignore[misc]  # the SDK is untyped
         edge = self._edge
         return edge is not None and edge.live()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EdgeStatus:
         edge = self._edge
-        status: dict[str, Any] = edge.status() if edge is not None else {"state": "standby"}
+        status: EdgeStatus = edge.status() if edge is not None else {"state": "standby"}
         status["terms"] = self.starts
         return status

@@ -55,7 +55,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
@@ -63,6 +63,7 @@ from prometheus_client import Counter, Gauge
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.metrics_core import Metric
 
+from .health import WorkerHealth
 from .leader import FALLBACK, FOLLOWER
 from .leader import LEADER as LEADER_ROLE
 
@@ -134,10 +135,10 @@ def metrics() -> _Metrics:
         return _metrics
 
 
-def store_kind(status: dict[str, Any]) -> str:
+def store_kind(store_url: str | None) -> str:
     """memcache, redis, file or none: the store URL's scheme (never the URL, which may hold
     secrets); the kind configured, whether or not it opened (see store_healthy)."""
-    url = str(status.get("store_url") or "none")
+    url = store_url or "none"
     if url.startswith("memcache://"):
         return "memcache"
     if url.startswith(("redis://", "rediss://", "redis+")):
@@ -146,11 +147,11 @@ def store_kind(status: dict[str, Any]) -> str:
 
 
 class Exporter:
-    """Turns one worker's status into metric updates; ``step`` runs on its store thread
+    """Turns one worker's health into metric updates; ``step`` runs on its store thread
     (or the worker's own timer thread when it has no store)."""
 
-    def __init__(self, status: Any) -> None:
-        self._status = status           # () -> the worker's status() dict
+    def __init__(self, health: Callable[[], WorkerHealth]) -> None:
+        self._health = health           # the worker's health(): no look at the process
         self._seen: dict[str, int] = {}
         self._edge_states: set[str] = set()
         self._steps = 0
@@ -160,41 +161,34 @@ class Exporter:
         if self._steps % SWEEP_EVERY == 0:
             sweep_dead()
         self._steps += 1
-        status = self._status()
-        store = status.get("store") or {}
-        counters = store.get("counters") or {}
+        health = self._health()
         for name, metric in m.counters.items():
-            self._inc(name, metric, counters.get(name, 0))
-        for source, count in (status.get("applied") or {}).items():
+            self._inc(name, metric, health.counters.get(name, 0))
+        for source, count in health.applied.items():
             self._inc(f"applied:{source}", m.updates_applied.labels(source=source), count)
-        edge = status.get("edge") or {}
-        term = edge.get("terms", 0)   # a leader's Edge connection is new each term
-        reconnects = max(0, int(edge.get("connects") or 0) - 1)
-        self._inc(f"reconnects:{term}", m.edge_reconnects, reconnects)
+        # a leader's Edge connection is new each term
+        reconnects = max(0, health.edge_connects - 1)
+        self._inc(f"reconnects:{health.edge_terms}", m.edge_reconnects, reconnects)
         from . import __version__
 
-        m.info.labels(version=__version__, store=store_kind(status),
-                      edge_mode=str(status.get("edge_mode") or "every")).set(1)
-        last = store.get("last_refresh")
-        if last is not None:
-            m.refresh_age.set(max(0.0, time.time() - float(last)))
-        m.store_healthy.set(1 if store and store.get("healthy") else 0)
-        push = store.get("push") or {}
-        m.push_connected.set(1 if push.get("connected") else 0)
-        state = str(edge.get("state") or "none")
+        m.info.labels(version=__version__, store=store_kind(health.store_url),
+                      edge_mode=health.edge_mode or "every").set(1)
+        if health.last_refresh is not None:
+            m.refresh_age.set(max(0.0, time.time() - health.last_refresh))
+        m.store_healthy.set(1 if health.store_healthy else 0)
+        m.push_connected.set(1 if health.push_connected else 0)
+        state = health.edge_state
         m.edge_connected.set(1 if state == "connected" else 0)
         for seen in self._edge_states - {state}:
             m.edge_state.labels(state=seen).set(0)
         m.edge_state.labels(state=state).set(1)
         self._edge_states.add(state)
-        lease = status.get("lease") or {}
-        m.key_not_found.set(1 if "key_not_found" in (state, lease.get("edge")) else 0)
-        role = status.get("role")
-        m.leader.set(1 if role == LEADER_ROLE else 0)
-        if status.get("edge_mode") == "leader":
+        m.key_not_found.set(1 if health.key_not_found else 0)
+        m.leader.set(1 if health.role == LEADER_ROLE else 0)
+        if health.edge_mode == "leader":
             for name in ROLES:
-                m.role.labels(role=name).set(1 if role == name else 0)
-        m.features.set(int(status.get("features") or 0))
+                m.role.labels(role=name).set(1 if health.role == name else 0)
+        m.features.set(health.features)
         return PERIOD
 
     def _inc(self, name: str, metric: Any, value: int) -> None:

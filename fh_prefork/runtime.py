@@ -32,22 +32,33 @@ import sys
 import threading
 import time
 import types
-from typing import Any, cast
+from typing import Any, TypedDict
 
 import psutil
 from featurehub_sdk.client_context import ClientContext, ClientEvalFeatureContext
 from featurehub_sdk.edge_service import EdgeService
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
-from . import serverlog, workers
+from . import serverlog, status_records
 from . import settings as settings_mod
-from .edge import SupervisedEdge, edge_provider
-from .leader import FALLBACK, FOLLOWER, NEW_LEADER_SECONDS, EdgeSwitch, Election, supports_lease
+from .edge import EdgeStatus, EdgeView, SupervisedEdge, edge_provider
+from .health import WorkerHealth
+from .leader import (
+    FALLBACK,
+    FOLLOWER,
+    NEW_LEADER_SECONDS,
+    EdgeSwitch,
+    Election,
+    ElectionStatus,
+    Role,
+    supports_lease,
+)
 from .listener import ListeningRepository
 from .settings import Settings
 from .store import SessionStore, open_store
-from .store.backend import LeaseBackend
+from .store.core import StoreStatus
 from .store.health import check_store_at_start
+from .store.lease import LeaseRecord
 
 log = logging.getLogger("fh_prefork")
 
@@ -61,6 +72,42 @@ _current: Worker | None = None
 _master_pid: int | None = None        # pid of the process marked as a prefork master
 _forked_from: int | None = None       # set in a child whose parent had a runtime
 _unanswered_fork: int | None = None   # parent pid of a fork no start_worker() answered yet
+
+
+class NotStartedStatus(TypedDict):
+    """``status()`` in a process where fh_prefork has not started (yet)."""
+
+    pid: int
+    role: str               # "not started"
+    forked_from: int | None
+
+
+class WorkerStatus(TypedDict):
+    """``Worker.status()``: the whole record of one worker, for people, the CLI and tests."""
+
+    pid: int
+    role: str               # leader, follower or fallback in leader mode; else process_role
+    process_role: str       # worker or master
+    lease: LeaseRecord | None
+    election: ElectionStatus | None
+    master_pid: int | None
+    started_at: float
+    forked_from: int | None
+    store_url: str
+    store: StoreStatus | None
+    store_error: str | None
+    edge_transport: str
+    edge_mode: str
+    edge: EdgeStatus
+    edge_state: EdgeView
+    fingerprint: str | None
+    last_refresh: float | None
+    counters: dict[str, int]
+    features: int
+    applied: dict[str, int]
+    memory_rss: int
+    threads: int
+    settings: dict[str, Any]
 
 
 class _NoEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
@@ -82,8 +129,8 @@ class Worker:
         self.store: SessionStore | None = None
         self.store_error: str | None = None
         self.edge: SupervisedEdge | None = None
-        self.publisher: workers.Publisher | None = None
-        self.ticker: workers.Ticker | None = None
+        self.publisher: status_records.Publisher | None = None
+        self.ticker: status_records.Ticker | None = None
         self.metrics = False
         try:
             self._build(settings, role)
@@ -126,15 +173,15 @@ class Worker:
         if role != MASTER:   # the absence judge counts silence only from a current view
             self.repository.edge_live = self._edge_live
         if role != MASTER:   # on the store thread, or a ticker of their own without a store
-            tasks: list[tuple[workers.Task, str]] = []
+            tasks: list[tuple[status_records.Task, str]] = []
             parent = os.getppid()      # the prefork master (or whoever started us)
             if parent > 1:
-                self.publisher = workers.Publisher(self.status, parent)
+                self.publisher = status_records.Publisher(self.status, parent)
                 tasks.append((self.publisher.step, "status record"))
             if _metrics is not None:
-                tasks.append((_metrics.Exporter(self.status).step, "metrics"))
+                tasks.append((_metrics.Exporter(self.health).step, "metrics"))
                 self.metrics = True
-            self.ticker = workers.run_tasks(self.store, tasks)
+            self.ticker = status_records.run_tasks(self.store, tasks)
 
     def _elect(self, switch: EdgeSwitch) -> None:
         """Leader mode: run the lease as a store task; the role switches the Edge connection."""
@@ -147,7 +194,7 @@ class Worker:
             switch.start()
             return
 
-        def on_role(old: str, new: str) -> None:  # on the store thread
+        def on_role(old: Role, new: Role) -> None:  # on the store thread
             if new == FOLLOWER:
                 switch.stop()       # at once: a follower must not hear or write anything
             else:
@@ -163,11 +210,11 @@ class Worker:
             grace = refresh if election.role == FALLBACK else refresh + NEW_LEADER_SECONDS
             return store.state_problem(min_age=refresh, absent_min_age=grace)
 
-        election = Election(cast(LeaseBackend, backend), ttl=self.settings.lease_seconds,
+        election = Election(backend, ttl=self.settings.lease_seconds,
                             renew_seconds=self.settings.lease_renew_seconds,
                             follow_seconds=refresh, jitter=self.settings.refresh_jitter,
                             on_role=on_role, state_problem=state_problem,
-                            edge_state=lambda: switch.status().get("state"),
+                            edge_state=lambda: switch.status()["state"],
                             write_problem=store.write_problem)
         self.election = election
         self.store.add_task(election.step, on_close=election.release, name="election")
@@ -179,7 +226,7 @@ class Worker:
         return self.edge is not None and self.edge.live()
 
     @property
-    def edge_role(self) -> str | None:
+    def edge_role(self) -> Role | None:
         """leader, follower or fallback in leader mode; None otherwise."""
         if self.election is not None:
             return self.election.role
@@ -211,12 +258,36 @@ class Worker:
         if self.metrics and _metrics is not None:
             _metrics.mark_dead(self.pid)
 
-    def status(self) -> dict[str, Any]:
+    def edge_status(self) -> EdgeStatus:
+        """This worker's Edge connection: the switch's in leader mode, ``none`` without one."""
+        if self.switch is not None:
+            return self.switch.status()
+        return self.edge.status() if self.edge is not None else {"state": "none"}
+
+    def health(self) -> WorkerHealth:
+        """The few facts the provider and the metrics watch, without a look at the process."""
+        store = self.store.status() if self.store is not None else None
+        edge = self.edge_status()
+        lease = self.election.status()["lease"] if self.election is not None else None
+        push = store["push"] if store is not None else None
+        return WorkerHealth(
+            pid=self.pid, role=self.edge_role or self.role, edge_mode=self.settings.edge_mode,
+            store_url=self.settings.store_display, edge_state=edge["state"],
+            edge_error=edge.get("last_error"), edge_connects=edge.get("connects", 0),
+            edge_terms=edge.get("terms", 0),
+            lease_edge=lease["edge"] if lease is not None else None,
+            ready=self.repository.is_ready(),
+            store_healthy=store is not None and store["healthy"],
+            push_connected=push is not None and push["connected"],
+            last_refresh=store["last_refresh"] if store is not None else None,
+            features=self.repository.known_features(),
+            counters=store["counters"] if store is not None else {},
+            applied=dict(self.repository.applied))
+
+    def status(self) -> WorkerStatus:
         proc = psutil.Process(self.pid)
         store = self.store.status() if self.store is not None and self.role != MASTER else None
-        edge = self.edge.status() if self.edge is not None else {"state": "none"}
-        if self.switch is not None:
-            edge = self.switch.status()
+        edge = self.edge_status()
         election = self.election.status() if self.election is not None else None
         parent = proc.parent()
         return {
@@ -234,7 +305,7 @@ class Worker:
             "edge_transport": edge.get("transport", self.settings.edge),   # poll after a 501
             "edge_mode": self.settings.edge_mode,
             "edge": edge,
-            "edge_state": edge.get("state"),
+            "edge_state": edge["state"],
             "fingerprint": store["fingerprint"] if store else None,
             "last_refresh": store["last_refresh"] if store else None,
             "counters": store["counters"] if store else {},
@@ -382,7 +453,7 @@ def context() -> ClientContext:
     return ClientEvalFeatureContext(current.repository, current.edge_service)
 
 
-def status() -> dict[str, Any]:
+def status() -> WorkerStatus | NotStartedStatus:
     """What this process knows: pid, role, store, Edge state, last refresh, counters."""
     current = _current
     if current is None or current.pid != os.getpid():

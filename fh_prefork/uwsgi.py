@@ -20,7 +20,7 @@ What uWSGI 2.0.31 on CPython 3.11 does, found by the tests in ``tests/servers``:
   (gunicorn's ``child_exit``). A worker killed outright (SIGKILL, the OOM
   killer) never reaches ``atexit``; its Prometheus gauges and status record are
   removed by the workers' sweep instead (:func:`fh_prefork.prometheus.sweep_dead`,
-  :func:`fh_prefork.workers.sweep_records`): at the first export of the worker
+  :func:`fh_prefork.status_records.sweep_records`): at the first export of the worker
   uWSGI respawns in its place, and every ten seconds in every worker.
 """
 

@@ -15,11 +15,9 @@ and never mistakes the deletion for a loss to be written back.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, TypedDict, runtime_checkable
 
 from .options import validate_key
 
@@ -96,6 +94,19 @@ class StoreBackend(Protocol):
 # -- push (optional) --------------------------------------------------------------------------
 
 
+class _PushStatus(TypedDict):
+    connected: bool
+    reconnects: int | None      # None: nothing to reconnect (inotify)
+    last_error: str | None
+
+
+class PushStatus(_PushStatus, total=False):
+    """``ChangeNotifier.status()``: whether notifications arrive, and how it went."""
+
+    messages: int               # Redis: pub/sub messages received
+    events: int                 # inotify: directory events received
+
+
 class ChangeNotifier(Protocol):
     """Wakes a store when another writer changed the data: the optional push part.
 
@@ -115,7 +126,7 @@ class ChangeNotifier(Protocol):
         """Stop promptly (well under a second); no ``wake`` after it returns."""
         ...
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PushStatus:
         """``connected`` (notifications arrive now), ``reconnects``, ``last_error``."""
         ...
 
@@ -124,131 +135,32 @@ class ChangeNotifier(Protocol):
 Wake = Callable[[bool], None]
 
 
-# -- leader lease (FH_PREFORK_EDGE_MODE=leader) ------------------------------------------------
-
-#: Bytes a lease record may take; longer values are junk (the file backend pads to this size).
-LEASE_RECORD_BYTES = 512
+# -- optional abilities: the store core asks isinstance(), never getattr() -------------------
 
 
-@dataclass(frozen=True)
-class Lease:
-    """Who holds the leader lease, stored as JSON bytes (plain JSON, never a serialized object).
+@runtime_checkable
+class PushBackend(Protocol):
+    """A backend that can push: ``notifier(wake)`` makes its notifier (None: not here)."""
 
-    ``holder`` is ``host:pid:nonce`` (the nonce tells two terms of one pid
-    apart); ``expires_at`` is unix time, for people and the CLI: decisions use
-    the backend's own expiry (memcached) or lock (file) and a local monotonic
-    deadline, never a comparison of two hosts' clocks. ``edge`` is the
-    leader's Edge connection state at its last renewal (``connected``,
-    ``key_not_found``...): followers never talk to Edge, and learn from it
-    that the API key was deleted. ``store`` is why the leader cannot write the
-    state it holds (over the item limit), if it cannot: its followers would
-    otherwise serve the older state in the store for as long as that lasts.
+    def notifier(self, wake: Wake) -> ChangeNotifier | None:
+        ...
+
+
+@runtime_checkable
+class TokenKind(Protocol):
+    """A backend that says whether its change tokens are fingerprints of the data.
+
+    Without it they are (memcached, Redis): a token that matches no formula is
+    settled. The file backend's tokens are the file's identity: never settled.
     """
 
-    holder: str
-    host: str
-    pid: int
-    expires_at: float
-    edge: str | None = None
-    store: str | None = None
-
-    def encode(self) -> bytes:
-        record: dict[str, Any] = {"holder": self.holder, "host": self.host, "pid": self.pid,
-                                  "expires_at": round(self.expires_at, 3)}
-        if self.edge is not None:
-            record["edge"] = self.edge[:40]
-        if self.store is not None:
-            record["store"] = self.store[:200]
-        return json.dumps(record, separators=(",", ":")).encode("utf-8")
-
-    def stamped(self, ttl: float) -> Lease:
-        """This lease renewed for ``ttl`` seconds from now (for the record; see above)."""
-        return replace(self, expires_at=time.time() + ttl)
-
-    @classmethod
-    def decode(cls, raw: bytes | None) -> Lease | None:
-        """The lease in ``raw``, or None when absent or not a lease record (junk)."""
-        if not raw or len(raw) > LEASE_RECORD_BYTES:
-            return None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return None
-        if not isinstance(data, dict):
-            return None
-        holder, host, pid, expires = (data.get("holder"), data.get("host"), data.get("pid"),
-                                      data.get("expires_at"))
-        if not (isinstance(holder, str) and holder and isinstance(host, str)
-                and isinstance(pid, int) and not isinstance(pid, bool)
-                and isinstance(expires, (int, float)) and not isinstance(expires, bool)):
-            return None
-        edge, store = data.get("edge"), data.get("store")
-        return cls(holder, host, pid, float(expires), edge if isinstance(edge, str) else None,
-                   store if isinstance(store, str) and store else None)
-
-    def public(self) -> dict[str, Any]:
-        return {"holder": self.holder, "host": self.host, "pid": self.pid,
-                "expires_at": self.expires_at, "edge": self.edge, "store": self.store}
+    fingerprint_tokens: bool
 
 
-@dataclass(frozen=True)
-class LeaseAnswer:
-    """A lease operation's outcome.
+@runtime_checkable
+class ItemLimitBackend(Protocol):
+    """A backend whose server can say the largest item it stores (memcached's ``-I``)."""
 
-    ``held``: the caller holds the lease now. ``current``: the lease the
-    backend holds, as far as it said (the caller's own when ``held``; None when
-    nobody holds it or the record is unreadable). ``valid_for``: seconds from
-    the start of the call during which a held lease cannot have passed to
-    anyone else (shorter than the nominal time to live by the backend's clock
-    granularity; infinite for a lock that dies only with its holder).
-    """
-
-    held: bool
-    current: Lease | None
-    valid_for: float = 0.0
-    #: the holder renewed a lease that had vanished (evicted, the store restarted empty,
-    #: the lease file deleted): it took it again, since nobody else had
-    retaken: bool = False
-
-
-class LeaseBackend(Protocol):
-    """Lease operations of a backend that supports leader mode. Store-thread only.
-
-    A lease is *vacant* when the backend names nobody: the record is absent
-    (expired, evicted, the store restarted empty) or unreadable. A vacant
-    lease may still belong to a live holder that has not renewed yet, so the
-    holder takes it back at its renewal, and a contender that saw a holder
-    lately leaves it alone (``vacant=False``) until that holder's time to live
-    has run out. A *released* lease (its holder let go, see ``lease_release``)
-    is free at once for anyone.
-    """
-
-    description: str
-
-    def lease_read(self) -> Lease | None:
-        """Who holds the lease now (None: nobody, or an unreadable record)."""
+    def item_limit(self) -> int | None:
+        """The server's item limit in bytes; None or 0: it does not say."""
         ...
-
-    def lease_acquire(self, candidate: Lease, ttl: float, vacant: bool = True) -> LeaseAnswer:
-        """Take the lease for ``candidate`` if it is released or already ours, and, when
-        ``vacant``, if it is vacant; ``held=False, current=None``: vacant, left alone."""
-        ...
-
-    def lease_renew(self, lease: Lease, ttl: float) -> LeaseAnswer:
-        """Extend ``lease`` while the backend names it, or take it again if it vanished
-        (``retaken``); ``held=False``: another holder is named, the lease is lost."""
-        ...
-
-    def lease_release(self, lease: Lease) -> bool:
-        """Give the lease up if, and only if, it is still ours; True when released.
-
-        What is left says *released* until the lease would have expired, so
-        contenders that leave a vacant lease to its holder take it at once.
-        """
-        ...
-
-
-def released_seconds(lease: Lease) -> float:
-    """How long a released marker should live: what was left of the lease (its holder's
-    own clock stamped ``expires_at``), so no contender waits for it longer than that."""
-    return max(0.001, lease.expires_at - time.time())

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
@@ -42,7 +42,16 @@ from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
-from .backend import ChangeNotifier, Snapshot, StoreBackend, StoreUnavailable
+from .backend import (
+    ChangeNotifier,
+    ItemLimitBackend,
+    PushBackend,
+    PushStatus,
+    Snapshot,
+    StoreBackend,
+    StoreUnavailable,
+    TokenKind,
+)
 from .failure import classify
 from .options import DEFAULT_MAX_ITEM_BYTES, SessionStoreOptions
 from .reconcile import Plan, reconcile
@@ -50,8 +59,11 @@ from .wake import WakeState, next_wake
 
 log = logging.getLogger("fh_prefork.store")
 
-#: Outcomes of one sync: done, retry soon, or blocked until the state changes (too large).
-_DONE, _RETRY, _BLOCKED = "done", "retry", "blocked"
+#: Outcome of one sync: done, retry soon, or blocked until the state changes (too large).
+SyncOutcome = Literal["done", "retry", "blocked"]
+_DONE: SyncOutcome = "done"
+_RETRY: SyncOutcome = "retry"
+_BLOCKED: SyncOutcome = "blocked"
 #: Seconds a task waits at least between two runs, whatever it asks for.
 MIN_TASK_DELAY = 0.01
 #: The state problem of a reachable store with no data under its key.
@@ -81,6 +93,28 @@ class StoreCounters:
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+
+class StoreStatus(TypedDict):
+    """``SessionStore.status()``: what the store holds and how the backend answers."""
+
+    backend: str
+    source: str
+    environment_id: str
+    fingerprint: str | None
+    features: int
+    tombstones: int
+    state_problem: str | None
+    pending: int
+    flushing: bool              # a batch is being written right now
+    last_refresh: float | None
+    last_write: float | None
+    last_error: str | None
+    healthy: bool
+    push: PushStatus | None
+    refresh_seconds: float
+    counters: dict[str, int]
+    recent_ticks: list[float]
 
 
 @dataclass
@@ -365,7 +399,7 @@ class SessionStore(RawUpdateFeatureListener):
                 self._cond.wait(remaining)
             return self.counters.reads >= target
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StoreStatus:
         with self._cond:
             # a batch being written is not in the store yet: it counts as pending
             pending = (len(self._dirty_ids | self._in_flight_ids)
@@ -451,11 +485,10 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _start_notifier(self) -> ChangeNotifier | None:
         """Push: the backend's notifier, if it has one, wakes this store's thread."""
-        make = getattr(self._backend, "notifier", None)
-        if not callable(make):
+        if not isinstance(self._backend, PushBackend):
             return None
         try:
-            notifier: ChangeNotifier | None = make(self._on_notify)
+            notifier = self._backend.notifier(self._on_notify)
             if notifier is not None:
                 notifier.start()
         except Exception as err:  # push is an optimisation: the refresh timer still runs
@@ -523,7 +556,7 @@ class SessionStore(RawUpdateFeatureListener):
                 self._cond.notify_all()
         return outcome != _RETRY
 
-    def _sync(self, write: bool, dirty_ids: set[str] | None = None) -> str:
+    def _sync(self, write: bool, dirty_ids: set[str] | None = None) -> SyncOutcome:
         """Read, reconcile with what this process knows, replay; write if the store must change.
 
         ``write=False`` (at start) only replays and marks the store dirty when
@@ -645,7 +678,9 @@ class SessionStore(RawUpdateFeatureListener):
         fingerprint = fs.fingerprint(plan.live.values())
         self._fingerprint = fingerprint
         self._change_token = snapshot.change_token
-        if (getattr(self._backend, "fingerprint_tokens", True)
+        fingerprint_tokens = (not isinstance(self._backend, TokenKind)
+                              or self._backend.fingerprint_tokens)
+        if (fingerprint_tokens
                 and snapshot.change_token not in decoded.consistent_fingerprints()):
             if may_write:
                 self._change_token = self._settle(snapshot, fingerprint)
@@ -698,7 +733,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._size_log.recovered("fh_prefork: the state fits %s again",
                                  self._backend.description)
 
-    def _too_large(self, size: int, snapshot: Snapshot) -> str:
+    def _too_large(self, size: int, snapshot: Snapshot) -> SyncOutcome:
         self.counters.errors += 1
         self.counters.deferred += 1
         self._last_error = f"merged state of {size} bytes exceeds the item limit"
@@ -720,12 +755,11 @@ class SessionStore(RawUpdateFeatureListener):
         if self.options.max_item_bytes is not None:
             return self.options.max_item_bytes
         if self._server_item_limit is None:
-            ask = getattr(self._backend, "item_limit", None)
-            if not callable(ask):
+            if not isinstance(self._backend, ItemLimitBackend):
                 self._server_item_limit = 0
             else:
                 try:
-                    self._server_item_limit = int(ask() or 0)
+                    self._server_item_limit = int(self._backend.item_limit() or 0)
                 except StoreUnavailable:
                     return DEFAULT_MAX_ITEM_BYTES     # unreachable: asked again next time
                 if self._server_item_limit not in (0, DEFAULT_MAX_ITEM_BYTES):

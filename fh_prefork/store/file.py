@@ -54,9 +54,10 @@ from typing import Any
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from ..apikey import environment_id, require_client_evaluated
-from .backend import LEASE_RECORD_BYTES, Lease, LeaseAnswer, Snapshot, StoreUnavailable, Wake
+from .backend import Snapshot, StoreUnavailable, Wake
 from .core import SessionStore
 from .inotify import DirectoryWatch, watch_files
+from .lease import LEASE_RECORD_BYTES, Lease, LeaseAnswer
 from .options import FileSessionStoreOptions, validate_key
 
 log = logging.getLogger("fh_prefork")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ratelog import RateLimitedLog
-from .backend import Wake
+from .backend import PushStatus, Wake
 
 #: the store's logger: what push does is part of what the store does
 store_log = logging.getLogger("fh_prefork.store")
@@ -173,7 +173,7 @@ class DirectoryWatch:
         if not self._thread.is_alive():
             self._close_fds()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PushStatus:
         return {"connected": self._wd >= 0 and self._thread.is_alive(), "reconnects": None,
                 "events": self.events, "last_error": self.last_error}
 

@@ -36,8 +36,9 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
-from .backend import Lease, LeaseAnswer, Snapshot, StoreUnavailable, released_seconds, store_keys
+from .backend import Snapshot, StoreUnavailable, store_keys
 from .core import SessionStore
+from .lease import Lease, LeaseAnswer, released_seconds
 from .options import MemcacheSessionStoreOptions
 
 SOURCE = "memcache-store"

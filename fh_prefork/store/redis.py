@@ -44,17 +44,10 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
 from ..ratelog import RateLimitedLog
-from .backend import (
-    Lease,
-    LeaseAnswer,
-    Snapshot,
-    StoreUnavailable,
-    Wake,
-    released_seconds,
-    store_keys,
-)
+from .backend import PushStatus, Snapshot, StoreUnavailable, Wake, store_keys
 from .core import SessionStore
 from .core import log as store_log  # push is part of what the store does
+from .lease import Lease, LeaseAnswer, released_seconds
 from .options import RedisSessionStoreOptions
 
 SOURCE = "redis-store"
@@ -533,7 +526,7 @@ class RedisNotifier:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PushStatus:
         return {"connected": self.connected, "reconnects": self.reconnects,
                 "messages": self.messages, "last_error": self.last_error}
 

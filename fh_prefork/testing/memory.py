@@ -31,15 +31,9 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from .. import features as fs
 from ..apikey import environment_id
-from ..store.backend import (
-    Lease,
-    LeaseAnswer,
-    Snapshot,
-    StoreUnavailable,
-    released_seconds,
-    store_keys,
-)
+from ..store.backend import Snapshot, StoreUnavailable, store_keys
 from ..store.core import SessionStore
+from ..store.lease import Lease, LeaseAnswer, released_seconds
 from ..store.options import SessionStoreOptions
 
 SOURCE = "memory"

@@ -15,8 +15,8 @@ import redis
 
 from fh_prefork.settings import Settings, load
 from fh_prefork.store import RedisSessionStore
-from fh_prefork.store.backend import Lease
 from fh_prefork.store.health import check_store_at_start
+from fh_prefork.store.lease import Lease
 from fh_prefork.store.options import RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend, make_client
 from fh_prefork.testing.cluster import Cluster
@@ -71,7 +71,7 @@ def test_the_minimum_acl_is_enough_for_the_store_push_and_the_lease(
     writer = RedisSessionStore(url, writer_config, opts)
     reader = RedisSessionStore(url, reader_config, opts)
     try:
-        wait_for(lambda: reader.status()["push"]["connected"], 5, what="push subscribed")
+        wait_for(lambda: _push_connected(reader), 5, what="push subscribed")
         repo_of(writer_config).notify("features", [feat("A", 1)])
         assert writer.flush(3)
         # the reader hears it by push (its refresh timer is a minute away)
@@ -194,3 +194,8 @@ def test_the_master_says_it_once_and_workers_serve_from_edge(
     print("\n".join(said))
     assert len(said) == 1, fh_log_lines(cluster)
     assert f"[{cluster.master_pid}]" in said[0], said
+
+
+def _push_connected(store: RedisSessionStore) -> bool:
+    push = store.status()["push"]
+    return push is not None and push["connected"]

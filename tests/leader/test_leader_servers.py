@@ -24,7 +24,7 @@ import psutil
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.store.backend import Lease
+from fh_prefork.store.lease import Lease
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id, make_feature
 from fh_prefork.testing.failover import (

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client
 
-from fh_prefork.store.backend import Lease
+from fh_prefork.store.lease import Lease
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, environment_id
 from tests.leader.test_leader_servers import FAILOVER_BOUND, LEADER_ENV, TTL, settled_leader

@@ -19,6 +19,7 @@ from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.edge.scripted import UNKNOWN_KEY_FAILURE, ScriptedEdge, sse
 from tests.support.memcached import Memcached
 from tests.support.procs import hold_for, wait_for
+from tests.support.runtime import worker_status
 
 from .conftest import Events, set_and_wait
 
@@ -119,7 +120,7 @@ def test_fatal_at_start_when_edge_does_not_know_the_key(
         client = api.get_client()
         assert client.get_provider_status() == ProviderStatus.FATAL
         assert provider.state() == FATAL
-        assert fh_prefork.status()["edge_state"] == "key_not_found"
+        assert worker_status()["edge_state"] == "key_not_found"
         details = client.get_boolean_details("BOOL_FLAG", False)
         assert details.error_code == ErrorCode.PROVIDER_FATAL and details.value is False
         api.shutdown()

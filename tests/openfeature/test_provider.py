@@ -22,6 +22,7 @@ from fh_prefork.openfeature import FATAL, NOT_READY, READY, STALE, FeatureHubPro
 from fh_prefork.testing.edge_simulator import EdgeSimulator
 from tests.support.memcached import Memcached
 from tests.support.procs import wait_for
+from tests.support.runtime import worker_status
 
 from .conftest import Events, attribute, feature, set_and_wait
 
@@ -143,7 +144,7 @@ def test_ready_from_the_store_while_edge_is_down(edge: EdgeSimulator) -> None:
     _, client = ready_client(ready_timeout=2)
     assert client.get_provider_status() == ProviderStatus.READY
     assert client.get_string_value("STR_FLAG", "x") == "blue"
-    assert fh_prefork.status()["edge_state"] in ("connecting", "backoff")
+    assert worker_status()["edge_state"] in ("connecting", "backoff")
 
 
 def test_initialize_waits_for_edge() -> None:
@@ -301,7 +302,7 @@ def test_stale_while_store_and_edge_are_unreachable(edge: EdgeSimulator, events:
     edge.go_down()
     assert provider.state() == READY or provider.state() == STALE
     # the store alone still answers: ready
-    wait_for(lambda: fh_prefork.status()["edge_state"] == "backoff", 10, what="Edge backoff")
+    wait_for(lambda: worker_status()["edge_state"] == "backoff", 10, what="Edge backoff")
     assert provider.state() == READY
     own_memcached.stop()
     stale = events.wait(ProviderEvent.PROVIDER_STALE)[0]

@@ -22,7 +22,7 @@ from fh_prefork.settings import SettingsError
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.edge import serve_edge
 from tests.support.procs import wait_for
-from tests.support.runtime import isolated_runtime
+from tests.support.runtime import isolated_runtime, worker_status
 
 API_KEY = "portfolio/env-rt/client*secret"
 
@@ -47,10 +47,11 @@ def test_config_starts_lazily_and_is_the_same_object(edge: EdgeSimulator) -> Non
     cfg = fh_prefork.config()
     assert fh_prefork.config() is cfg
     wait_for(lambda: flag_version() == 1, 5, what="flags from Edge")
-    status = fh_prefork.status()
+    status = worker_status()
     assert status["pid"] == os.getpid() and status["role"] == "worker"
-    wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5, what="connected")
-    assert status["store"]["backend"].startswith("file://")
+    wait_for(lambda: worker_status()["edge_state"] == "connected", 5, what="connected")
+    store = status["store"]
+    assert store is not None and store["backend"].startswith("file://")
     json.dumps(fh_prefork.status())
 
 
@@ -83,7 +84,7 @@ def test_a_worker_interrupted_while_starting_stops_what_it_started(
         assert edge.wait_for_streams(1, 5)       # Edge and the store are running by now
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fh_prefork.workers.Publisher", interrupted)
+    monkeypatch.setattr("fh_prefork.status_records.Publisher", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fh_prefork.start_worker()
     assert runtime.current_worker() is None
@@ -109,7 +110,7 @@ def test_a_store_password_reaches_neither_the_start_line_nor_status(
 def test_store_none_keeps_the_lifecycle_without_shared_state(edge: EdgeSimulator) -> None:
     fh_prefork.configure(store="none")
     wait_for(lambda: flag_version() == 1, 5, what="flags from Edge only")
-    status = fh_prefork.status()
+    status = worker_status()
     assert status["store"] is None and status["store_url"] == "none"
 
 
@@ -201,7 +202,7 @@ def test_fork_no_hook_saw_starts_fresh_in_the_child_and_logs_once(
         cfg = fh_prefork.config()
         again = fh_prefork.config()
         version = wait_for(lambda: flag_version() == 1 and 1, 5, what="child flags")
-        edge_up = wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5,
+        edge_up = wait_for(lambda: worker_status()["edge_state"] == "connected", 5,
                            what="child edge")
         fh_prefork.stop_worker()
         return {"new": cfg is not parent_cfg, "same": cfg is again, "version": version,
@@ -214,7 +215,7 @@ def test_fork_no_hook_saw_starts_fresh_in_the_child_and_logs_once(
     assert len(child["logs"]) == 1 and str(os.getpid()) in child["logs"][0], child["logs"]
     # the parent's connection survived the child: still its one stream, still served
     assert fh_prefork.config() is parent_cfg
-    assert fh_prefork.status()["edge_state"] == "connected"
+    assert worker_status()["edge_state"] == "connected"
     edge.push_feature(make_feature("FLAG", False, 2))
     wait_for(lambda: flag_version() == 2, 5, what="parent still receives updates")
 
@@ -222,7 +223,8 @@ def test_fork_no_hook_saw_starts_fresh_in_the_child_and_logs_once(
 def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -> None:
     fh_prefork.start_worker()  # someone already wrote the store
     wait_for(lambda: flag_version() == 1, 5, what="flags")
-    assert fh_prefork.status()["store"]["pending"] == 0 or runtime.current_worker()
+    store = worker_status()["store"]
+    assert (store is not None and store["pending"] == 0) or runtime.current_worker()
     runtime.current_worker().store.flush(2)  # type: ignore[union-attr]
     fh_prefork.stop_worker()
     runtime.mark_master()
@@ -241,14 +243,14 @@ def test_master_is_dormant_and_its_children_start_workers(edge: EdgeSimulator) -
     finally:
         threading.Thread.start = real_start  # type: ignore[method-assign]
     assert started == [], "not even briefly: a thread alive at the fork is inherited half-done"
-    assert fh_prefork.status()["role"] == "master"
+    assert worker_status()["role"] == "master"
     assert not set(threading.enumerate()) - threads, "the master keeps no thread"
     assert edge.total_stream_connections == streams, "the master never connects to Edge"
 
     def in_child() -> dict[str, Any]:
         fh_prefork.start_worker()
-        role = fh_prefork.status()["role"]
-        up = wait_for(lambda: fh_prefork.status()["edge_state"] == "connected", 5, what="edge")
+        role = worker_status()["role"]
+        up = wait_for(lambda: worker_status()["edge_state"] == "connected", 5, what="edge")
         fh_prefork.stop_worker()
         return {"role": role, "edge": up}
 
@@ -317,8 +319,8 @@ def test_a_follower_gives_a_new_leader_time_to_fill_an_empty_store(
     most cold starts against an Edge a second away; it now waits a period plus
     NEW_LEADER_SECONDS, and still falls back when the store stays empty."""
     from fh_prefork.leader import NEW_LEADER_SECONDS
-    from fh_prefork.store.backend import Lease
     from fh_prefork.store.core import NO_STATE
+    from fh_prefork.store.lease import Lease
     from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
     from fh_prefork.store.options import MemcacheSessionStoreOptions
 
@@ -339,13 +341,14 @@ def test_a_follower_gives_a_new_leader_time_to_fill_an_empty_store(
         # past 2.2 periods: the old one-period rule had fallen back by then, whatever the
         # jitter; well short of the grace, so load (which only delays a check) cannot fail it
         while time.monotonic() - started < refresh + NEW_LEADER_SECONDS / 2:
-            roles.append(fh_prefork.status()["role"])
+            roles.append(worker_status()["role"])
             time.sleep(0.02)
         assert set(roles) == {"follower"}, roles
         assert edge.total_stream_connections == 0
-        status = wait_for(lambda: (s := fh_prefork.status())["role"] == "fallback" and s, 5,
+        status = wait_for(lambda: (s := worker_status())["role"] == "fallback" and s, 5,
                           what="the fallback once the store stays empty")
-        assert status["election"]["fallback_reason"] == NO_STATE, status["election"]
+        election = status["election"]
+        assert election is not None and election["fallback_reason"] == NO_STATE, election
         wait_for(lambda: edge.total_stream_connections >= 1, 5,
                  what="the fallback's own Edge connection")
     finally:

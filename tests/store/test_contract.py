@@ -34,8 +34,9 @@ from typing import Any
 import pytest
 
 from fh_prefork import features as fs
-from fh_prefork.store.backend import Lease, Snapshot
+from fh_prefork.store.backend import Snapshot
 from fh_prefork.store.file import FileBackend
+from fh_prefork.store.lease import Lease
 from fh_prefork.store.memcache import MemcacheBackend, make_client, parse_servers
 from fh_prefork.store.options import MemcacheSessionStoreOptions, RedisSessionStoreOptions
 from fh_prefork.store.redis import RedisBackend

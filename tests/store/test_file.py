@@ -61,7 +61,7 @@ def test_file_owned_by_another_user_is_refused_while_running(tmp_path: Path) -> 
         os.chown(planted, 65534, 65534)                          # ...in a file they own,
         os.rename(planted, data)        # put in place whole: the store never sees half of it
         wait_for(lambda: not store.status()["healthy"], 3, what="the store to refuse the file")
-        assert "owned by uid 65534" in store.status()["last_error"]
+        assert "owned by uid 65534" in (store.status()["last_error"] or "")
         assert repo_of(config).feature("A").get_version == 1, "foreign flags must not be served"
     finally:
         store.close(flush_timeout=0)

@@ -25,3 +25,10 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch, edge_url: str, api_key: st
     runtime.stop_worker()
     runtime._overrides.clear()
     runtime._master_pid = None
+
+
+def worker_status() -> runtime.WorkerStatus:
+    """``fh_prefork.status()`` of a started worker (the test fails if none started here)."""
+    worker = runtime.current_worker()
+    assert worker is not None, "fh_prefork has not started in this process"
+    return worker.status()

@@ -3,7 +3,7 @@ is survived, and a lease lapses on a clock the test steps (no sleeping, no serve
 
 from __future__ import annotations
 
-from fh_prefork.store.backend import Lease
+from fh_prefork.store.lease import Lease
 from fh_prefork.testing.memory import MemoryBackend, MemoryMedium, memory_store
 from tests.support.fixtures import make_config
 from tests.support.procs import wait_for

@@ -75,9 +75,9 @@ def test_sweep_marks_dead_workers_only(tmp_path: Path, monkeypatch: pytest.Monke
 def test_store_kind_names_the_scheme_never_the_url() -> None:
     from fh_prefork.prometheus import store_kind
 
-    assert store_kind({"store_url": "memcache://a:1,b:2"}) == "memcache"
-    assert store_kind({"store_url": "rediss://:***@r:6380/0"}) == "redis"
-    assert store_kind({"store_url": "redis+cluster://r:7000"}) == "redis"
-    assert store_kind({"store_url": "file:///run/x"}) == "file"
-    assert store_kind({"store_url": "none"}) == "none"
-    assert store_kind({}) == "none"
+    assert store_kind("memcache://a:1,b:2") == "memcache"
+    assert store_kind("rediss://:***@r:6380/0") == "redis"
+    assert store_kind("redis+cluster://r:7000") == "redis"
+    assert store_kind("file:///run/x") == "file"
+    assert store_kind("none") == "none"
+    assert store_kind(None) == "none"

@@ -29,9 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import psutil
+
+if TYPE_CHECKING:   # the runtime imports this module: its types only, for the checker
+    from .runtime import WorkerStatus
 
 PERIOD = 1.0
 #: Steps between two sweeps of the records folder for dead workers' records.
@@ -63,11 +66,46 @@ def _private_folder(folder: Path) -> bool:
             and not st.st_mode & 0o077)
 
 
+class StatusRecord(TypedDict):
+    """One worker's record on disk: what ``fh-prefork status --server`` compares."""
+
+    pid: int
+    master_pid: int | None
+    role: str
+    edge_state: str
+    last_refresh: float | None
+    fingerprint: str | None
+    features: int
+    store: str
+    environment_id: str | None
+    prefix: str | None
+    store_healthy: bool | None
+    pending: int | None
+    state_problem: str | None
+    written_at: float
+
+
+def record_of(s: WorkerStatus) -> StatusRecord:
+    """The record of a worker's status: the few keys the CLI reads, flat."""
+    store = s["store"]
+    return {"pid": s["pid"], "master_pid": s["master_pid"], "role": s["role"],
+            "edge_state": s["edge_state"], "last_refresh": s["last_refresh"],
+            "fingerprint": s["fingerprint"], "features": s["features"],
+            "store": s["store_url"],
+            "environment_id": store["environment_id"] if store else None,
+            "prefix": s["settings"].get("prefix"),
+            "store_healthy": store["healthy"] if store else None,
+            "pending": store["pending"] if store else None,
+            "state_problem": store["state_problem"] if store else None,
+            "written_at": time.time()}
+
+
 class Publisher:
     """Writes one worker's record; ``step`` runs on its store thread."""
 
-    def __init__(self, status: Any, master_pid: int, base: Path | None = None) -> None:
-        self._status = status     # () -> the worker's status() dict
+    def __init__(self, status: Callable[[], WorkerStatus], master_pid: int,
+                 base: Path | None = None) -> None:
+        self._status = status     # the worker's status()
         self._master_pid, self._base = master_pid, base
         self._usable: bool | None = None
         self.path: Path | None = None    # known once the store thread's first step ran
@@ -86,15 +124,7 @@ class Publisher:
         if self._steps % SWEEP_EVERY == 0:
             sweep_records(self.path.parent)
         self._steps += 1
-        s = self._status()
-        store = s.get("store") or {}
-        record = {"pid": s["pid"], "master_pid": s.get("master_pid"), "role": s["role"],
-                  "edge_state": s.get("edge_state"), "last_refresh": s.get("last_refresh"),
-                  "fingerprint": s.get("fingerprint"), "features": s.get("features"),
-                  "store": s.get("store_url"), "environment_id": store.get("environment_id"),
-                  "prefix": (s.get("settings") or {}).get("prefix"),
-                  "store_healthy": store.get("healthy"), "pending": store.get("pending"),
-                  "state_problem": store.get("state_problem"), "written_at": time.time()}
+        record = record_of(self._status())
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, default=str)

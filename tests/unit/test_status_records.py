@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from fh_prefork import workers
+from fh_prefork import status_records
+from fh_prefork.runtime import WorkerStatus
 
 
 def test_a_worker_that_exits_before_its_first_step_removes_nothing_and_does_not_raise(
         tmp_path: Path) -> None:
-    publisher = workers.Publisher(lambda: {}, os.getppid(), base=tmp_path)
+    def status() -> WorkerStatus:
+        raise AssertionError("no step ran: the status is never asked")
+
+    publisher = status_records.Publisher(status, os.getppid(), base=tmp_path)
     publisher.remove()        # worker_exit before the store thread ran: no record, no error
     assert not (tmp_path / "workers").exists()
 
@@ -23,11 +27,11 @@ def test_dead_workers_records_are_swept_and_a_master_removes_one(tmp_path: Path)
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(timeout=10)
-    folder = workers.records_folder(os.getppid(), tmp_path)
+    folder = status_records.records_folder(os.getppid(), tmp_path)
     folder.mkdir(parents=True)
     (folder / f"{child.pid}.json").write_text("{}")
     (folder / f"{os.getpid()}.json").write_text("{}")
-    assert workers.sweep_records(folder) == [child.pid]
+    assert status_records.sweep_records(folder) == [child.pid]
     assert sorted(p.name for p in folder.iterdir()) == [f"{os.getpid()}.json"]
 
 
@@ -47,7 +51,7 @@ def test_ticker_runs_tasks_without_a_store_and_stops() -> None:
     def broken() -> float:
         raise RuntimeError("a task that fails does not stop the others")
 
-    ticker = workers.run_tasks(None, [(broken, "broken"), (task, "probe")])
+    ticker = status_records.run_tasks(None, [(broken, "broken"), (task, "probe")])
     assert ticker is not None
     assert done.wait(10)
     ticker.close()
@@ -73,7 +77,7 @@ def test_gunicorn_child_exit_drops_a_dead_workers_gauges_and_record(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     (prom / f"gauge_liveall_{dead}.db").write_bytes(b"")
     (prom / f"counter_{dead}.db").write_bytes(b"")
-    folder = workers.records_folder(os.getpid(), runtime / "fh-prefork")
+    folder = status_records.records_folder(os.getpid(), runtime / "fh-prefork")
     folder.mkdir(parents=True)
     (folder / f"{dead}.json").write_text("{}")
     gunicorn.child_exit(SimpleNamespace(), SimpleNamespace(pid=dead))

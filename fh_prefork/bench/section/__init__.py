@@ -1,0 +1,1 @@
+"""One module per benchmark section, each with ``run(bench)``; ``report.py`` drives them."""
