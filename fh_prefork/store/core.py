@@ -113,6 +113,7 @@ class StoreStatus(TypedDict):
     healthy: bool
     push: PushStatus | None
     refresh_seconds: float
+    max_item_bytes: int         # the write limit in force (the server's own, or the option)
     counters: dict[str, int]
     recent_ticks: list[float]
 
