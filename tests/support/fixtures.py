@@ -44,12 +44,33 @@ SERVER_FIXTURES = frozenset({"start_cluster", "start_server"})
 
 _prefixes = itertools.count()
 
+#: Node ids of the collected tests marked ``servers`` (None before collection): the cluster
+#: starter refuses to start servers for any other test, so a test that starts them without
+#: the fixture or a mark fails at once instead of slowing the fast loop.
+MARKED: set[str] | None = None
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``servers`` every test that uses a server-starting fixture."""
+    global MARKED
+    MARKED = set()
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.servers)
+        if item.get_closest_marker("servers") is not None:
+            MARKED.add(item.nodeid)
+
+
+def require_servers_mark() -> None:
+    """Fail the running test unless it is marked ``servers`` (outside pytest: nothing)."""
+    running = os.environ.get("PYTEST_CURRENT_TEST")
+    if MARKED is None or running is None:
+        return
+    nodeid = running.rsplit(" (", 1)[0]
+    if nodeid not in MARKED:
+        raise AssertionError(f"{nodeid} starts prefork servers but is not marked 'servers': "
+                             "use the start_cluster fixture, or mark it "
+                             "(@pytest.mark.servers or a module pytestmark)")
 
 
 def make_config(api_key: str = API_KEY, edge_url: str = "http://127.0.0.1:9/") -> Any:

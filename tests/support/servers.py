@@ -16,6 +16,9 @@ def cluster_starter(base_env: Mapping[str, str | None], log_dir: Path, app: str 
     """``start(kind, workers, args, env)`` starts a cluster serving ``app`` on ``base_env``
     and the call's own ``env``; every cluster started is stopped, and its processes killed
     by pid, on leaving."""
+    from .fixtures import require_servers_mark  # the plugin imports this module
+
+    require_servers_mark()
     started: list[Cluster] = []
 
     def start(kind: str, workers: int = 4, args: tuple[str, ...] = (),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.support.servers import cluster_starter
 
 pytest_plugins = ["pytester"]
 
@@ -30,6 +34,12 @@ def test_a_test_using_a_server_fixture_is_marked_wherever_it_is(
     collected = [line for line in result.outlines if "::" in line]
     assert collected == ["test_anywhere.py::test_direct",
                          "test_anywhere.py::test_through_a_fixture"], result.outlines
+
+
+def test_a_test_that_starts_a_cluster_unmarked_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="not marked 'servers'"), \
+            cluster_starter({}, tmp_path):
+        pass
 
 
 def test_every_server_fixture_exists() -> None:
