@@ -680,6 +680,7 @@ def test_sse_live_while_connected(sim: EdgeSimulator, repo: RecordingRepository,
 # -- real gunicorn workers ------------------------------------------------------------------
 
 
+@pytest.mark.servers
 def test_gunicorn_workers_with_an_unknown_key_back_off_and_say_so(tmp_path: Path) -> None:
     """Two real gunicorn workers, each with its own Edge connection, against an Edge that does
     not know the key (its real SSE answer). Before: one request per worker per second."""

@@ -39,6 +39,8 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import kill_tree, wait_for
 
+pytestmark = pytest.mark.servers   # runs node and npm, and the SDKs' own threads
+
 NODE_DIR = Path(__file__).parent / "node_sdk"
 KEY = "portfolio/env-sdk/client*secret"
 #: key -> (version, value) a client holds
