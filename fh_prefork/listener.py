@@ -251,6 +251,9 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         mark is a proposal (see :meth:`confirm_marks`); alone, it removes at once.
         """
         with self._notify_lock:
+            if self._view is None:      # no Edge list yet (a worker's start): nothing to judge
+                self.judge.know(stored or (), 0)
+                return []
             candidates: dict[str, dict[str, Any]] = dict(stored or {})
             for state in self._held_states():
                 candidates[state["id"]] = state
