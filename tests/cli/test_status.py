@@ -67,19 +67,20 @@ def test_memcache_empty_then_healthy_then_inconsistent(
 
     client = Client(("127.0.0.1", memcached.port))
     try:
-        client.set(f"{prefix}_{ENV}_leader", json.dumps(
-            {"holder": "w-1", "host": "web-1", "pid": 4242, "expires_at": time.time() + 9}))
+        client.set(f"{prefix}_{ENV}_leader", json.dumps(  # stored before the CLI reads it
+            {"holder": "w-1", "host": "web-1", "pid": 4242, "expires_at": time.time() + 9}),
+            noreply=False)
         code, report = run_json(capsys, *args)
         assert code == 0 and report["leader"]["pid"] == 4242 and not report["leader"]["expired"]
         code, out, _ = run(capsys, *args)
         assert "leader lease: w-1 (host web-1, pid 4242, expires in" in out
 
-        client.set(f"{prefix}_{ENV}_sha", b"0" * 64)
+        client.set(f"{prefix}_{ENV}_sha", b"0" * 64, noreply=False)
         code, report = run_json(capsys, *args)
         assert code == 3 and report["fingerprint_ok"] is False
         assert any("fingerprint" in p for p in report["problems"])
 
-        client.set(f"{prefix}_{ENV}", b"\x80\x04pickled?")
+        client.set(f"{prefix}_{ENV}", b"\x80\x04pickled?", noreply=False)
         code, report = run_json(capsys, *args)
         assert code == 3 and any("junk" in p for p in report["problems"])
     finally:

@@ -18,6 +18,7 @@ alias of the 1.x ``featurehub-javascript-client-sdk`` under that name, and an
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -40,7 +41,8 @@ from tests.support.redis import Redis, value_of
 from tests.support.stores import feat
 
 #: Node processes running the FeatureHub JavaScript Redis store, and a storm
-pytestmark = pytest.mark.servers
+# one xdist worker runs them all: one npm install at a time, no node reading it meanwhile
+pytestmark = [pytest.mark.servers, pytest.mark.xdist_group("node_store")]
 
 NODE_DIR = Path(__file__).parent / "node"
 DRIVER = NODE_DIR / "drive.mjs"
@@ -51,9 +53,11 @@ def node_store() -> Path:
     """The JavaScript store installed in tests/interop/node (npm install on first use)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed for the JavaScript store interop tests")
-    if not (NODE_DIR / "node_modules" / "featurehub-store-redis").is_dir():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=NODE_DIR, check=True, timeout=300)
+    with open(NODE_DIR / ".install.lock", "w") as lock:   # another test process may install
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (NODE_DIR / "node_modules" / "featurehub-store-redis").is_dir():
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                           cwd=NODE_DIR, check=True, timeout=300)
     return DRIVER
 
 

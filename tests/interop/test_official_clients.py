@@ -23,6 +23,7 @@ feature stays served by it; checked below as it is).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import queue
 import shutil
@@ -39,7 +40,9 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
 from tests.support.procs import kill_tree, wait_for
 
-pytestmark = pytest.mark.servers   # runs node and npm, and the SDKs' own threads
+# runs node and npm, and the SDKs' own threads; one xdist worker runs them all, so one npm
+# install at a time writes node_modules while no node reads it
+pytestmark = [pytest.mark.servers, pytest.mark.xdist_group("node_sdk")]
 
 NODE_DIR = Path(__file__).parent / "node_sdk"
 KEY = "portfolio/env-sdk/client*secret"
@@ -126,9 +129,12 @@ def node_sdk() -> Path:
     """The official JavaScript SDK installed in tests/interop/node_sdk (npm on first use)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed for the JavaScript SDK interop tests")
-    if not (NODE_DIR / "node_modules" / "featurehub-javascript-node-sdk").is_dir():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=NODE_DIR, check=True, timeout=300)
+    # another test process (an xdist worker, a second run) may be installing it right now
+    with open(NODE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (NODE_DIR / "node_modules" / "featurehub-javascript-node-sdk").is_dir():
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                           cwd=NODE_DIR, check=True, timeout=300)
     return NODE_DIR / "watch.mjs"
 
 
@@ -171,8 +177,9 @@ def test_javascript_sdk_reads_the_simulator(edge: EdgeSimulator, node_sdk: Path,
     try:
         script(edge, watcher.held)
         assert watcher.latest["readyness"] == "Ready"
-    finally:
-        stderr = watcher.stop()
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nnode's stderr:\n{watcher.stop()[-2000:]}") from None
+    stderr = watcher.stop()
     assert "Error" not in stderr, stderr[-2000:]
 
 
