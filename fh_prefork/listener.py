@@ -85,6 +85,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._tombstones: ts.Tombstones = {}
         #: absence marks this process made that no store read has shown yet (it writes them)
         self._own_marks: ts.Tombstones = {}
+        #: id -> time of each absence proposal this process made (it alone confirms them)
+        self._proposed: dict[str, float] = {}
         self._junk_log = RateLimitedLog(log)
         self._suspect_log = RateLimitedLog(log)
         #: feature states applied and deletions made, by source (for metrics and status)
@@ -276,20 +278,32 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
 
         Every process whose Edge view names a feature lifts a proposal for it
         at its next read, so a proposal still standing after a few refresh
-        periods was lacked by every live view. Any process may confirm it
-        (the proposer may be gone), unless its own Edge named the feature since.
+        periods was lacked by every live view. The proposer confirms its own:
+        a peer confirming a proposal it read just before the proposer's own
+        Edge named the feature again would race that lift. A proposal whose
+        proposer is gone (it stood two graces longer) is confirmed by anyone.
+        The confirmed mark keeps the proposal's time, so any Edge naming since
+        the proposal still lifts it.
         """
         with self._notify_lock:
             named = self.named_at()
             now = time.time()
             done = []
+            for fid in [f for f in self._proposed if f not in self._own_marks
+                        and (f not in stored or not stored[f].proposed)]:
+                del self._proposed[fid]      # written, then lifted or confirmed
             for tomb in stored.values():
-                if (tomb.proposed and now - tomb.deleted_at >= after
+                # the store keeps times to the millisecond
+                mine = abs(self._proposed.get(tomb.id, -1.0) - tomb.deleted_at) < 0.01
+                orphan = now - tomb.deleted_at >= after + 2 * self.judge.grace
+                if (tomb.proposed and now - tomb.deleted_at >= after and (mine or orphan)
                         and named.get(tomb.id, -1.0) < tomb.deleted_at
                         and not (tomb.id in self._own_marks
                                  and not self._own_marks[tomb.id].proposed)):
                     self._mark_absent({"id": tomb.id, "key": tomb.key,
-                                       "version": tomb.version}, proposed=False)
+                                       "version": tomb.version}, proposed=False,
+                                      at=tomb.deleted_at)
+                    self._proposed.pop(tomb.id, None)
                     done.append(tomb.key)
             if done:
                 log.info("fh_prefork: %d feature(s) missing from every Edge view for %.0f s "
@@ -300,9 +314,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     def _judge_held(self) -> None:
         self.judge_absent()
 
-    def _mark_absent(self, state: dict[str, Any], proposed: bool) -> None:
-        tomb = Tombstone(state["id"], state["key"], state["version"], time.time(),
-                         inferred=True, proposed=proposed)
+    def _mark_absent(self, state: dict[str, Any], proposed: bool,
+                     at: float | None = None) -> None:
+        tomb = Tombstone(state["id"], state["key"], state["version"],
+                         time.time() if at is None else at, inferred=True, proposed=proposed)
+        if proposed:
+            self._proposed[tomb.id] = tomb.deleted_at
         self._own_marks[tomb.id] = ts.newer(self._own_marks.get(tomb.id), tomb)
         self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
         if proposed:
