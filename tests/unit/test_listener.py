@@ -295,3 +295,30 @@ def test_the_absence_clock_runs_across_a_reconnect() -> None:
         live[0] = True
     repo.notify("features", [feat("A")])
     assert not repo.feature("B").exists and repo.feature("A").exists
+
+
+def test_only_the_proposer_confirms_and_the_mark_keeps_the_proposals_time() -> None:
+    """A peer confirming a proposal it read just before the proposer's Edge named the
+    feature again would remove it fleet-wide: the proposer confirms its own, and the
+    confirmed mark keeps the proposal's time, so an Edge naming since still lifts it."""
+    a = ListeningRepository()
+    a.shared, a.absence_seconds = True, 0.0
+    a.notify("features", [feat("A"), feat("B")])
+    a.notify("features", [feat("A")])                 # a's view lacks B: a proposes
+    proposal = a.tombstones()["id-B"]
+    assert proposal.proposed and a.feature("B").exists, "a proposal removes nothing"
+    stored = {"id-B": proposal}
+    a.shared_written(stored)
+    b = ListeningRepository()                          # a peer whose Edge names B
+    b.shared = True
+    b.notify("features", [feat("A"), feat("B")])
+    c = ListeningRepository()                          # a follower: no Edge view at all
+    c.shared, c.absence_seconds = True, 100.0
+    assert b.confirm_marks(stored, after=0.0) == []
+    assert c.confirm_marks(stored, after=0.0) == [], "not its proposal, its proposer lives"
+    assert a.confirm_marks(stored, after=0.0) == ["B"]
+    mark = a.tombstones()["id-B"]
+    assert not mark.proposed and mark.deleted_at == proposal.deleted_at
+    assert not a.feature("B").exists
+    c.absence_seconds = 0.0                            # two graces on: the proposer is gone
+    assert c.confirm_marks(stored, after=0.0) == ["B"]
