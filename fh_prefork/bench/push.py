@@ -16,7 +16,6 @@ below it: with push, Redis pub/sub or inotify wake the followers; without
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -25,6 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .common import percentile
 
 API_KEY = "push/env-push/client*push"
 FLAG = "PUSH_FLAG"
@@ -87,16 +88,6 @@ def _follower(index: int, url: str, prefix: str, refresh: float, push: bool, rea
     out.put(("idle", index, after["reads"] - before["reads"],
              after["refreshes"] - before["refreshes"], seconds))
     store.close(flush_timeout=0)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile, ``q`` in [0, 100]; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def summary(latencies_ms: Sequence[float]) -> dict[str, Any]:
