@@ -97,6 +97,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         self._named_at: dict[str, float] = {}
         #: the judge of what Edge's silence means (see fh_prefork.absence)
         self.judge = AbsenceJudge(grace=300.0)
+        #: () -> unix time of what is remembered here: namings, deletions, proposals
+        self.now: Callable[[], float] = time.time
         #: () -> whether this process's Edge view is current; set by the runtime. None: it
         #: is current once a full list arrived (a repository fed by hand, in tests)
         self.edge_live: Callable[[], bool] | None = None
@@ -122,6 +124,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     @_clock.setter
     def _clock(self, clock: Callable[[], float]) -> None:   # tests step the grace over
         self.judge.clock = clock
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read ``clock`` for every time judged here, the absence grace and the unix times
+        alike, so a test steps over both at once (fh_prefork.testing.clock.ManualClock)."""
+        self.judge.clock = clock
+        self.now = clock
 
     @property
     def edge_ids(self) -> set[str] | None:
@@ -199,7 +207,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             view = self._view
             if view is None:
                 return
-            now = time.time()
+            now = self.now()
             for fid in view.ids:
                 self._named_at[fid] = now
             self._judge_held()
@@ -212,7 +220,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         lists = (self._view.lists if self._view is not None else 0) + 1
         self.judge.know(held, lists - 1)
         self._view = EdgeView(ids, lists, suspect, empty)
-        now = time.time()
+        now = self.now()
         for fid in ids:
             self._named_at[fid] = now
         if not suspect:
@@ -226,7 +234,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                 self.judge.grace * SUSPECT_FACTOR)
 
     def _named(self, fid: str) -> None:
-        self._named_at[fid] = time.time()
+        self._named_at[fid] = self.now()
         if self._view is not None and fid not in self._view.ids:
             self._view = replace(self._view, ids=self._view.ids | {fid})
         self.judge.forget(fid)
@@ -238,7 +246,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             named = dict(self._named_at)
             view = self._view
             if view is not None and self._live():
-                now = time.time()
+                now = self.now()
                 for fid in view.ids:
                     named[fid] = now
             return named
@@ -287,7 +295,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         """
         with self._notify_lock:
             named = self.named_at()
-            now = time.time()
+            now = self.now()
             done = []
             for fid in [f for f in self._proposed if f not in self._own_marks
                         and (f not in stored or not stored[f].proposed)]:
@@ -317,7 +325,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     def _mark_absent(self, state: dict[str, Any], proposed: bool,
                      at: float | None = None) -> None:
         tomb = Tombstone(state["id"], state["key"], state["version"],
-                         time.time() if at is None else at, inferred=True, proposed=proposed)
+                         self.now() if at is None else at, inferred=True, proposed=proposed)
         if proposed:
             self._proposed[tomb.id] = tomb.deleted_at
         self._own_marks[tomb.id] = ts.newer(self._own_marks.get(tomb.id), tomb)
@@ -362,7 +370,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             marks = ts.union(ts.inferred(tombstones), self._own_marks)
             merged = ts.union(ts.explicit(self._tombstones), ts.explicit(tombstones), marks)
             merged = ts.lift(merged, self.named_at())
-            self._tombstones = ts.prune(merged, time.time(), keep_seconds, max_tombstones)
+            self._tombstones = ts.prune(merged, self.now(), keep_seconds, max_tombstones)
             for tomb in self._tombstones.values():
                 holder = self.features.get(tomb.key)
                 state = holder.internal_feature_state if holder is not None else None
@@ -467,7 +475,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
             version = MAX_VERSION
         if fid:
-            tomb = Tombstone(fid, key, min(int(version), MAX_VERSION), time.time())
+            tomb = Tombstone(fid, key, min(int(version), MAX_VERSION), self.now())
             self._tombstones[fid] = ts.newer(self._tombstones.get(fid), tomb)
             self._own_marks.pop(fid, None)
             self.judge.forget(fid)
@@ -480,7 +488,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         return {"id": fid, "key": key, "version": version}
 
     def _bury(self, state: dict[str, Any]) -> Tombstone:
-        tomb = Tombstone(state["id"], state["key"], state["version"], time.time())
+        tomb = Tombstone(state["id"], state["key"], state["version"], self.now())
         self._tombstones[tomb.id] = ts.newer(self._tombstones.get(tomb.id), tomb)
         return self._tombstones[tomb.id]
 

@@ -155,11 +155,15 @@ class SessionStore(RawUpdateFeatureListener):
     STOP_GRACE = 2.0
 
     def __init__(self, backend: StoreBackend, config: FeatureHubConfig,
-                 options: SessionStoreOptions, *, start: bool = True) -> None:
+                 options: SessionStoreOptions, *, start: bool = True,
+                 clock: Callable[[], float] | None = None) -> None:
         """Read and replay the store once; then, with ``start``, share from a thread of its own.
 
         ``start=False`` is for a prefork master: it replays once and closes at
-        once, so no thread or connection exists to be forked.
+        once, so no thread or connection exists to be forked. ``clock``, for
+        tests (fh_prefork.testing.clock.ManualClock), replaces the clocks the
+        state is judged by: the absence grace, tombstone ages and when a
+        proposal is confirmed. The thread's own schedule stays on real time.
         """
         api_key = config.get_api_keys()[0]
         require_client_evaluated(api_key)
@@ -171,6 +175,8 @@ class SessionStore(RawUpdateFeatureListener):
         self._repository = attach_repository(config)
         self._repository.absence_seconds = options.edge_absence_seconds
         self._repository.shared = True
+        if clock is not None:
+            self._repository.use_clock(clock)
         self.counters = StoreCounters()
         self._cond = threading.Condition()
         self._dirty = False                 # something arrived that the store may lack
@@ -579,7 +585,8 @@ class SessionStore(RawUpdateFeatureListener):
             self._judge_by_edge(decoded, stored_tombs)
             plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
                              self._held(), self._repository.shared_tombstones(),
-                             now=time.time(), keep_seconds=self.options.tombstone_seconds,
+                             now=self._repository.now(),
+                             keep_seconds=self.options.tombstone_seconds,
                              max_tombstones=self.options.max_tombstones,
                              knows_state=self._repository.is_ready(),
                              named_at=self._repository.named_at())
@@ -631,7 +638,7 @@ class SessionStore(RawUpdateFeatureListener):
     def _confirm_due(self) -> bool:
         """A proposed absence mark in the store has stood its time: read in full to judge it."""
         due = self._proposals_due
-        return due is not None and time.time() >= due
+        return due is not None and self._repository.now() >= due
 
     def _note_proposals(self, tombs: ts.Tombstones) -> None:
         proposed = [t.deleted_at for t in tombs.values() if t.proposed]

@@ -2,7 +2,9 @@
 
 The store core's logic (merging, tombstones, fingerprints, retries, leases) does
 not depend on the medium, so it can be tested once, fast, on a medium that is
-nothing but a locked dictionary, with an injectable clock for the lease. It is
+nothing but a locked dictionary, with an injectable clock (for the lease, and
+with a :class:`~fh_prefork.testing.clock.ManualClock` for the absence grace and
+tombstone ages of the stores on it, which a test steps instead of sleeping). It is
 held to the same contract suite as memcached, Redis and the file store
 (``tests/store/test_contract.py``), so what passes here means the same there.
 
@@ -35,6 +37,7 @@ from ..store.backend import Snapshot, StoreUnavailable, store_keys
 from ..store.core import SessionStore
 from ..store.lease import Lease, LeaseAnswer, released_seconds
 from ..store.options import SessionStoreOptions
+from .clock import ManualClock
 
 SOURCE = "memory"
 
@@ -49,7 +52,8 @@ class _Item:
 class MemoryMedium:
     """The shared "server": keys to bytes, each with a compare-and-set version.
 
-    ``clock`` (monotonic seconds) decides when a lease expires; a test steps it.
+    ``clock`` (seconds) decides when a lease expires; a test steps it. A
+    :class:`ManualClock` there is also what :func:`memory_store`'s stores judge by.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -266,9 +270,16 @@ _RELEASED = b"released"
 
 def memory_store(medium: MemoryMedium, config: FeatureHubConfig,
                  opts: SessionStoreOptions | Mapping[str, Any] | None = None, *,
-                 start: bool = True) -> SessionStore:
-    """A store on ``medium`` for ``config``'s environment (one per simulated process)."""
+                 start: bool = True, clock: Callable[[], float] | None = None) -> SessionStore:
+    """A store on ``medium`` for ``config``'s environment (one per simulated process).
+
+    ``clock``: what the store judges time by (see SessionStore); by default the
+    medium's when it is a :class:`ManualClock`, so one ``advance`` steps the
+    leases, the absence grace and the tombstone ages together; else real time.
+    """
     options = SessionStoreOptions.coerce(opts)
     data_key = f"{options.prefix}_{environment_id(config.get_api_keys()[0])}"
     backend = MemoryBackend(medium, data_key, f"memory ({data_key})")
-    return SessionStore(backend, config, options, start=start)
+    if clock is None and isinstance(medium.clock, ManualClock):
+        clock = medium.clock
+    return SessionStore(backend, config, options, start=start, clock=clock)

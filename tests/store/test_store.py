@@ -1,4 +1,11 @@
-"""The store against real backends: every test runs on memcached and on the embedded file."""
+"""The store core: writing off-thread, replaying, merging, retrying, junk, closing.
+
+The core does not depend on the medium, so these run once, on the in-memory
+backend (held to the real backends' contract in test_contract.py). The few
+marked ``backends(*EVERY_BACKEND)`` are the smoke runs on memcached, the
+embedded file and Redis: what each medium itself must carry (a replay at start,
+a refresh seeing another process's write, a tombstone, a lost compare-and-set).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,15 @@ from fh_prefork import features as fs
 from fh_prefork.store import SessionStore
 from fh_prefork.testing import faults
 from tests.conftest import make_config
+from tests.support.fixtures import EVERY_BACKEND
 from tests.support.procs import wait_for
 from tests.support.stores import feat, peek, repo_of
 
 StoreFactory = Callable[..., SessionStore]
+
+pytestmark = pytest.mark.backends("memory")
+#: a smoke test: on every backend, the real ones too
+on_every_backend = pytest.mark.backends(*EVERY_BACKEND)
 
 
 def stored(store: SessionStore) -> dict[str, int]:
@@ -56,6 +68,7 @@ def test_edge_update_is_written_off_thread(make_store: StoreFactory) -> None:
     assert store.counters.writes == 1
 
 
+@on_every_backend
 def test_new_store_replays_what_the_store_holds_before_returning(
         make_store: StoreFactory) -> None:
     writer_config = make_config()
@@ -71,6 +84,7 @@ def test_new_store_replays_what_the_store_holds_before_returning(
     assert reader.counters.writes == 0, "a replay must never be written back"
 
 
+@on_every_backend
 def test_refresh_picks_up_writes_of_other_processes(make_store: StoreFactory) -> None:
     a_config, b_config = make_config(), make_config()
     a = make_store(a_config)
@@ -82,6 +96,7 @@ def test_refresh_picks_up_writes_of_other_processes(make_store: StoreFactory) ->
     wait_for(lambda: repo_of(b_config).feature("A").get_boolean is False, 3, what="update")
 
 
+@on_every_backend
 def test_delete_reaches_the_store_and_other_processes(make_store: StoreFactory) -> None:
     a_config, b_config = make_config(), make_config()
     a = make_store(a_config)
@@ -117,6 +132,7 @@ def test_same_update_twice_writes_once(make_store: StoreFactory) -> None:
     assert store.counters.writes == store.counters.write_attempts == 1
 
 
+@on_every_backend
 def test_competing_writer_between_read_and_cas_both_survive(
         make_store: StoreFactory) -> None:
     """A writer that sneaks in after our read makes our CAS fail; the retry re-merges."""

@@ -23,8 +23,10 @@ import pytest
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from fh_prefork.store import SessionStore, open_store
+from fh_prefork.testing.clock import ManualClock
 from fh_prefork.testing.cluster import Cluster
 from fh_prefork.testing.edge_simulator import EdgeSimulator, make_feature
+from fh_prefork.testing.memory import MemoryMedium, memory_store
 
 from .edge import serve_edge
 from .memcached import Memcached
@@ -38,6 +40,11 @@ SERVER_API_KEY = "portfolio/env-srv/client*secret"
 REFRESH = 0.5
 ROOT = Path(__file__).resolve().parents[2]
 
+#: The backends a store test runs on unless marked ``backends(...)`` (see backend_kind).
+REAL_BACKENDS = ("memcache", "file", "redis")
+#: The in-memory one too: what the store-core tests' smoke runs use.
+EVERY_BACKEND = ("memory", *REAL_BACKENDS)
+
 #: Fixtures that start prefork servers (gunicorn, uWSGI, uvicorn) or an example's server:
 #: a test using one, even through another fixture, is marked ``servers``.
 SERVER_FIXTURES = frozenset({"start_cluster", "start_server"})
@@ -48,6 +55,27 @@ _prefixes = itertools.count()
 #: starter refuses to start servers for any other test, so a test that starts them without
 #: the fixture or a mark fails at once instead of slowing the fast loop.
 MARKED: set[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*kinds): the store backends backend_kind (and "
+                            "so make_store) runs the test on; default: the real ones")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test using ``backend_kind`` once per backend its closest ``backends`` mark names
+    (a module's ``pytestmark``, overridden by a test's own), else on the real ones."""
+    if "backend_kind" not in metafunc.fixturenames or any(
+            "backend_kind" in _argnames(mark) for mark in metafunc.definition.iter_markers(
+                "parametrize")):
+        return      # the test gives the kinds itself
+    mark = metafunc.definition.get_closest_marker("backends")
+    metafunc.parametrize("backend_kind", mark.args if mark else REAL_BACKENDS, indirect=True)
+
+
+def _argnames(mark: pytest.Mark) -> list[str]:
+    names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+    return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,13 +140,28 @@ def redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
 
 
-@pytest.fixture(params=["memcache", "file", "redis"])
+@pytest.fixture
 def backend_kind(request: pytest.FixtureRequest) -> str:
+    """The store backend of this run: "memcache", "file", "redis" or "memory" (see
+    pytest_generate_tests)."""
     return str(request.param)
 
 
 @pytest.fixture
+def store_clock() -> ManualClock:
+    """The clock the in-memory backend and its stores judge time by; the test steps it."""
+    return ManualClock()
+
+
+@pytest.fixture
+def memory_medium(store_clock: ManualClock) -> MemoryMedium:
+    return MemoryMedium(clock=store_clock)
+
+
+@pytest.fixture
 def store_url(backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend_kind == "memory":
+        raise ValueError("the in-memory backend has no URL: use make_store or memory_store")
     if backend_kind == "memcache":
         server: Memcached = request.getfixturevalue("memcached")
         return server.url
@@ -135,14 +178,26 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def make_store(store_url: str, prefix: str) -> Iterator[Callable[..., SessionStore]]:
-    """Build stores on this test's backend; every store built is closed at teardown."""
+def make_store(backend_kind: str, request: pytest.FixtureRequest, prefix: str
+               ) -> Iterator[Callable[..., SessionStore]]:
+    """Build stores on this test's backend; every store built is closed at teardown.
+
+    On "memory" they share the test's :func:`memory_medium` and judge time by its
+    :func:`store_clock`."""
     built: list[SessionStore] = []
+    medium: MemoryMedium | None = None
+    store_url = ""
+    if backend_kind == "memory":
+        medium = request.getfixturevalue("memory_medium")
+    else:
+        store_url = request.getfixturevalue("store_url")
 
     def factory(config: Any = None, **opts: Any) -> SessionStore:
         opts.setdefault("prefix", prefix)
         opts.setdefault("refresh_timeout", 60.0)
-        store = open_store(store_url, config or make_config(), opts)
+        config = config or make_config()
+        store = (memory_store(medium, config, opts) if medium is not None
+                 else open_store(store_url, config, opts))
         assert store is not None
         built.append(store)
         return store

@@ -12,6 +12,7 @@ from fh_prefork.store import SessionStore
 from fh_prefork.store.file import FileBackend
 from fh_prefork.store.memcache import MemcacheBackend
 from fh_prefork.store.redis import RedisBackend
+from fh_prefork.testing.memory import MemoryBackend
 
 
 def feat(key: str, version: object = 1, value: object = True, fid: str | None = None
@@ -55,4 +56,6 @@ def peek(store: SessionStore) -> Any:
         return RedisBackend(client.__class__(connection_pool=client.connection_pool)
                             if not backend.cluster else client,
                             backend.data_key, "peek", backend.cluster)
+    if isinstance(backend, MemoryBackend):
+        return MemoryBackend(backend.medium, backend.data_key, "peek")
     return FileBackend(backend.directory, backend.path.name.removesuffix(".json"))

@@ -4,6 +4,7 @@ is survived, and a lease lapses on a clock the test steps (no sleeping, no serve
 from __future__ import annotations
 
 from fh_prefork.store.lease import Lease
+from fh_prefork.testing.clock import ManualClock
 from fh_prefork.testing.memory import MemoryBackend, MemoryMedium, memory_store
 from tests.support.fixtures import make_config
 from tests.support.procs import wait_for
@@ -60,3 +61,22 @@ def test_a_lease_lapses_on_the_medium_clock() -> None:
     now[0] += 0.2
     assert b.lease_acquire(Lease("h:2:y", "h", 2, 0.0), 10).held
     assert not a.lease_renew(first, 10).held
+
+
+def test_a_manual_clock_on_the_medium_is_what_its_stores_judge_absence_by() -> None:
+    """One advance steps a store's absence grace (300 s by default) and its proposal's
+    confirmation: a feature Edge's list lacks is removed without waiting on real time."""
+    clock = ManualClock()
+    config = make_config()
+    store = memory_store(MemoryMedium(clock=clock), config, {"refresh_timeout": 0.05})
+    try:
+        store.edge_live = lambda: True
+        repo_of(config).notify("features", [feat("A", 1), feat("B", 1)])
+        repo_of(config).notify("features", [feat("A", 1)])   # B deleted, no stream heard it
+        assert store.refresh(5) and served(config) == {"A": 1, "B": 1}
+        clock.advance(store.options.edge_absence_seconds + 1)   # proposed
+        assert store.refresh(5)
+        clock.advance(store.confirm_seconds() + 1)              # confirmed
+        wait_for(lambda: served(config) == {"A": 1}, 5, what="B removed on the stepped clock")
+    finally:
+        store.close()
