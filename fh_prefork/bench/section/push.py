@@ -19,10 +19,12 @@ def run(b: Bench) -> None:
     from ...testing import redis as redis_mod
     from ..push import PUSH_UPDATES, describe, measure
 
-    followers = 6
-    # enough updates for a p99 (push); polling states p50/p90/max with its n
-    push_updates, poll_updates = (10, 4) if b.quick else (PUSH_UPDATES, 30)
-    idle = 3.0 if b.quick else 20.0     # s with nothing changing: what a store costs idle
+    # --quick only shows every run works (each follower is a spawned interpreter, about a
+    # second of start-up each); the full run has enough updates for a p99 (push), and
+    # polling states p50/p90/max with its n
+    followers = 3 if b.quick else 6
+    push_updates, poll_updates = (6, 3) if b.quick else (PUSH_UPDATES, 30)
+    idle = 1.0 if b.quick else 20.0     # s with nothing changing: what a store costs idle
     server: Any = None
     redis_url = b.redis_url
     if redis_url is None and redis_mod.available() and importlib.util.find_spec("redis"):
