@@ -79,7 +79,13 @@ def _argnames(mark: pytest.Mark) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``servers`` every test that uses a server-starting fixture."""
+    """Mark ``servers`` every test that uses a server-starting fixture, and run those first.
+
+    Server tests take seconds each and the rest milliseconds: handed out first
+    (scripts/test gives pytest-xdist one test at a time), the long ones start
+    while every worker is free and the short ones fill the gaps at the end,
+    instead of one worker finishing a folder of long tests alone.
+    """
     global MARKED
     MARKED = set()
     for item in items:
@@ -87,6 +93,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.servers)
         if item.get_closest_marker("servers") is not None:
             MARKED.add(item.nodeid)
+    items.sort(key=lambda item: item.nodeid not in MARKED)   # stable: file order kept
 
 
 def require_servers_mark() -> None:
