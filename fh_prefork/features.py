@@ -120,18 +120,27 @@ class Decoded:
     unless superseded, so another SDK's entry is not deleted because we
     cannot evaluate it.
     ``order``: ``(id, version)`` of every placed entry in array order, for
-    the Ruby fingerprint. ``dropped``: entries with no usable id or version.
+    the Ruby fingerprint (``placed_order``; None when it is ``by_id``'s own
+    order: every entry usable, no id twice). ``dropped``: entries with no
+    usable id or version.
     """
 
     by_id: dict[str, FeatureState] = field(default_factory=dict)
     unusable: dict[str, FeatureState] = field(default_factory=dict)
-    order: list[tuple[str, int]] = field(default_factory=list)
+    placed_order: list[tuple[str, int]] | None = None
     dropped: int = 0
     problems: list[str] = field(default_factory=list)   # one per unusable or dropped entry
     problem: str | None = None      # why the value as a whole was unreadable
     too_large: bool = False         # unreadable because of our size bound, not junk
     form: str = "absent"            # absent, plain, json-string, zlib
     digest: bytes | None = None     # SHA-256 of the (inflated) bytes the entries came from
+
+    @property
+    def order(self) -> list[tuple[str, int]]:
+        """``(id, version)`` of every placed entry, in array order."""
+        if self.placed_order is not None:
+            return self.placed_order
+        return [(fid, feature["version"]) for fid, feature in self.by_id.items()]
 
     @property
     def features(self) -> list[FeatureState]:
@@ -261,8 +270,7 @@ def _place_usable(items: list[Any], form: str, known: tuple[Verdict, ...]) -> De
     by_id = {item["id"]: item for item in items}
     if len(by_id) != len(items):
         return None
-    return Decoded(by_id=by_id, order=[(item["id"], item["version"]) for item in items],
-                   form=form)
+    return Decoded(by_id=by_id, form=form)     # its order is by_id's (see Decoded.order)
 
 
 def _place(texts: list[str] | None, items: list[Any], form: str,
@@ -273,7 +281,7 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
     else:
         verdicts = VERDICTS.lookup(texts if texts is not None else [None] * len(items))
     judged: list[tuple[str, Verdict]] = []
-    decoded = Decoded(form=form)
+    decoded = Decoded(form=form, placed_order=[])
     for index, item in enumerate(items):
         verdict = verdicts[index]
         if verdict is None:
@@ -285,7 +293,7 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
             decoded.dropped += 1
             decoded.problems.append(f"[{index}] {problem}")
             continue
-        decoded.order.append((item["id"], item["version"]))
+        decoded.order.append((item["id"], item["version"]))   # placed_order, a list here
         target = decoded.by_id if shape is None else decoded.unusable
         if shape is not None:
             decoded.problems.append(f"[{index}] {item['key']!r}: {shape}")

@@ -227,7 +227,8 @@ class SessionStore(RawUpdateFeatureListener):
         self._notifier = self._make_notifier() if options.push else None
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
-        self._thread.start()
+        with self._cond:    # the thread's first act waits for this lock (see _run)
+            self._thread.start()
 
     @property
     def edge_live(self) -> Callable[[], bool] | None:
@@ -439,6 +440,8 @@ class SessionStore(RawUpdateFeatureListener):
     # -- the store thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        with self._cond:
+            pass    # the constructor has returned from starting this thread: its work first
         self._start_up()
         next_tick = time.monotonic() + random.uniform(0, self.options.refresh_timeout)
         while True:
@@ -653,7 +656,7 @@ class SessionStore(RawUpdateFeatureListener):
         back. The rules (and why an absence never refuses Edge) are in
         :mod:`fh_prefork.absence`.
         """
-        self._repository.judge_absent(dict(stored.placed))
+        self._repository.judge_absent(stored.placed)     # a copy of its own
         self._repository.confirm_marks(stored_tombs, self.confirm_seconds())
 
     def _confirm_due(self) -> bool:

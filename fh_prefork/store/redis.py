@@ -127,6 +127,18 @@ return 1
 """
 
 
+def _no_client_setinfo() -> dict[str, Any]:
+    """redis-py's arguments for connecting without ``CLIENT SETINFO``: one round trip less
+    before every connection's first command, a worker's first read included (the library's
+    name and version are then not in ``CLIENT LIST``). ``driver_info`` since redis-py 7,
+    ``lib_name``/``lib_version`` before (deprecated since)."""
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
 def _redis() -> Any:
     try:
         import redis
@@ -205,7 +217,8 @@ def make_client(url: str, options: RedisSessionStoreOptions, *,
     common: dict[str, Any] = dict(socket_timeout=options.timeout,
                                   socket_connect_timeout=options.connect_timeout,
                                   retry=Retry(NoBackoff(), 0), decode_responses=False,
-                                  health_check_interval=30 if subscriber else 0, protocol=2)
+                                  health_check_interval=30 if subscriber else 0, protocol=2,
+                                  **_no_client_setinfo())
     if cluster:
         from redis.cluster import RedisCluster
 
@@ -292,9 +305,10 @@ class RedisBackend:
         else:  # one MGET: one consistent moment of all three
             value, sha, tombstones = (_bytes(v) for v in self._call(
                 "mget", [self.data_key, self.sha_key, self.tombstones_key]))
-        return Snapshot(value=value, cas_token=_digest(value),
-                        change_token=fs.decode_fingerprint(sha),
-                        tombstones=tombstones, tombstones_cas=_digest(tombstones))
+        # the compare-and-set tokens are the SHA-1 of these bytes: made by a write that needs
+        # them (see write and settle), not at every read
+        return Snapshot(value=value, change_token=fs.decode_fingerprint(sha),
+                        tombstones=tombstones)
 
     def write(self, value: bytes, fingerprint: str, previous: Snapshot,
               tombstones: bytes | None = None) -> str | None:
