@@ -499,7 +499,8 @@ class SessionStore(RawUpdateFeatureListener):
         the server its item limit (for ``status()``; a write would ask it anyway)."""
         try:
             self._start_notifier()
-            self._max_item_bytes()
+            if not self._closed:    # a store closed at once asks its server nothing
+                self._max_item_bytes()
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
             self.counters.errors += 1
             self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
