@@ -161,6 +161,28 @@ def test_a_stores_verify_read_of_an_unchanged_state_judges_nothing(
         store.close(flush_timeout=0)
 
 
+def test_a_values_fingerprint_is_worked_out_once_per_distinct_value(
+        judged: Counted, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real = fs.fingerprint
+
+    def counted(features: Any) -> str:
+        made.append(1)
+        return real(features)
+
+    monkeypatch.setattr(fs, "fingerprint", counted)
+    states = many(20)
+    first = fs.decode(value(states), 10**6)
+    again = fs.decode(value(states), 10**6)
+    assert first.fingerprint() == again.fingerprint() == real(first.placed.values())
+    assert len(made) == 1, "the same value was fingerprinted again"
+    assert again.agrees_with(first.fingerprint()) and not again.agrees_with(None)
+    states[3] = feat("F003", 2)
+    changed = fs.decode(value(states), 10**6)
+    assert changed.fingerprint() == real(changed.placed.values()) != first.fingerprint()
+    assert len(made) == 2
+
+
 def test_a_vouched_entry_is_judged_again_after_one_use(judged: Counted) -> None:
     item = fs.decode(value([feat("A", 1)]), 10**6).features[0]
     assert fs.feature_problem(item) is None
