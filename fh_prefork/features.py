@@ -41,8 +41,8 @@ MAX_READ_BYTES = 32 * 1024 * 1024
 #: Verdicts by entry text, shared by every store in the process (and inherited by forks).
 VERDICTS = VerdictCache()
 
-#: The usable entries the last :func:`decode` on this thread produced, by ``id()``, each
-#: vouched for once (see :func:`feature_problem`).
+#: The usable entries the last :func:`decode` on this thread produced, by feature id, each
+#: vouched for once and only as that very object (see :func:`feature_problem`).
 _handoff = threading.local()
 
 
@@ -72,13 +72,23 @@ def feature_problem(item: Any) -> str | None:
 
     An entry the last :func:`decode` on this thread found usable is not judged
     again, once: the store replays what it just decoded, and the listener checks
-    what it is given. The object itself is vouched for (held by reference, so its
-    ``id`` cannot be reused), and feature states are never changed in place here.
+    what it is given. Only that very object is vouched for (the handoff holds it,
+    and ``is`` compares), and feature states are never changed in place here.
     """
-    vouched: dict[int, Any] | None = getattr(_handoff, "items", None)
-    if vouched and isinstance(item, dict) and vouched.pop(id(item), None) is item:
-        return None
-    return identity_problem(item) or shape_problem(item)
+    return feature_problems([item])[0]
+
+
+def feature_problems(items: Iterable[Any]) -> list[str | None]:
+    """:func:`feature_problem` of each item, in order (one look at the decode's handoff)."""
+    vouched: dict[str, Any] | None = getattr(_handoff, "items", None)
+    problems: list[str | None] = []
+    for item in items:
+        fid = item.get("id") if vouched and isinstance(item, dict) else None
+        if isinstance(fid, str) and vouched and vouched.pop(fid, None) is item:
+            problems.append(None)
+        else:
+            problems.append(identity_problem(item) or shape_problem(item))
+    return problems
 
 
 def _judge(item: Any) -> Verdict:
@@ -110,17 +120,27 @@ class Decoded:
     unless superseded, so another SDK's entry is not deleted because we
     cannot evaluate it.
     ``order``: ``(id, version)`` of every placed entry in array order, for
-    the Ruby fingerprint. ``dropped``: entries with no usable id or version.
+    the Ruby fingerprint (``placed_order``; None when it is ``by_id``'s own
+    order: every entry usable, no id twice). ``dropped``: entries with no
+    usable id or version.
     """
 
     by_id: dict[str, FeatureState] = field(default_factory=dict)
     unusable: dict[str, FeatureState] = field(default_factory=dict)
-    order: list[tuple[str, int]] = field(default_factory=list)
+    placed_order: list[tuple[str, int]] | None = None
     dropped: int = 0
     problems: list[str] = field(default_factory=list)   # one per unusable or dropped entry
     problem: str | None = None      # why the value as a whole was unreadable
     too_large: bool = False         # unreadable because of our size bound, not junk
     form: str = "absent"            # absent, plain, json-string, zlib
+    digest: bytes | None = None     # SHA-256 of the (inflated) bytes the entries came from
+
+    @property
+    def order(self) -> list[tuple[str, int]]:
+        """``(id, version)`` of every placed entry, in array order."""
+        if self.placed_order is not None:
+            return self.placed_order
+        return [(fid, feature["version"]) for fid, feature in self.by_id.items()]
 
     @property
     def features(self) -> list[FeatureState]:
@@ -129,6 +149,8 @@ class Decoded:
     @property
     def placed(self) -> dict[str, FeatureState]:
         """Every entry with an id and version, usable or not (what a rewrite keeps)."""
+        if not self.unusable:
+            return dict(self.by_id)
         out = dict(self.unusable)
         for fid, feature in self.by_id.items():
             held = out.get(fid)
@@ -136,9 +158,26 @@ class Decoded:
                 out[fid] = feature
         return out
 
+    def fingerprint(self) -> str:
+        """:func:`fingerprint` of :attr:`placed`, worked out once per distinct value."""
+        digest = self.digest
+        known = VERDICTS.fingerprint(digest) if digest is not None else None
+        if known is None:
+            known = fingerprint(self.placed.values())
+            if digest is not None:
+                VERDICTS.remember_fingerprint(digest, known)
+        return known
+
     def consistent_fingerprints(self) -> set[str]:
         """Fingerprints that agree with this array: sorted (ours, JS) or array order (Ruby)."""
-        return {fingerprint(self.placed.values()), fingerprint_in_order(self.order)}
+        return {self.fingerprint(), fingerprint_in_order(self.order)}
+
+    def agrees_with(self, token: str | None) -> bool:
+        """``token in consistent_fingerprints()``, without the second formula when the first
+        matches (it does for every value fh_prefork and the JavaScript store write)."""
+        if token is None:
+            return False
+        return token == self.fingerprint() or token == fingerprint_in_order(self.order)
 
 
 def inflate(raw: bytes, max_bytes: int) -> bytes:
@@ -187,27 +226,30 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
     parsed = _parse(text, form, by_entry=known is None)
     if isinstance(parsed, Decoded):
         return parsed
-    entries, form = parsed
-    decoded, verdicts = _place(entries, form, known)
-    if known is None:
-        VERDICTS.remember_value(digest, verdicts)
-    _handoff.items = {id(item): item for item in decoded.by_id.values()}
+    texts, items, form = parsed
+    decoded = _place_usable(items, form, known) if known is not None else None
+    if decoded is None:
+        decoded, verdicts = _place(texts, items, form, known)
+        if known is None:
+            VERDICTS.remember_value(digest, verdicts)
+    decoded.digest = digest
+    _handoff.items = dict(decoded.by_id)
     return decoded
 
 
-def _parse(text: str, form: str,
-           by_entry: bool) -> tuple[list[tuple[str | None, Any]], str] | Decoded:
+def _parse(text: str, form: str, by_entry: bool
+           ) -> tuple[list[str] | None, list[Any], str] | Decoded:
     """The array's entries (with each one's text when ``by_entry``) and its form, or why not."""
     entries = _array_entries(text) if by_entry else None
     if entries is not None:
-        return entries, form
+        return entries[0], entries[1], form
     try:
         value = json.loads(text)
         if isinstance(value, str):  # Ruby/Dalli JSON serializer wraps the array in a string
             form = "json-string" if form == "plain" else form
             entries = _array_entries(value) if by_entry else None
             if entries is not None:
-                return entries, form
+                return entries[0], entries[1], form
             value = json.loads(value)
     except RecursionError:
         return Decoded(problem="JSON nested too deeply", form=form)
@@ -215,30 +257,43 @@ def _parse(text: str, form: str,
         return Decoded(problem="value is not JSON", form=form)
     if not isinstance(value, list):
         return Decoded(problem=f"expected a JSON array, found {type(value).__name__}", form=form)
-    return [(None, item) for item in value], form
+    return None, value, form
 
 
-def _place(entries: list[tuple[str | None, Any]], form: str,
+def _place_usable(items: list[Any], form: str, known: tuple[Verdict, ...]) -> Decoded | None:
+    """The common case of a value read before, quickly: every entry usable, no id twice.
+
+    None when it is not that case (:func:`_place` then places the value entry by entry).
+    """
+    if len(known) != len(items) or known.count(USABLE) != len(known):
+        return None
+    by_id = {item["id"]: item for item in items}
+    if len(by_id) != len(items):
+        return None
+    return Decoded(by_id=by_id, form=form)     # its order is by_id's (see Decoded.order)
+
+
+def _place(texts: list[str] | None, items: list[Any], form: str,
            known: tuple[Verdict, ...] | None) -> tuple[Decoded, tuple[Verdict, ...]]:
     """Judge each entry (unless its text, or the whole value, was judged before); place it."""
-    if known is not None and len(known) == len(entries):
+    if known is not None and len(known) == len(items):
         verdicts: list[Verdict | None] = list(known)
     else:
-        verdicts = VERDICTS.lookup([text for text, _ in entries])
+        verdicts = VERDICTS.lookup(texts if texts is not None else [None] * len(items))
     judged: list[tuple[str, Verdict]] = []
-    decoded = Decoded(form=form)
-    for index, (text, item) in enumerate(entries):
+    decoded = Decoded(form=form, placed_order=[])
+    for index, item in enumerate(items):
         verdict = verdicts[index]
         if verdict is None:
             verdict = verdicts[index] = _judge(item)
-            if text is not None:
-                judged.append((text, verdict))
+            if texts is not None:
+                judged.append((texts[index], verdict))
         problem, shape = verdict
         if problem is not None:
             decoded.dropped += 1
             decoded.problems.append(f"[{index}] {problem}")
             continue
-        decoded.order.append((item["id"], item["version"]))
+        decoded.order.append((item["id"], item["version"]))   # placed_order, a list here
         target = decoded.by_id if shape is None else decoded.unusable
         if shape is not None:
             decoded.problems.append(f"[{index}] {item['key']!r}: {shape}")
@@ -267,8 +322,8 @@ def _skip_space(text: str, at: int) -> int:
     return at
 
 
-def _array_entries(text: str) -> list[tuple[str | None, Any]] | None:
-    """A JSON array's entries with the exact text of each, or None if ``text`` is not one.
+def _array_entries(text: str) -> tuple[list[str], list[Any]] | None:
+    """A JSON array's entries and the exact text of each, or None if ``text`` is not one.
 
     Parsed by the scanner ``json.loads`` uses, so each entry is the value
     ``json.loads`` would give; anything irregular (not an array, a syntax
@@ -278,19 +333,21 @@ def _array_entries(text: str) -> list[tuple[str | None, Any]] | None:
     if text[at:at + 1] != "[":
         return None
     at = _skip_space(text, at + 1)
-    entries: list[tuple[str | None, Any]] = []
+    texts: list[str] = []
+    items: list[Any] = []
     if text[at:at + 1] == "]":
-        return entries if _skip_space(text, at + 1) == len(text) else None
+        return (texts, items) if _skip_space(text, at + 1) == len(text) else None
     try:
         while True:
             item, end = _SCAN(text, at)
-            entries.append((text[at:end], item))
+            texts.append(text[at:end])
+            items.append(item)
             end = _skip_space(text, end)
             char = text[end:end + 1]
             if char == ",":
                 at = _skip_space(text, end + 1)
             elif char == "]":
-                return entries if _skip_space(text, end + 1) == len(text) else None
+                return (texts, items) if _skip_space(text, end + 1) == len(text) else None
             else:
                 return None
     except (StopIteration, ValueError, RecursionError):

@@ -21,7 +21,7 @@ from featurehub_sdk.featurehub_repository import FeatureHubRepository
 from . import tombstones as ts
 from .absence import SUSPECT_FACTOR, AbsenceJudge, EdgeView, list_is_suspect
 from .feature_shape import MAX_VERSION
-from .features import feature_problem, identity_problem
+from .features import feature_problems, identity_problem
 from .ratelog import RateLimitedLog
 from .regex import apply_feature
 from .tombstones import Tombstone
@@ -172,7 +172,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             with self._notify_lock:
                 if source == EDGE_SOURCE:
                     self._new_list(data)
-                applied = [f for f in (self._apply_one(item, source) for item in data) if f]
+                applied = self._apply_all(data, source)
                 self._ready = True
                 self._tell("features", applied, source)
                 if source == EDGE_SOURCE:
@@ -379,7 +379,7 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                                                                      "key": tomb.key})
                     self._tell("delete_feature", {"id": tomb.id, "key": tomb.key,
                                                   "version": tomb.version}, source)
-            applied = [f for f in (self._apply_one(item, source) for item in features) if f]
+            applied = self._apply_all(features, source)
             if applied:
                 self._tell("features", applied, source)
 
@@ -421,38 +421,70 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
 
     def _apply_one(self, item: Any, source: str) -> dict[str, Any] | None:
         """Apply one state if it is usable and not deleted; return it when the SDK took it."""
-        problem = feature_problem(item)
-        if problem is not None:
-            key = item.get("key") if isinstance(item, dict) else None
-            self._junk_log.failure("fh_prefork: ignored unusable feature state %r from %s: %s",
-                                   key, source, problem)
-            return None
-        tomb = self._tombstones.get(item["id"])
-        if tomb is not None and tomb.inferred and source == EDGE_SOURCE:
+        applied = self._apply_all([item], source)
+        return applied[0] if applied else None
+
+    def _apply_all(self, items: list[Any], source: str) -> list[dict[str, Any]]:
+        """Apply states in order, each on its own (one bad state costs only itself); return
+        the ones the SDK took.
+
+        The store replays hundreds of states at a worker's start, so the common path (a
+        usable state for a key held under the same id, or not held) is kept to the SDK's
+        own call and one look at what it kept.
+        """
+        applied: list[dict[str, Any]] = []
+        features = self.features
+        sdk_notify = FeatureHubRepository.notify
+        for item, problem in zip(items, feature_problems(items), strict=True):
+            if problem is not None:
+                key = item.get("key") if isinstance(item, dict) else None
+                self._junk_log.failure("fh_prefork: ignored unusable feature state %r from %s: "
+                                       "%s", key, source, problem)
+                continue
+            if item["id"] in self._tombstones and not self._passes_tombstone(item, source):
+                continue
+            holder = features.get(item["key"])
+            held = holder.internal_feature_state if holder is not None else None
+            if held and held.get("id") != item["id"]:
+                taken = self._take_key(item, holder, held, source)
+                if taken is not None:
+                    applied.append(taken)
+                continue
+            try:
+                sdk_notify(self, "feature", item)
+            except Exception as err:
+                self._refused(err)
+                continue
+            after = features.get(item["key"])
+            # the SDK keeps the dict it accepts: anything else means it kept what it held
+            if after is not None and after.internal_feature_state is item:
+                applied.append(item)
+        return applied
+
+    def _passes_tombstone(self, item: dict[str, Any], source: str) -> bool:
+        """Whether ``item`` may be applied over the tombstone held for its id."""
+        tomb = self._tombstones[item["id"]]
+        if tomb.inferred and source == EDGE_SOURCE:
             # Edge names it again: the absence was not a deletion (see fh_prefork.absence)
             del self._tombstones[item["id"]]
             self._own_marks.pop(item["id"], None)
             log.info("fh_prefork: Edge names feature %r (id %s) again; it is back", item["key"],
                      item["id"])
-        elif tomb is not None and tomb.covers(item):
+            return True
+        return not tomb.covers(item)
+
+    def _take_key(self, item: dict[str, Any], holder: Any, held: Any,
+                  source: str) -> dict[str, Any] | None:
+        """A state whose key is held under another id: Edge's word (or a deleted holder) wins."""
+        held_tomb = self._tombstones.get(held.get("id"))
+        if source != EDGE_SOURCE and not (held_tomb and held_tomb.covers(held)):
+            return None     # two ids for one key and no sign which is current: keep ours
+        if not self._guarded(holder.set_feature_state, item):
             return None
-        holder = self.features.get(item["key"])
-        held = holder.internal_feature_state if holder is not None else None
-        if held and held.get("id") != item["id"]:
-            held_tomb = self._tombstones.get(held.get("id"))
-            if source != EDGE_SOURCE and not (held_tomb and held_tomb.covers(held)):
-                return None     # two ids for one key and no sign which is current: keep ours
-            if not self._guarded(holder.set_feature_state, item):
-                return None
-            if identity_problem(held) is None and not (held_tomb and held_tomb.covers(held)):
-                # Edge says the key is another feature now: the one we held was deleted
-                self._bury(held)
-            return dict(item)
-        if not self._guarded(super().notify, "feature", item):
-            return None
-        after = self.features.get(item["key"])
-        # the SDK keeps the dict it accepts: anything else means it kept what it held
-        return item if after is not None and after.internal_feature_state is item else None
+        if identity_problem(held) is None and not (held_tomb and held_tomb.covers(held)):
+            # Edge says the key is another feature now: the one we held was deleted
+            self._bury(held)
+        return dict(item)
 
     def _delete(self, data: Any, source: str) -> dict[str, Any] | None:
         """Apply an Edge/store delete and remember it as a tombstone.
@@ -498,9 +530,11 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             apply(*args)
             return True
         except Exception as err:
-            self._junk_log.failure("fh_prefork: the FeatureHub SDK refused a feature state: %s",
-                                   err)
+            self._refused(err)
             return False
+
+    def _refused(self, err: Exception) -> None:
+        self._junk_log.failure("fh_prefork: the FeatureHub SDK refused a feature state: %s", err)
 
     def _tell(self, status: str, data: Any, source: str) -> None:
         self.applied[source] = self.applied.get(source, 0) + (

@@ -11,7 +11,8 @@ check, never a wrong verdict.
 
 Whole values are remembered too, by the SHA-256 of their bytes: a verify read
 of a value read before (the common case: nothing changed) skips the per-entry
-lookups as well and parses the value whole.
+lookups as well and parses the value whole, and the value's fingerprint (also
+a pure function of its bytes) is worked out once, not at every read.
 
 The cache is bounded in entries, in characters held and in values, and evicts
 the least recently used; an entry too large to keep is simply judged each time.
@@ -47,6 +48,7 @@ class VerdictCache:
         self.max_chars = max_chars
         self._verdicts: OrderedDict[str, Verdict] = OrderedDict()
         self._values: OrderedDict[bytes, tuple[Verdict, ...]] = OrderedDict()
+        self._fingerprints: OrderedDict[bytes, str] = OrderedDict()
         self._chars = 0
         self._lock = threading.Lock()
         # a fork while another thread holds the lock must not leave the child's copy held
@@ -100,10 +102,26 @@ class VerdictCache:
             while len(self._values) > MAX_VALUES:
                 self._values.popitem(last=False)
 
+    def fingerprint(self, digest: bytes) -> str | None:
+        """The fingerprint remembered for the value with this digest, if any."""
+        with self._lock:
+            found = self._fingerprints.get(digest)
+            if found is not None:
+                self._fingerprints.move_to_end(digest)
+            return found
+
+    def remember_fingerprint(self, digest: bytes, fingerprint: str) -> None:
+        with self._lock:
+            self._fingerprints[digest] = fingerprint
+            self._fingerprints.move_to_end(digest)
+            while len(self._fingerprints) > MAX_VALUES:
+                self._fingerprints.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._verdicts.clear()
             self._values.clear()
+            self._fingerprints.clear()
             self._chars = 0
             self.hits = self.misses = 0
 

@@ -220,16 +220,21 @@ class SessionStore(RawUpdateFeatureListener):
             self._note_failure(err, "cannot read it at start, serving from Edge until it "
                                "returns")
         self._notifier: ChangeNotifier | None = None
+        self._push_lock = threading.Lock()     # the notifier starts, or is closed, not both
         self._thread: threading.Thread | None = None
         if not start:
             self._closing = self._closed = True
             self._backend.close()
             return
         self._repository.register_raw_update_listener(self)
+        # made here (status() shows it at once), started by the store thread: a subscription
+        # or a watch need not delay the worker's start, and the notifier's first act is a
+        # token check that sees any write made between this read and its start
+        self._notifier = self._make_notifier() if options.push else None
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
-        self._thread.start()
-        self._notifier = self._start_notifier() if options.push else None
+        with self._cond:    # the thread's first act waits for this lock (see _run)
+            self._thread.start()
 
     @property
     def edge_live(self) -> Callable[[], bool] | None:
@@ -282,8 +287,10 @@ class SessionStore(RawUpdateFeatureListener):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._notifier is not None:
-            self._notifier.close()
+        with self._push_lock:   # after this, the store thread starts no notifier
+            notifier = self._notifier
+        if notifier is not None:
+            notifier.close()
         self._repository.remove_raw_update_listener(self)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -439,6 +446,9 @@ class SessionStore(RawUpdateFeatureListener):
     # -- the store thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        with self._cond:
+            pass    # the constructor has returned from starting this thread: its work first
+        self._start_up()
         next_tick = time.monotonic() + random.uniform(0, self.options.refresh_timeout)
         while True:
             with self._cond:
@@ -490,19 +500,41 @@ class SessionStore(RawUpdateFeatureListener):
         with self._cond:
             return self._dirty and (self._retry_at is None or now >= self._retry_at)
 
-    def _start_notifier(self) -> ChangeNotifier | None:
-        """Push: the backend's notifier, if it has one, wakes this store's thread."""
+    def _start_up(self) -> None:
+        """The store thread's first acts, kept out of the constructor: start push, and ask
+        the server its item limit (for ``status()``; a write would ask it anyway)."""
+        try:
+            self._start_notifier()
+            if not self._closed:    # a store closed at once asks its server nothing
+                self._max_item_bytes()
+        except Exception:  # the loop still runs: push is an optimisation, the limit asked later
+            self.counters.errors += 1
+            self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
+                                     level=logging.ERROR, exc_info=True)
+
+    def _make_notifier(self) -> ChangeNotifier | None:
+        """Push: the backend's notifier, if it has one, to wake this store's thread."""
         if not isinstance(self._backend, PushBackend):
             return None
         try:
-            notifier = self._backend.notifier(self._on_notify)
-            if notifier is not None:
-                notifier.start()
+            return self._backend.notifier(self._on_notify)
         except Exception as err:  # push is an optimisation: the refresh timer still runs
             self._log.warning("fh_prefork: no change notifications from %s, polling only: %s",
                               self._backend.description, err)
             return None
-        return notifier
+
+    def _start_notifier(self) -> None:
+        """Start the notifier (on the store thread), unless the store is closing already."""
+        with self._push_lock:
+            notifier = self._notifier
+            if notifier is None or self._closed:
+                return
+            try:
+                notifier.start()
+            except Exception as err:  # push is an optimisation: the refresh timer still runs
+                self._notifier = None
+                self._log.warning("fh_prefork: no change notifications from %s, polling only: "
+                                  "%s", self._backend.description, err)
 
     def _on_notify(self, full: bool) -> None:
         """Called on the notifier's thread: only marks; the store thread does the I/O."""
@@ -632,7 +664,7 @@ class SessionStore(RawUpdateFeatureListener):
         back. The rules (and why an absence never refuses Edge) are in
         :mod:`fh_prefork.absence`.
         """
-        self._repository.judge_absent(dict(stored.placed))
+        self._repository.judge_absent(stored.placed)     # a copy of its own
         self._repository.confirm_marks(stored_tombs, self.confirm_seconds())
 
     def _confirm_due(self) -> bool:
@@ -683,13 +715,15 @@ class SessionStore(RawUpdateFeatureListener):
             self._change_token = None
             self._set_problem(f"the stored state is unreadable here: {decoded.problem}")
             return
-        fingerprint = fs.fingerprint(plan.live.values())
+        # no write was planned, so what the store should hold is what it holds: its value's
+        # fingerprint, worked out once per distinct value (see fh_prefork.verdicts)
+        fingerprint = (decoded.fingerprint() if plan.live == decoded.placed
+                       else fs.fingerprint(plan.live.values()))
         self._fingerprint = fingerprint
         self._change_token = snapshot.change_token
         fingerprint_tokens = (not isinstance(self._backend, TokenKind)
                               or self._backend.fingerprint_tokens)
-        if (fingerprint_tokens
-                and snapshot.change_token not in decoded.consistent_fingerprints()):
+        if fingerprint_tokens and not decoded.agrees_with(snapshot.change_token):
             if may_write:
                 self._change_token = self._settle(snapshot, fingerprint)
             else:
@@ -757,8 +791,9 @@ class SessionStore(RawUpdateFeatureListener):
     def _max_item_bytes(self) -> int:
         """The largest state written: the option if set, else the server's own limit.
 
-        The server is asked on the thread doing backend I/O (at open, then the
-        store thread) until it answers once; never on a request.
+        The server is asked on the thread doing backend I/O until it answers
+        once: the store thread as it starts (or the read at open, when the value
+        read is one only the server's limit can bound); never on a request.
         """
         if self.options.max_item_bytes is not None:
             return self.options.max_item_bytes
@@ -787,7 +822,13 @@ class SessionStore(RawUpdateFeatureListener):
                 self._problem = problem
 
     def _decode(self, snapshot: Snapshot) -> fs.Decoded:
-        decoded = fs.decode(snapshot.value, max(self._max_item_bytes(), fs.MAX_READ_BYTES))
+        raw = snapshot.value
+        bound = fs.MAX_READ_BYTES
+        if raw is not None and (len(raw) > bound or fs.is_zlib(raw)):
+            # only a value past our bound, or one that inflates, can need the server's own
+            # larger limit: any other read does not wait on asking the server for it
+            bound = max(self._max_item_bytes(), bound)
+        decoded = fs.decode(raw, bound)
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             self.counters.junk_entries += len(decoded.problems) or 1

@@ -127,6 +127,18 @@ return 1
 """
 
 
+def _no_client_setinfo() -> dict[str, Any]:
+    """redis-py's arguments for connecting without ``CLIENT SETINFO``: one round trip less
+    before every connection's first command, a worker's first read included (the library's
+    name and version are then not in ``CLIENT LIST``). ``driver_info`` since redis-py 7,
+    ``lib_name``/``lib_version`` before (deprecated since)."""
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
 def _redis() -> Any:
     try:
         import redis
@@ -179,25 +191,34 @@ def describe_url(url: str) -> str:
            f"{kw.get('db', 0)}"
 
 
-def make_client(url: str, options: RedisSessionStoreOptions) -> Any:
+def make_client(url: str, options: RedisSessionStoreOptions, *,
+                subscriber: bool = True) -> Any:
     """A redis-py client for ``url``: bytes replies, bounded timeouts, no silent retries.
 
     A cluster client connects when it is built (it asks for the slot map), so
     the backend builds it on first use: the store's one read at start, in the
     post-fork hook, where the slot map and the reads across slots are each
     bounded by ``connect_timeout`` and ``timeout``.
+
+    ``subscriber``: health checks (a connection idle for 30 s is PINGed before
+    use), so a subscriber, which only ever waits, notices a server that vanished
+    without a reset (paused, partitioned) and reconnects. The store's own client
+    goes without (``subscriber=False``): each of its commands is bounded by the
+    socket timeout and fails alike with or without a PING before it (no retries),
+    and a fresh connection's PING is one more round trip in every worker's start.
     """
     redis = _redis()
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     plain, cluster = split_url(url)
-    # health checks: a connection idle for 30 s is PINGed before use, so a subscriber whose
-    # server vanished without a reset (paused, partitioned) notices and reconnects
+    # RESP2 unless the URL asks for another (``?protocol=3``): nothing here needs RESP3, and
+    # its HELLO is one more round trip in every worker's start, before the store's first read
     common: dict[str, Any] = dict(socket_timeout=options.timeout,
                                   socket_connect_timeout=options.connect_timeout,
                                   retry=Retry(NoBackoff(), 0), decode_responses=False,
-                                  health_check_interval=30)
+                                  health_check_interval=30 if subscriber else 0, protocol=2,
+                                  **_no_client_setinfo())
     if cluster:
         from redis.cluster import RedisCluster
 
@@ -252,13 +273,16 @@ class RedisBackend:
 
     ``client``: a redis-py client, or a callable that builds one (called on first
     use, so a cluster that is down at construction costs nothing there).
+    ``subscriber``: builds the push subscriber's client, when ``client`` is a
+    callable whose clients are not meant for that (see :func:`make_client`).
     """
 
     source = SOURCE
 
     def __init__(self, client: Any | Callable[[], Any], data_key: str, description: str,
-                 cluster: bool) -> None:
+                 cluster: bool, *, subscriber: Callable[[], Any] | None = None) -> None:
         self._client_or_factory = client
+        self._subscriber = subscriber
         self._given = hasattr(client, "execute_command")   # a client, not a factory of them
         self._client: Any = client if self._given else None
         self.cluster = cluster
@@ -281,9 +305,10 @@ class RedisBackend:
         else:  # one MGET: one consistent moment of all three
             value, sha, tombstones = (_bytes(v) for v in self._call(
                 "mget", [self.data_key, self.sha_key, self.tombstones_key]))
-        return Snapshot(value=value, cas_token=_digest(value),
-                        change_token=fs.decode_fingerprint(sha),
-                        tombstones=tombstones, tombstones_cas=_digest(tombstones))
+        # the compare-and-set tokens are the SHA-1 of these bytes: made by a write that needs
+        # them (see write and settle), not at every read
+        return Snapshot(value=value, change_token=fs.decode_fingerprint(sha),
+                        tombstones=tombstones)
 
     def write(self, value: bytes, fingerprint: str, previous: Snapshot,
               tombstones: bytes | None = None) -> str | None:
@@ -378,8 +403,8 @@ class RedisBackend:
 
     def _notifier_client(self) -> Any:
         given: Any = self._client_or_factory
-        if not self._given:
-            return given()     # a URL: a fresh client, same settings (never the URL text)
+        if not self._given:    # a URL: a fresh client, same settings (never the URL text)
+            return self._subscriber() if self._subscriber is not None else given()
         if self.cluster:
             return given       # a given cluster client: redis-py's pubsub has its own connection
         redis = _redis()
@@ -552,11 +577,14 @@ class RedisSessionStore(SessionStore):
             description = describe_url(connection_or_client)
             url = connection_or_client
             cluster = split_url(url)[1]
-            client: Any = lambda: make_client(url, options)  # noqa: E731
+            client: Any = lambda: make_client(url, options, subscriber=False)  # noqa: E731
+            subscriber: Callable[[], Any] | None = lambda: make_client(url, options)  # noqa: E731
         else:
             client = connection_or_client
             check_client(client)
             cluster = is_cluster_client(client)
             description = describe_client(client)
-        backend = RedisBackend(client, data_key, f"{description} key {data_key}", cluster)
+            subscriber = None
+        backend = RedisBackend(client, data_key, f"{description} key {data_key}", cluster,
+                               subscriber=subscriber)
         super().__init__(backend, config, options, start=start)

@@ -138,6 +138,51 @@ def test_a_store_start_judges_each_entry_once(judged: Counted, tmp_path: Path) -
         assert judged.calls == 40, f"start {starts} judged {judged.calls} entries, not 40"
 
 
+def test_a_stores_verify_read_of_an_unchanged_state_judges_nothing(
+        judged: Counted, tmp_path: Path) -> None:
+    """The store's own full reads (a verify tick, a refresh) of the state it holds: nothing
+    is judged, neither by decode (the value was judged before) nor by the listener."""
+    config = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
+    store = open_store(f"file://{tmp_path}", config, {"prefix": "p", "refresh_timeout": 3600.0})
+    assert store is not None
+    try:
+        repo_of(config).notify("features", many(40))
+        assert store.flush(5)
+        assert store.refresh(5)          # the first read of the value written: judged once
+        calls, misses, hits = judged.calls, fs.VERDICTS.misses, fs.VERDICTS.hits
+        reads = store.counters.reads
+        for _ in range(3):
+            assert store.refresh(5)
+        assert store.counters.reads >= reads + 3, "the refreshes read nothing"
+        assert judged.calls == calls, f"{judged.calls - calls} shape checks on unchanged reads"
+        assert fs.VERDICTS.misses == misses, "an unchanged read missed the verdict cache"
+        assert fs.VERDICTS.hits >= hits + 3 * 40
+    finally:
+        store.close(flush_timeout=0)
+
+
+def test_a_values_fingerprint_is_worked_out_once_per_distinct_value(
+        judged: Counted, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real = fs.fingerprint
+
+    def counted(features: Any) -> str:
+        made.append(1)
+        return real(features)
+
+    monkeypatch.setattr(fs, "fingerprint", counted)
+    states = many(20)
+    first = fs.decode(value(states), 10**6)
+    again = fs.decode(value(states), 10**6)
+    assert first.fingerprint() == again.fingerprint() == real(first.placed.values())
+    assert len(made) == 1, "the same value was fingerprinted again"
+    assert again.agrees_with(first.fingerprint()) and not again.agrees_with(None)
+    states[3] = feat("F003", 2)
+    changed = fs.decode(value(states), 10**6)
+    assert changed.fingerprint() == real(changed.placed.values()) != first.fingerprint()
+    assert len(made) == 2
+
+
 def test_a_vouched_entry_is_judged_again_after_one_use(judged: Counted) -> None:
     item = fs.decode(value([feat("A", 1)]), 10**6).features[0]
     assert fs.feature_problem(item) is None
