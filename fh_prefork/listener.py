@@ -455,6 +455,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             except Exception as err:
                 self._refused(err)
                 continue
+            if holder is None:
+                # a key not held (every key of a worker's first read): the SDK makes a holder
+                # of this very state, so there is nothing to compare
+                if item["key"] in features:
+                    applied.append(item)
+                continue
             after = features.get(item["key"])
             # the SDK keeps the dict it accepts: anything else means it kept what it held
             if after is not None and after.internal_feature_state is item:
