@@ -420,6 +420,7 @@ class SessionStore(RawUpdateFeatureListener):
                        or int(self._dirty or self._in_flight))
             flushing = self._in_flight
             problem = self._problem
+        notifier = self._notifier   # read once: the store thread drops one that fails to start
         return {
             "backend": self._backend.description,
             "source": self.source,
@@ -434,7 +435,7 @@ class SessionStore(RawUpdateFeatureListener):
             "last_write": self._last_write,
             "last_error": self._last_error,
             "healthy": not self._backend_log.failing,
-            "push": self._notifier.status() if self._notifier is not None else None,
+            "push": notifier.status() if notifier is not None else None,
             "refresh_seconds": self.options.refresh_timeout,
             # the largest state written: the option, or the server's own limit once known
             "max_item_bytes": (self.options.max_item_bytes or self._server_item_limit

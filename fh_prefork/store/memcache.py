@@ -230,7 +230,8 @@ class MemcacheBackend:
         """The largest value every server stores: ``item_size_max`` (``stats settings``) less
         ``ITEM_HEADROOM``; None when a server does not say (a proxy without ``stats``).
 
-        Asked once, when the store opens (see ``SessionStore``), never per write.
+        Asked once, by the store thread as it starts (or at open, for a value the limit
+        could matter to: see ``SessionStore._decode``), never per write.
         ``StoreUnavailable`` when a server cannot be reached: asked again later.
         """
         from pymemcache.exceptions import MemcacheClientError, MemcacheServerError

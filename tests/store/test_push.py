@@ -78,6 +78,28 @@ def test_a_write_wakes_the_other_stores_at_once(push_url: str, stores: Any) -> N
         wait_for(every_reader_at, BOUND, interval=0.002, what=f"every reader at version {v}")
 
 
+def test_a_write_landing_before_push_starts_is_not_missed(
+        push_url: str, stores: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store thread starts push after the constructor's read: a write landing between
+    the two is found by the notifier's first look at the change token, not a minute later
+    at the next refresh."""
+    writer_cfg, writer = stores(push_url)
+    repo(writer_cfg).notify("feature", feat("A", 1))
+    assert writer.flush(BOUND)
+    start = SessionStore._start_notifier
+
+    def write_first(self: SessionStore) -> None:
+        if self is not writer and version(writer_cfg, "A") == 1:
+            repo(writer_cfg).notify("feature", feat("A", 2))
+            assert writer.flush(BOUND)
+        start(self)
+
+    monkeypatch.setattr(SessionStore, "_start_notifier", write_first)
+    reader_cfg, _ = stores(push_url)
+    wait_for(lambda: version(reader_cfg, "A") == 2, BOUND,
+             what="the write made between the reader's read and its push start")
+
+
 def test_push_off_or_memcached_polls(stores: Any, memcached: Any, tmp_path: Path) -> None:
     _, off = stores(f"file://{tmp_path}/store", push=False)
     _, mc = stores(memcached.url)
