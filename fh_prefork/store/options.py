@@ -47,8 +47,9 @@ class SessionStoreOptions:
     refresh_jitter: float = _opt(0.2, "each period is uniform in [1-j, 1+j] x refresh_timeout")
     logger: logging.Logger | None = _opt(None, "where the store logs", "`fh_prefork.store`")
     max_item_bytes: int | None = _opt(None, "largest state written, overriding the server's "
-                                      "own limit (memcached's `item_size_max`, read once at "
-                                      "open, less 1 KiB of headroom); where the server does "
+                                      "own limit (memcached's `item_size_max`, asked once as "
+                                      "the store's thread starts, less 1 KiB of headroom); "
+                                      "where the server does "
                                       "not say, 1 MiB - 1 KiB (memcached's default)",
                                       "the server's limit")
     verify_every: int = _opt(12, "every Nth tick syncs in full even if the fingerprint looks "
