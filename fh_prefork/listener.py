@@ -432,10 +432,20 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         usable state for a key held under the same id, or not held) is kept to the SDK's
         own call and one look at what it kept.
         """
-        applied: list[dict[str, Any]] = []
         features = self.features
         sdk_notify = FeatureHubRepository.notify
-        for item, problem in zip(items, feature_problems(items), strict=True):
+        problems = feature_problems(items)
+        if self._all_new(items, problems):
+            # a worker's first read: every state usable, no tombstone, no key held or repeated.
+            # The SDK makes a holder of each very state, in one call; should it still raise,
+            # each state is applied on its own below (again: the SDK keeps what it holds)
+            try:
+                sdk_notify(self, "features", items)
+                return list(items)
+            except Exception as err:
+                self._refused(err)
+        applied: list[dict[str, Any]] = []
+        for item, problem in zip(items, problems, strict=True):
             if problem is not None:
                 key = item.get("key") if isinstance(item, dict) else None
                 self._junk_log.failure("fh_prefork: ignored unusable feature state %r from %s: "
@@ -466,6 +476,15 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
             if after is not None and after.internal_feature_state is item:
                 applied.append(item)
         return applied
+
+    def _all_new(self, items: list[Any], problems: list[str | None]) -> bool:
+        """Whether every item is usable, untombstoned, and under a key not held here nor
+        repeated in ``items`` (so the SDK takes each as it is)."""
+        if len(items) < 2 or any(problem is not None for problem in problems):
+            return False
+        keys = {item["key"] for item in items}
+        return (len(keys) == len(items) and self.features.keys().isdisjoint(keys)
+                and self._tombstones.keys().isdisjoint(item["id"] for item in items))
 
     def _passes_tombstone(self, item: dict[str, Any], source: str) -> bool:
         """Whether ``item`` may be applied over the tombstone held for its id."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from fh_prefork.feature_shape import MAX_VERSION
 from fh_prefork.listener import EDGE_SOURCE, ListeningRepository, RawUpdateFeatureListener
 from tests.support.stores import feat
@@ -43,6 +45,33 @@ def test_malformed_states_are_dropped_before_the_sdk_sees_them() -> None:
     repo.notify("features", {"not": "a list"})
     assert rec.calls == [("features", ["A"], EDGE_SOURCE)]
     assert repo.feature("A").exists and not repo.feature("B").exists
+
+
+def test_a_first_list_the_sdk_refuses_in_one_call_is_applied_state_by_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's first list goes to the SDK in one call; should that call raise, every
+    state still gets its own call, and only the one the SDK refuses is lost."""
+    from featurehub_sdk.featurehub_repository import FeatureHubRepository
+
+    sdk_notify = FeatureHubRepository.notify
+    calls: list[str] = []
+
+    def picky(self: Any, status: str, data: Any) -> None:
+        calls.append(status)
+        if status == "features" or (status == "feature" and data["key"] == "B"):
+            raise RuntimeError("refused")
+        sdk_notify(self, status, data)
+
+    monkeypatch.setattr(FeatureHubRepository, "notify", picky)
+    repo, rec = ListeningRepository(), Recorder()
+    repo.register_raw_update_listener(rec)
+    repo.notify("features", [feat("A"), feat("B"), feat("C")])
+    assert calls == ["features", "feature", "feature", "feature"]
+    assert rec.calls == [("features", ["A", "C"], EDGE_SOURCE)]
+    assert repo.feature("A").exists and repo.feature("C").exists and not repo.feature("B").exists
+    calls.clear()
+    repo.notify("features", [feat("A", 2), feat("D")])   # a key held: state by state
+    assert calls == ["feature", "feature"]
 
 
 def test_a_failing_listener_does_not_stop_updates() -> None:
