@@ -50,6 +50,8 @@ MUTATIONS["retry-time-spin-whole"] = [MUTATIONS["retry-time-spin"], (
                     self._retry_at = time.monotonic() + self._period() / 4
 """)]
 
+if len(sys.argv) != 3 or sys.argv[1] not in MUTATIONS:
+    sys.exit(f"usage: mutate.py NAME CHECKOUT; NAME is one of {', '.join(MUTATIONS)}")
 name, root = sys.argv[1], pathlib.Path(sys.argv[2])
 edits = MUTATIONS[name]
 for path, old, new in (edits if isinstance(edits, list) else [edits]):
