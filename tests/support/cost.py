@@ -27,6 +27,7 @@ asking costs a few hundredths.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -114,8 +115,8 @@ class _Clients:
             try:
                 with urllib.request.urlopen(self._url, timeout=MAX_WAIT * 5) as resp:
                     pid = int(json.loads(resp.read())["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pid = None
+            except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+                pid = None      # a worker killed mid-answer (IncompleteRead) is a failure too
             now = time.monotonic()
             with self._lock:
                 self.requests += 1
