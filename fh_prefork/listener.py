@@ -428,8 +428,8 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
         """Apply states in order, each on its own (one bad state costs only itself); return
         the ones the SDK took.
 
-        The store replays hundreds of states at a worker's start, so the common path (a
-        usable state for a key held under the same id, or not held) is kept to the SDK's
+        The store replays hundreds of states at a worker's start: a first list, all new,
+        goes to the SDK in one call (see ``_all_new``); otherwise each state takes the SDK's
         own call and one look at what it kept.
         """
         features = self.features
@@ -464,12 +464,6 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
                 sdk_notify(self, "feature", item)
             except Exception as err:
                 self._refused(err)
-                continue
-            if holder is None:
-                # a key not held (every key of a worker's first read): the SDK makes a holder
-                # of this very state, so there is nothing to compare
-                if item["key"] in features:
-                    applied.append(item)
                 continue
             after = features.get(item["key"])
             # the SDK keeps the dict it accepts: anything else means it kept what it held
