@@ -93,8 +93,8 @@ class AbsenceJudge:
 
     def know(self, ids: Iterable[str], lists: int) -> None:
         """Note features this process holds or saw stored (kept while the store is refilled)."""
-        for fid in ids:
-            self._known.setdefault(fid, lists)
+        # the first number noted for an id stays: what is known already wins the merge
+        self._known = {**dict.fromkeys(ids, lists), **self._known}
 
     def forget(self, fid: str) -> None:
         """The feature was deleted or marked: it is judged again only after a new full list."""

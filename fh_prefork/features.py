@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -81,8 +82,15 @@ def feature_problem(item: Any) -> str | None:
 def feature_problems(items: Iterable[Any]) -> list[str | None]:
     """:func:`feature_problem` of each item, in order (one look at the decode's handoff)."""
     vouched: dict[str, Any] | None = getattr(_handoff, "items", None)
+    given = items if isinstance(items, list) else list(items)
+    if vouched and len(given) == len(vouched) and all(map(operator.is_, given,
+                                                          vouched.values())):
+        # the replay of a whole decode, in its order (a worker's first read): every entry
+        # is the very object vouched for, so the handoff is spent at once
+        _handoff.items = None
+        return [None] * len(given)
     problems: list[str | None] = []
-    for item in items:
+    for item in given:
         fid = item.get("id") if vouched and isinstance(item, dict) else None
         if isinstance(fid, str) and vouched and vouched.pop(fid, None) is item:
             problems.append(None)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any
 
 from featurehub_sdk.featurehub_repository import FeatureHubRepository
@@ -474,11 +475,12 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     def _all_new(self, items: list[Any], problems: list[str | None]) -> bool:
         """Whether every item is usable, untombstoned, and under a key not held here nor
         repeated in ``items`` (so the SDK takes each as it is)."""
-        if len(items) < 2 or any(problem is not None for problem in problems):
+        if len(items) < 2 or problems.count(None) != len(problems):
             return False
-        keys = {item["key"] for item in items}
+        keys = set(map(itemgetter("key"), items))
         return (len(keys) == len(items) and self.features.keys().isdisjoint(keys)
-                and self._tombstones.keys().isdisjoint(item["id"] for item in items))
+                and (not self._tombstones
+                     or self._tombstones.keys().isdisjoint(map(itemgetter("id"), items))))
 
     def _passes_tombstone(self, item: dict[str, Any], source: str) -> bool:
         """Whether ``item`` may be applied over the tombstone held for its id."""

@@ -64,13 +64,16 @@ def reconcile(stored: Decoded, present: bool, stored_tombs: Mapping[str, Tombsto
                 continue
             live[fid] = feature
             restored.append(fid)
-    buried = [fid for fid, feature in list(live.items())
-              if fid in tombs and tombs[fid].covers(feature)]
+    buried = [fid for fid, tomb in tombs.items() if fid in live and tomb.covers(live[fid])]
     for fid in buried:
         del live[fid]
-    replay = [f for fid, f in stored.by_id.items()
-              if fid in live and live[fid] is f
-              and (fid not in held_by_id or held_by_id[fid]["version"] < f["version"])]
+    if not held_by_id and not buried and not stored.unusable:
+        # a worker's first read: live is the stored value itself, every state of it news
+        replay = list(stored.by_id.values())
+    else:
+        replay = [f for fid, f in stored.by_id.items()
+                  if live.get(fid) is f
+                  and (fid not in held_by_id or held_by_id[fid]["version"] < f["version"])]
     deletes = [tombs[fid] for fid, f in held_by_id.items()
                if fid in tombs and tombs[fid].covers(f)]
     tombstones_changed = ts.identity(tombs) != ts.identity(stored_tombs)
