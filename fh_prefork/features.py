@@ -156,7 +156,8 @@ class Decoded:
 
     @property
     def placed(self) -> dict[str, FeatureState]:
-        """Every entry with an id and version, usable or not (what a rewrite keeps)."""
+        """Every entry with an id and version, usable or not (what a rewrite keeps); a fresh
+        dict at each call, the caller's to change."""
         if not self.unusable:
             return dict(self.by_id)
         out = dict(self.unusable)
@@ -275,7 +276,7 @@ def _place_usable(items: list[Any], form: str, known: tuple[Verdict, ...]) -> De
     """
     if len(known) != len(items) or known.count(USABLE) != len(known):
         return None
-    by_id = {item["id"]: item for item in items}
+    by_id = dict(zip(map(operator.itemgetter("id"), items), items, strict=True))
     if len(by_id) != len(items):
         return None
     return Decoded(by_id=by_id, form=form)     # its order is by_id's (see Decoded.order)

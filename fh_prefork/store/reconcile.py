@@ -53,7 +53,7 @@ def reconcile(stored: Decoded, present: bool, stored_tombs: Mapping[str, Tombsto
     """
     tombs = ts.prune(ts.lift(ts.union(stored_tombs, local_tombs), named_at or {}), now,
                      keep_seconds, max_tombstones)
-    live: dict[str, FeatureState] = dict(stored.placed)
+    live: dict[str, FeatureState] = stored.placed     # a fresh dict of its own
     held_by_id = {f["id"]: f for f in held}
     restored = []
     for fid, feature in held_by_id.items():
