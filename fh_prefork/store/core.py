@@ -718,7 +718,8 @@ class SessionStore(RawUpdateFeatureListener):
             return
         # no write was planned, so what the store should hold is what it holds: its value's
         # fingerprint, worked out once per distinct value (see fh_prefork.verdicts)
-        fingerprint = (decoded.fingerprint() if plan.live == decoded.placed
+        # (live is the stored value itself unless reconcile restored or buried something)
+        fingerprint = (decoded.fingerprint() if not (plan.restored or plan.buried)
                        else fs.fingerprint(plan.live.values()))
         self._fingerprint = fingerprint
         self._change_token = snapshot.change_token
