@@ -114,6 +114,49 @@ def shape_problem(item: object) -> str | None:
 
     For example ``strategies[0].attributes[1].conditional: unknown value "FOO"``.
     """
+    if type(item) is dict and plainly_usable(item):
+        return None
+    return _shape_problem(item)
+
+
+#: Integers of less than this magnitude are finite as floats (``math.isfinite`` holds).
+_FINITE_INT = 2**1000
+
+
+def plainly_usable(item: dict[Any, Any]) -> bool:
+    """The common state decided quickly: ASCII id and key, a known type or none, no strategies,
+    and a value of the type. True only where the full check finds nothing (the unit tests
+    hold the two to that on every shape they know); False means "ask the full check", which
+    also names the problem, not "unusable". Nearly every stored state is plain, and a
+    worker's start checks hundreds of them."""
+    fid, key, version = item.get("id"), item.get("key"), item.get("version")
+    if not (type(fid) is str and type(key) is str and fid and key and fid.isascii()
+            and key.isascii() and type(version) is int and 0 <= version <= MAX_VERSION):
+        return False
+    feature_type, locked = item.get("type"), item.get("l")
+    strategies = item.get("strategies")
+    if (feature_type is not None and (type(feature_type) is not str
+                                      or feature_type not in FEATURE_TYPES)
+            or locked is not None and type(locked) is not bool
+            or strategies is not None and (type(strategies) is not list or strategies)):
+        return False
+    value = item.get("value")
+    kind = type(value)
+    if value is None or feature_type == "BOOLEAN" and kind is bool:
+        return True
+    if feature_type == "STRING":
+        return kind is str
+    if feature_type is None and (kind is str or kind is bool):
+        return True
+    if feature_type in ("NUMBER", None):
+        return (kind is float and math.isfinite(value)
+                or kind is int and -_FINITE_INT < value < _FINITE_INT)
+    return False    # JSON text (parsed to check), or a value of another type: the full check
+
+
+def _shape_problem(item: object) -> str | None:
+    """:func:`shape_problem` without the quick path: every field checked, the first problem
+    named."""
     if not isinstance(item, dict):
         return f"feature state must be an object, found {_kind(item)}"
     feature_type = item.get("type")

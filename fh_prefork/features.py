@@ -95,16 +95,17 @@ def feature_problems(items: Iterable[Any]) -> list[str | None]:
         if isinstance(fid, str) and vouched and vouched.pop(fid, None) is item:
             problems.append(None)
         else:
-            problems.append(identity_problem(item) or shape_problem(item))
+            shape = shape_problem(item)     # None: the looser identity holds too
+            problems.append(None if shape is None else identity_problem(item) or shape)
     return problems
 
 
 def _judge(item: Any) -> Verdict:
-    identity = identity_problem(item)
-    if identity is not None:
-        return identity, None
     shape = shape_problem(item)
-    return USABLE if shape is None else (None, shape)
+    if shape is None:
+        return USABLE       # usable holds the looser identity too
+    identity = identity_problem(item)
+    return (identity, None) if identity is not None else (None, shape)
 
 
 def fingerprint(features: Iterable[Mapping[str, Any]]) -> str:
@@ -209,8 +210,53 @@ def is_zlib(raw: bytes) -> bool:
             and ((raw[0] << 8) | raw[1]) % 31 == 0)
 
 
-def decode(raw: bytes | None, max_bytes: int) -> Decoded:
-    """Parse a store value in any form a FeatureHub store writes, without trusting it."""
+def decode(raw: bytes | None, max_bytes: int, *, entry_texts: bool = True) -> Decoded:
+    """Parse a store value in any form a FeatureHub store writes, without trusting it.
+
+    ``entry_texts=False``: parse the value whole, not entry by entry, so its
+    entries' verdicts are remembered for the value only, not for each entry's
+    text. It saves a worker's start a third of its decode; the store thread
+    then calls :func:`remember_entry_texts`, so the next value, which differs
+    in a few entries, is judged only there.
+    """
+    read = _text_of(raw, max_bytes)
+    if isinstance(read, Decoded):
+        return read
+    text, form, digest = read
+    known = VERDICTS.value(digest)   # this very value was judged before: judge nothing
+    parsed = _parse(text, form, by_entry=known is None and entry_texts)
+    if isinstance(parsed, Decoded):
+        return parsed
+    texts, items, form = parsed
+    decoded = _place_usable(items, form, known) if known is not None else None
+    if decoded is None:
+        decoded, verdicts = _place(texts, items, form, known)
+        if known is None:
+            VERDICTS.remember_value(digest, verdicts)
+    decoded.digest = digest
+    _handoff.items = dict(decoded.by_id)
+    return decoded
+
+
+def remember_entry_texts(raw: bytes | None, max_bytes: int) -> None:
+    """Remember, by each entry's text, the verdicts of a value decoded with
+    ``entry_texts=False`` (nothing when the value was not judged or is not an array)."""
+    read = _text_of(raw, max_bytes)
+    if isinstance(read, Decoded):
+        return
+    text, form, digest = read
+    known = VERDICTS.value(digest, count=False)
+    parsed = _parse(text, form, by_entry=True) if known is not None else None
+    if known is None or isinstance(parsed, Decoded) or parsed is None or parsed[0] is None:
+        return
+    texts = parsed[0]
+    if len(texts) == len(known):
+        VERDICTS.remember(zip(texts, known, strict=True))
+
+
+def _text_of(raw: bytes | None, max_bytes: int) -> tuple[str, str, bytes] | Decoded:
+    """A store value's JSON text, its form and the SHA-256 of its (inflated) bytes, or a
+    Decoded that says why there is none."""
     if raw is None:
         return Decoded()
     form = "plain"
@@ -230,20 +276,7 @@ def decode(raw: bytes | None, max_bytes: int) -> Decoded:
     except UnicodeDecodeError:
         return Decoded(problem="value is neither UTF-8 JSON nor zlib (a pickle is never loaded)",
                        form=form)
-    digest = hashlib.sha256(raw).digest()
-    known = VERDICTS.value(digest)   # this very value was judged before: judge nothing
-    parsed = _parse(text, form, by_entry=known is None)
-    if isinstance(parsed, Decoded):
-        return parsed
-    texts, items, form = parsed
-    decoded = _place_usable(items, form, known) if known is not None else None
-    if decoded is None:
-        decoded, verdicts = _place(texts, items, form, known)
-        if known is None:
-            VERDICTS.remember_value(digest, verdicts)
-    decoded.digest = digest
-    _handoff.items = dict(decoded.by_id)
-    return decoded
+    return text, form, hashlib.sha256(raw).digest()
 
 
 def _parse(text: str, form: str, by_entry: bool
@@ -290,14 +323,19 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
     else:
         verdicts = VERDICTS.lookup(texts if texts is not None else [None] * len(items))
     judged: list[tuple[str, Verdict]] = []
-    decoded = Decoded(form=form, placed_order=[])
-    for index, item in enumerate(items):
-        verdict = verdicts[index]
+    for index, verdict in enumerate(verdicts):
         if verdict is None:
-            verdict = verdicts[index] = _judge(item)
+            verdict = verdicts[index] = _judge(items[index])
             if texts is not None:
                 judged.append((texts[index], verdict))
-        problem, shape = verdict
+    VERDICTS.remember(judged)
+    final = tuple(v for v in verdicts if v is not None)    # every one judged by now
+    usable = _place_usable(items, form, final)
+    if usable is not None:
+        return usable, final
+    decoded = Decoded(form=form, placed_order=[])
+    for index, item in enumerate(items):
+        problem, shape = final[index]
         if problem is not None:
             decoded.dropped += 1
             decoded.problems.append(f"[{index}] {problem}")
@@ -315,8 +353,7 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
             decoded.by_id.pop(item["id"], None)
             decoded.unusable.pop(item["id"], None)
         target[item["id"]] = item
-    VERDICTS.remember(judged)
-    return decoded, tuple(v for v in verdicts if v is not None)
+    return decoded, final
 
 
 #: ``json.loads``'s own (C) scanner, one value at a time (set in ``JSONDecoder.__init__``,

@@ -86,13 +86,15 @@ class VerdictCache:
                 old, _ = self._verdicts.popitem(last=False)
                 self._chars -= len(old)
 
-    def value(self, digest: bytes) -> tuple[Verdict, ...] | None:
-        """The verdicts of every entry of the value with this digest, if it was judged."""
+    def value(self, digest: bytes, count: bool = True) -> tuple[Verdict, ...] | None:
+        """The verdicts of every entry of the value with this digest, if it was judged
+        (``count``: as checks the cache answered)."""
         with self._lock:
             verdicts = self._values.get(digest)
             if verdicts is not None:
                 self._values.move_to_end(digest)
-                self.hits += len(verdicts)
+                if count:
+                    self.hits += len(verdicts)
             return verdicts
 
     def remember_value(self, digest: bytes, verdicts: tuple[Verdict, ...]) -> None:

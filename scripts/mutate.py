@@ -5,7 +5,8 @@
 Run it in a throwaway worktree, never in your own checkout. It exits 2 when the text it
 reverts is no longer there (the code moved on: the mutation would be a no-op, so update it).
 """
-import pathlib, sys
+import pathlib
+import sys
 
 MUTATIONS = {
     # issue 19: the real Edge deletes with version 0 (no value); before the fix such a

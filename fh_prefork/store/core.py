@@ -212,6 +212,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
         self._server_item_limit: int | None = None   # what the server said; 0: it does not say
+        self._texts_due: tuple[bytes | None, int] | None = None  # see _start_up
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
@@ -502,12 +503,19 @@ class SessionStore(RawUpdateFeatureListener):
             return self._dirty and (self._retry_at is None or now >= self._retry_at)
 
     def _start_up(self) -> None:
-        """The store thread's first acts, kept out of the constructor: start push, and ask
-        the server its item limit (for ``status()``; a write would ask it anyway)."""
+        """The store thread's first acts, kept out of the constructor: start push, ask the
+        server its item limit (for ``status()``; a write would ask it anyway), and remember
+        the start value's entries by text."""
         try:
             self._start_notifier()
             if not self._closed:    # a store closed at once asks its server nothing
                 self._max_item_bytes()
+            due, self._texts_due = self._texts_due, None
+            if due is not None and not self._closed:
+                # the start's value was parsed whole (the worker's start is a third quicker):
+                # remember its entries by text now, so the next value, which differs in a few
+                # entries, is judged only there (see fh_prefork.verdicts)
+                fs.remember_entry_texts(*due)
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
             self.counters.errors += 1
             self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
@@ -613,7 +621,9 @@ class SessionStore(RawUpdateFeatureListener):
             snapshot = self._backend.read()
             self.counters.reads += 1
             self._ticks_since_read = 0
-            decoded = self._decode(snapshot)
+            # at start (write=False, in the post-fork hook) the value is parsed whole: the store
+            # thread remembers its entries' texts afterwards (see _start_up)
+            decoded = self._decode(snapshot, entry_texts=write)
             stored_tombs, bad_tombs = ts.decode(snapshot.tombstones, fs.MAX_READ_BYTES)
             self._judge_by_edge(decoded, stored_tombs)
             plan = reconcile(decoded, snapshot.value is not None, stored_tombs,
@@ -823,14 +833,16 @@ class SessionStore(RawUpdateFeatureListener):
             else:
                 self._problem = problem
 
-    def _decode(self, snapshot: Snapshot) -> fs.Decoded:
+    def _decode(self, snapshot: Snapshot, entry_texts: bool = True) -> fs.Decoded:
         raw = snapshot.value
         bound = fs.MAX_READ_BYTES
         if raw is not None and (len(raw) > bound or fs.is_zlib(raw)):
             # only a value past our bound, or one that inflates, can need the server's own
             # larger limit: any other read does not wait on asking the server for it
             bound = max(self._max_item_bytes(), bound)
-        decoded = fs.decode(raw, bound)
+        decoded = fs.decode(raw, bound, entry_texts=entry_texts)
+        if not entry_texts:
+            self._texts_due = (raw, bound)
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             self.counters.junk_entries += len(decoded.problems) or 1

@@ -138,6 +138,64 @@ def test_a_store_start_judges_each_entry_once(judged: Counted, tmp_path: Path) -
         assert judged.calls == 40, f"start {starts} judged {judged.calls} entries, not 40"
 
 
+def test_a_value_parsed_whole_is_remembered_by_entry_only_when_asked(judged: Counted) -> None:
+    """A worker's start parses its value whole (entry_texts=False); remember_entry_texts, which
+    the store thread calls right after, lets the next value be judged only where it differs."""
+    states = many(50)
+    fs.decode(value(states), 10**6, entry_texts=False)
+    assert judged.calls == 50
+    states[7] = feat("F007", 2)
+    fs.decode(value(states), 10**6)
+    assert judged.calls == 100, "nothing was remembered by entry text, so all 50 are judged"
+    fs.VERDICTS.clear()
+    judged.calls = 0
+    first = value(many(50))
+    fs.decode(first, 10**6, entry_texts=False)
+    fs.remember_entry_texts(first, 10**6)
+    assert judged.calls == 50, "remembering the texts judged entries again"
+    fs.decode(value(states), 10**6)
+    assert judged.calls == 51, "more than the changed entry was judged"
+    fs.remember_entry_texts(value(many(3)), 10**6)      # a value never judged: nothing to keep
+    fs.remember_entry_texts(b"junk", 10**6)
+    fs.remember_entry_texts(None, 10**6)
+    assert judged.calls == 51
+
+
+def test_after_a_store_start_a_changed_entry_is_the_only_one_judged(
+        judged: Counted, tmp_path: Path) -> None:
+    """The start parses whole; the store thread then remembers the entries by text, so the
+    first change read afterwards judges the changed entry only."""
+    url = f"file://{tmp_path}"
+    seed = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
+    writer = open_store(url, seed, {"prefix": "p", "refresh_timeout": 3600.0, "push": False})
+    assert writer is not None
+    config = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
+    store = None
+    try:
+        repo_of(seed).notify("features", many(40))
+        assert writer.flush(5)
+        fs.VERDICTS.clear()
+        judged.calls = 0
+        store = open_store(url, config, {"prefix": "p", "refresh_timeout": 3600.0,
+                                         "push": False})
+        assert store is not None and judged.calls == 40
+        deadline = time.monotonic() + 5
+        while len(fs.VERDICTS) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(fs.VERDICTS) == 40, "the store thread did not remember the start's entries"
+        repo_of(seed).notify("feature", feat("F011", 2))    # the writer judges it: once
+        assert writer.flush(5)
+        before = judged.calls
+        assert store.refresh(5)
+        assert repo_of(config).feature("F011").get_version == 2
+        assert judged.calls == before + 1, \
+            f"{judged.calls - before} entries judged for one changed entry"
+    finally:
+        for opened in (store, writer):
+            if opened is not None:
+                opened.close(flush_timeout=0)
+
+
 def test_a_stores_verify_read_of_an_unchanged_state_judges_nothing(
         judged: Counted, tmp_path: Path) -> None:
     """The store's own full reads (a verify tick, a refresh) of the state it holds: nothing

@@ -20,7 +20,13 @@ from featurehub_sdk.featurehub_repository import FeatureHubRepository
 from featurehub_sdk.interceptors import EnvironmentInterceptor
 from nodesemver import make_semver  # type: ignore[import-untyped]
 
-from fh_prefork.feature_shape import CONDITIONALS, FIELD_TYPES, shape_problem
+from fh_prefork.feature_shape import (
+    CONDITIONALS,
+    FIELD_TYPES,
+    _shape_problem,
+    plainly_usable,
+    shape_problem,
+)
 
 State = dict[str, Any]
 
@@ -523,3 +529,58 @@ def test_reasons_are_short_and_printable() -> None:
         problem = shape_problem(param.values[0])
         assert problem is not None and len(problem) < 160 and problem.isprintable(), problem
         assert re.match(r"^[\w\[\]. ]+", problem)
+
+
+# -- the quick path for plain states ---------------------------------------------------------
+
+#: Values of every JSON kind (and the edges of each) for the fields the quick path reads.
+ODD_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 2**63 - 1, 2**63, -(2**63), 10**400, -(10**400), 2**1000 - 1,
+    2**1000, 0.5, -0.0, float("inf"), float("-inf"), float("nan"), 1e308, "", "x", "é", "\ud800",
+    "{}", "[1, 2]", "not json", [], [1], [{}], {}, {"a": 1}, "BOOLEAN", "STRING", "NUMBER",
+    "JSON", "boolean", "OTHER",
+]
+
+
+def _plain_variants(rng: random.Random, n: int) -> Iterator[State]:
+    """Plain states with one to three fields (or unknown ones) set to any odd value."""
+    fields = ["id", "key", "version", "type", "l", "value", "strategies", "zz_future"]
+    for _ in range(n):
+        state = feature(rng.choice(sorted(FEATURE_TYPES_USED)), rng.choice(ODD_VALUES))
+        for name in rng.sample(fields, rng.randint(1, 3)):
+            if rng.random() < 0.15:
+                state.pop(name, None)
+            else:
+                state[name] = rng.choice(ODD_VALUES)
+        yield state
+
+
+FEATURE_TYPES_USED = {"BOOLEAN", "STRING", "NUMBER", "JSON"}
+
+
+def test_the_quick_path_never_vouches_for_what_the_full_check_refuses() -> None:
+    """Every table state, every junk shape and 20,000 plain states with odd fields: where the
+    quick path says usable the full check agrees, and shape_problem answers as the full check
+    (the same reason, word for word)."""
+    rng = random.Random(20261206)
+    states: list[Any] = [*ACCEPTED, *(p.values[0] for p in REJECTED)]
+    states += list(_plain_variants(rng, 20_000))
+    quick = 0
+    for state in states:
+        full = _shape_problem(state)
+        if isinstance(state, dict) and plainly_usable(state):
+            quick += 1
+            assert full is None, (state, full)
+        assert shape_problem(state) == full, state
+    assert quick > 500, "the quick path took too few states to prove anything"
+
+
+def test_the_quick_path_takes_the_states_edge_sends_most() -> None:
+    """Plain flags, strings and numbers, with or without type and l, and empty strategies."""
+    for state in [feature(), feature("STRING", "text"), feature("NUMBER", 1.5),
+                  feature("NUMBER", -3), feature(None, "x"), feature("BOOLEAN", None),
+                  feature(strategies=[]), feature(strategies=None), feature(l=None)]:
+        assert plainly_usable(state), state
+    for state in [feature("JSON", "{}"), feature(strategies=[everyone(True)]),
+                  feature(id="\u00e9"), feature("NUMBER", True), feature("BOOLEAN", 1)]:
+        assert not plainly_usable(state), state
