@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .feature_shape import MAX_VERSION, shape_problem
+from .feature_shape import MAX_VERSION, plain_states, shape_problem
 from .verdicts import USABLE, Verdict, VerdictCache
 
 FeatureState = dict[str, Any]
@@ -89,15 +89,22 @@ def feature_problems(items: Iterable[Any]) -> list[str | None]:
         # is the very object vouched for, so the handoff is spent at once
         _handoff.items = None
         return [None] * len(given)
-    problems: list[str | None] = []
-    for item in given:
+    unvouched: list[int] = []
+    for index, item in enumerate(given):
         fid = item.get("id") if vouched and isinstance(item, dict) else None
-        if isinstance(fid, str) and vouched and vouched.pop(fid, None) is item:
-            problems.append(None)
-        else:
-            shape = shape_problem(item)     # None: the looser identity holds too
-            problems.append(None if shape is None else identity_problem(item) or shape)
+        if not (isinstance(fid, str) and vouched and vouched.pop(fid, None) is item):
+            unvouched.append(index)
+    problems: list[str | None] = [None] * len(given)
+    verdicts = _judge_all([given[index] for index in unvouched])
+    for index, (identity, shape) in zip(unvouched, verdicts, strict=True):
+        problems[index] = identity or shape
     return problems
+
+
+def _judge_all(items: list[Any]) -> list[Verdict]:
+    """The verdict of each item: plain states at once, the rest by the full checks."""
+    return [USABLE if plain else _judge(item)
+            for item, plain in zip(items, plain_states(items), strict=True)]
 
 
 def _judge(item: Any) -> Verdict:
@@ -320,15 +327,17 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
     """Judge each entry (unless its text, or the whole value, was judged before); place it."""
     if known is not None and len(known) == len(items):
         verdicts: list[Verdict | None] = list(known)
+    elif texts is None:     # nothing to look up by
+        verdicts = [None] * len(items)
+        VERDICTS.missed(len(items))
     else:
-        verdicts = VERDICTS.lookup(texts if texts is not None else [None] * len(items))
-    judged: list[tuple[str, Verdict]] = []
-    for index, verdict in enumerate(verdicts):
-        if verdict is None:
-            verdict = verdicts[index] = _judge(items[index])
-            if texts is not None:
-                judged.append((texts[index], verdict))
-    VERDICTS.remember(judged)
+        verdicts = VERDICTS.lookup(texts)
+    unknown = [index for index, verdict in enumerate(verdicts) if verdict is None]
+    judged = _judge_all([items[index] for index in unknown])
+    for index, verdict in zip(unknown, judged, strict=True):
+        verdicts[index] = verdict
+    if texts is not None:
+        VERDICTS.remember(zip([texts[index] for index in unknown], judged, strict=True))
     final = tuple(v for v in verdicts if v is not None)    # every one judged by now
     usable = _place_usable(items, form, final)
     if usable is not None:

@@ -73,6 +73,11 @@ class VerdictCache:
             self.misses += len(found) - hits
         return found
 
+    def missed(self, count: int) -> None:
+        """Count checks no verdict could answer (entries of a value parsed whole)."""
+        with self._lock:
+            self.misses += count
+
     def remember(self, judged: Iterable[tuple[str, Verdict]]) -> None:
         """Keep new verdicts, evicting the least recently used past either bound."""
         with self._lock:

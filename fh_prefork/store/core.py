@@ -213,6 +213,8 @@ class SessionStore(RawUpdateFeatureListener):
         self._tasks: list[_Task] = []
         self._server_item_limit: int | None = None   # what the server said; 0: it does not say
         self._texts_due: tuple[bytes | None, int] | None = None  # see _start_up
+        self._fingerprint_due: tuple[Snapshot, fs.Decoded] | None = None   # see _start_up
+        self._starting = start      # the store thread has not checked the start's read yet
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
@@ -367,7 +369,7 @@ class SessionStore(RawUpdateFeatureListener):
         """Wait until what arrived has been written (or found already stored)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._dirty or self._in_flight) and not self._closed:
+            while (self._starting or self._dirty or self._in_flight) and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -503,9 +505,21 @@ class SessionStore(RawUpdateFeatureListener):
             return self._dirty and (self._retry_at is None or now >= self._retry_at)
 
     def _start_up(self) -> None:
-        """The store thread's first acts, kept out of the constructor: start push, ask the
-        server its item limit (for ``status()``; a write would ask it anyway), and remember
-        the start value's entries by text."""
+        """The store thread's first acts, kept out of the constructor: check the start
+        value's fingerprint, start push, ask the server its item limit (for ``status()``; a
+        write would ask it anyway), and remember the start value's entries by text."""
+        try:
+            check, self._fingerprint_due = self._fingerprint_due, None
+            if check is not None and not self._closed:
+                self._check_fingerprint(*check, may_write=False)
+        except Exception:  # the loop still runs: its verify read checks the fingerprint again
+            self.counters.errors += 1
+            self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
+                                     level=logging.ERROR, exc_info=True)
+        finally:
+            with self._cond:
+                self._starting = False      # flush() waits for the check (it may find a repair)
+                self._cond.notify_all()
         try:
             self._start_notifier()
             if not self._closed:    # a store closed at once asks its server nothing
@@ -726,22 +740,30 @@ class SessionStore(RawUpdateFeatureListener):
             self._change_token = None
             self._set_problem(f"the stored state is unreadable here: {decoded.problem}")
             return
-        # no write was planned, so what the store should hold is what it holds: its value's
-        # fingerprint, worked out once per distinct value (see fh_prefork.verdicts)
-        # (live is the stored value itself unless reconcile restored or buried something)
-        fingerprint = (decoded.fingerprint() if not (plan.restored or plan.buried)
-                       else fs.fingerprint(plan.live.values()))
-        self._fingerprint = fingerprint
         self._change_token = snapshot.change_token
+        self._set_problem(None)
+        if may_write:
+            self._check_fingerprint(snapshot, decoded, may_write=True)
+        else:
+            # at start the store thread checks it, first thing (see _start_up): the
+            # fingerprint of a value this process never read is a tenth of a worker's start
+            self._fingerprint_due = (snapshot, decoded)
+
+    def _check_fingerprint(self, snapshot: Snapshot, decoded: fs.Decoded,
+                           may_write: bool) -> None:
+        """The stored value is what the store should hold (no write was planned): make sure
+        the stored fingerprint agrees with it. Its fingerprint is worked out once per
+        distinct value (see fh_prefork.verdicts)."""
+        fingerprint = decoded.fingerprint()
+        self._fingerprint = fingerprint
         fingerprint_tokens = (not isinstance(self._backend, TokenKind)
                               or self._backend.fingerprint_tokens)
         if fingerprint_tokens and not decoded.agrees_with(snapshot.change_token):
             if may_write:
                 self._change_token = self._settle(snapshot, fingerprint)
             else:
-                self._change_token = None   # the store thread's first sync repairs it
+                self._change_token = None   # the store thread's next sync repairs it
                 self._mark_dirty(())
-        self._set_problem(None)
 
     def _settle(self, snapshot: Snapshot, fingerprint: str) -> str | None:
         """Repair a fingerprint that matches the data by no formula, unless a writer is mid-write.

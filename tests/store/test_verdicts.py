@@ -1,7 +1,7 @@
 """Each stored entry is judged once per distinct content, not per read and per layer.
 
-The shape check (``feature_shape.shape_problem``) is counted: a verify read of
-an unchanged state judges nothing, a changed entry is the only one judged, a
+The shape check (``features._judge_all``, every entry's one way in) is counted:
+a verify read of an unchanged state judges nothing, a changed entry is the only one judged, a
 store's start judges each entry once (not again in the listener), and two
 different contents never share a verdict.
 """
@@ -21,22 +21,21 @@ import pytest
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from fh_prefork import features as fs
-from fh_prefork.feature_shape import shape_problem
 from fh_prefork.store import open_store
-from fh_prefork.verdicts import USABLE, VerdictCache
+from fh_prefork.verdicts import USABLE, Verdict, VerdictCache
 from tests.support.stores import feat, repo_of
 
 
 class Counted:
-    """``shape_problem`` with a count of the entries it judged."""
+    """``features._judge_all`` with a count of the entries it judged."""
 
     def __init__(self) -> None:
         self.calls = 0
-        self._check = shape_problem
+        self._judge_all = fs._judge_all
 
-    def __call__(self, item: object) -> str | None:
-        self.calls += 1
-        return self._check(item)
+    def __call__(self, items: list[Any]) -> list[Verdict]:
+        self.calls += len(items)
+        return self._judge_all(items)
 
 
 @pytest.fixture
@@ -44,7 +43,7 @@ def judged(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
     """A cold verdict cache, and the shape checks counted (decode's and the listener's)."""
     fs.VERDICTS.clear()
     counted = Counted()
-    monkeypatch.setattr(fs, "shape_problem", counted)
+    monkeypatch.setattr(fs, "_judge_all", counted)
     yield counted
     fs.VERDICTS.clear()
 
