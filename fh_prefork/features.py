@@ -103,8 +103,11 @@ def feature_problems(items: Iterable[Any]) -> list[str | None]:
 
 def _judge_all(items: list[Any]) -> list[Verdict]:
     """The verdict of each item: plain states at once, the rest by the full checks."""
-    return [USABLE if plain else _judge(item)
-            for item, plain in zip(items, plain_states(items), strict=True)]
+    plain = plain_states(items)
+    if all(plain):
+        return [USABLE] * len(items)
+    return [USABLE if usable else _judge(item)
+            for item, usable in zip(items, plain, strict=True)]
 
 
 def _judge(item: Any) -> Verdict:
@@ -326,19 +329,18 @@ def _place(texts: list[str] | None, items: list[Any], form: str,
            known: tuple[Verdict, ...] | None) -> tuple[Decoded, tuple[Verdict, ...]]:
     """Judge each entry (unless its text, or the whole value, was judged before); place it."""
     if known is not None and len(known) == len(items):
-        verdicts: list[Verdict | None] = list(known)
-    elif texts is None:     # nothing to look up by
-        verdicts = [None] * len(items)
+        final = known
+    elif texts is None:     # parsed whole: nothing to look up by, every entry judged
+        final = tuple(_judge_all(items))
         VERDICTS.missed(len(items))
     else:
         verdicts = VERDICTS.lookup(texts)
-    unknown = [index for index, verdict in enumerate(verdicts) if verdict is None]
-    judged = _judge_all([items[index] for index in unknown])
-    for index, verdict in zip(unknown, judged, strict=True):
-        verdicts[index] = verdict
-    if texts is not None:
+        unknown = [index for index, verdict in enumerate(verdicts) if verdict is None]
+        judged = _judge_all([items[index] for index in unknown])
+        for index, verdict in zip(unknown, judged, strict=True):
+            verdicts[index] = verdict
         VERDICTS.remember(zip([texts[index] for index in unknown], judged, strict=True))
-    final = tuple(v for v in verdicts if v is not None)    # every one judged by now
+        final = tuple(v for v in verdicts if v is not None)    # every one judged by now
     usable = _place_usable(items, form, final)
     if usable is not None:
         return usable, final
