@@ -226,6 +226,11 @@ class SessionStore(RawUpdateFeatureListener):
         self._push_lock = threading.Lock()     # the notifier starts, or is closed, not both
         self._thread: threading.Thread | None = None
         if not start:
+            # no store thread to leave the start's checks to (see _start_up): the fingerprint
+            # is checked here, and nothing of the value read is kept by a store that is closed
+            due, self._fingerprint_due, self._texts_due = self._fingerprint_due, None, None
+            if due is not None:
+                self._check_fingerprint(*due, may_write=False)
             self._closing = self._closed = True
             self._backend.close()
             return

@@ -299,3 +299,34 @@ def test_health_returns_with_the_server_even_when_it_holds_nothing(
         assert store.status()["state_problem"] == "the store holds no state yet"
     finally:
         store.close(flush_timeout=0)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_flush_after_start_returns_only_once_the_start_read_is_settled(
+        memcached: Memcached, client: Any, prefix: str, compressed: bool) -> None:
+    """The Ruby store's forms at a worker's start (a JSON string, zlib-compressed by Dalli
+    past 4 KiB, its fingerprint over the array in its own order): the deferred check at
+    start agrees with it and writes nothing; a stale fingerprint beside the same value is
+    repaired by the time flush() says done."""
+    import zlib
+
+    states = [feat(f"K{i:03}", 1 + i % 3, fid=f"z{99 - i:03}") for i in range(60)]  # unsorted
+    value = json.dumps(json.dumps(states)).encode()
+    if compressed:
+        value = zlib.compress(value)
+    in_order = fs.fingerprint_in_order((f["id"], f["version"]) for f in states)
+    for sha, repaired in ((json.dumps(in_order).encode(), False), (b"stale", True)):
+        client.set(f"{prefix}_env-test", value, flags=3 if compressed else 1)
+        client.set(f"{prefix}_env-test_sha", sha, flags=1)
+        config = make_config()
+        store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
+        try:
+            assert len(repo_of(config).features) == 60
+            assert store.flush(5)
+            assert store.status()["fingerprint"] == fs.fingerprint(states)
+            assert store.counters.settles == int(repaired) and store.counters.writes == 0
+            assert client.get(f"{prefix}_env-test") == value, "the Ruby value was rewritten"
+            expected = fs.fingerprint(states).encode() if repaired else sha
+            assert client.get(f"{prefix}_env-test_sha") == expected
+        finally:
+            store.close()

@@ -322,3 +322,22 @@ def test_a_conflict_storm_at_exit_ends_with_the_flush_time(make_store: StoreFact
     assert store._thread is not None
     store._thread.join(1.5)   # one backoff sleep at most, then the closed check
     assert not store._thread.is_alive(), "the thread kept racing after close"
+
+
+def test_a_masters_store_checks_the_fingerprint_and_keeps_nothing_of_the_value(
+        make_store: StoreFactory, memory_medium: Any) -> None:
+    """``start=False`` (a prefork master: replay once, close at once) has no store thread to
+    leave the start's fingerprint check and entry-text pass to: it does the check itself,
+    as it did before the check was deferred, and holds no reference to the value it read
+    (a dormant master keeps its store for its whole life)."""
+    from fh_prefork.testing.memory import memory_store
+
+    writer_config = make_config()
+    writer = make_store(writer_config)
+    repo_of(writer_config).notify("features", [feat("A", 2), feat("B", 1)])
+    assert writer.flush(2.0)
+    master = memory_store(memory_medium, make_config(), {"prefix": writer.options.prefix},
+                          start=False)
+    assert master.status()["fingerprint"] == fs.fingerprint([feat("A", 2), feat("B", 1)])
+    assert master._fingerprint_due is None and master._texts_due is None, \
+        "a closed store holds the start's snapshot and value for nothing"
