@@ -93,8 +93,11 @@ class AbsenceJudge:
 
     def know(self, ids: Iterable[str], lists: int) -> None:
         """Note features this process holds or saw stored (kept while the store is refilled)."""
-        # the first number noted for an id stays: what is known already wins the merge
-        self._known = {**dict.fromkeys(ids, lists), **self._known}
+        if not self._known:     # a worker's first read: hundreds of ids at once, at C speed
+            self._known = dict.fromkeys(ids, lists)
+            return
+        for fid in ids:         # the first number noted for an id stays
+            self._known.setdefault(fid, lists)
 
     def forget(self, fid: str) -> None:
         """The feature was deleted or marked: it is judged again only after a new full list."""

@@ -525,11 +525,11 @@ class SessionStore(RawUpdateFeatureListener):
             with self._cond:
                 self._starting = False      # flush() waits for the check (it may find a repair)
                 self._cond.notify_all()
+        due, self._texts_due = self._texts_due, None     # taken whatever happens below
         try:
             self._start_notifier()
             if not self._closed:    # a store closed at once asks its server nothing
                 self._max_item_bytes()
-            due, self._texts_due = self._texts_due, None
             if due is not None and not self._closed:
                 # the start's value was parsed whole (the worker's start is a third quicker):
                 # remember its entries by text now, so the next value, which differs in a few
@@ -746,13 +746,13 @@ class SessionStore(RawUpdateFeatureListener):
             self._set_problem(f"the stored state is unreadable here: {decoded.problem}")
             return
         self._change_token = snapshot.change_token
-        self._set_problem(None)
         if may_write:
             self._check_fingerprint(snapshot, decoded, may_write=True)
         else:
             # at start the store thread checks it, first thing (see _start_up): the
             # fingerprint of a value this process never read is a tenth of a worker's start
             self._fingerprint_due = (snapshot, decoded)
+        self._set_problem(None)     # after a repair: one that raised leaves the problem's age
 
     def _check_fingerprint(self, snapshot: Snapshot, decoded: fs.Decoded,
                            may_write: bool) -> None:
