@@ -153,6 +153,8 @@ class Decoded:
     too_large: bool = False         # unreadable because of our size bound, not junk
     form: str = "absent"            # absent, plain, json-string, zlib
     digest: bytes | None = None     # SHA-256 of the (inflated) bytes the entries came from
+    #: each entry's verdict, kept only when the digest was left out (see decode)
+    verdicts: tuple[Verdict, ...] | None = None
 
     @property
     def order(self) -> list[tuple[str, int]]:
@@ -223,17 +225,21 @@ def is_zlib(raw: bytes) -> bool:
 def decode(raw: bytes | None, max_bytes: int, *, entry_texts: bool = True) -> Decoded:
     """Parse a store value in any form a FeatureHub store writes, without trusting it.
 
-    ``entry_texts=False``: parse the value whole, not entry by entry, so its
-    entries' verdicts are remembered for the value only, not for each entry's
-    text. It saves a worker's start a third of its decode; the store thread
-    then calls :func:`remember_entry_texts`, so the next value, which differs
-    in a few entries, is judged only there.
+    ``entry_texts=False`` (a worker's start): parse the value whole, not entry
+    by entry, and when this process has judged no value yet (a fresh worker:
+    nothing to look up) leave even the value's digest out; its verdicts are
+    then in :attr:`Decoded.verdicts`. The store thread calls
+    :func:`remember_entry_texts` right after, so the next read of the value
+    judges nothing and the next value, which differs in a few entries, is
+    judged only there.
     """
     read = _text_of(raw, max_bytes)
     if isinstance(read, Decoded):
         return read
-    text, form, digest = read
-    known = VERDICTS.value(digest)   # this very value was judged before: judge nothing
+    text, form, inflated = read
+    digest = (hashlib.sha256(inflated).digest() if entry_texts or VERDICTS.holds_values()
+              else None)
+    known = VERDICTS.value(digest) if digest is not None else None
     parsed = _parse(text, form, by_entry=known is None and entry_texts)
     if isinstance(parsed, Decoded):
         return parsed
@@ -241,21 +247,29 @@ def decode(raw: bytes | None, max_bytes: int, *, entry_texts: bool = True) -> De
     decoded = _place_usable(items, form, known) if known is not None else None
     if decoded is None:
         decoded, verdicts = _place(texts, items, form, known)
-        if known is None:
+        if digest is None:
+            decoded.verdicts = verdicts     # for remember_entry_texts
+        elif known is None:
             VERDICTS.remember_value(digest, verdicts)
     decoded.digest = digest
     _handoff.items = dict(decoded.by_id)
     return decoded
 
 
-def remember_entry_texts(raw: bytes | None, max_bytes: int) -> None:
-    """Remember, by each entry's text, the verdicts of a value decoded with
-    ``entry_texts=False`` (nothing when the value was not judged or is not an array)."""
+def remember_entry_texts(raw: bytes | None, max_bytes: int,
+                         verdicts: tuple[Verdict, ...] | None = None) -> None:
+    """Remember a value decoded with ``entry_texts=False``: its entries' verdicts by each
+    entry's text, and by its digest the value's, given as ``verdicts`` when the decode
+    left the digest out. Nothing when the value was not judged or is not an array."""
     read = _text_of(raw, max_bytes)
     if isinstance(read, Decoded):
         return
-    text, form, digest = read
+    text, form, inflated = read
+    digest = hashlib.sha256(inflated).digest()
     known = VERDICTS.value(digest, count=False)
+    if known is None and verdicts is not None:
+        VERDICTS.remember_value(digest, verdicts)
+        known = verdicts
     parsed = _parse(text, form, by_entry=True) if known is not None else None
     if known is None or isinstance(parsed, Decoded) or parsed is None or parsed[0] is None:
         return
@@ -265,8 +279,8 @@ def remember_entry_texts(raw: bytes | None, max_bytes: int) -> None:
 
 
 def _text_of(raw: bytes | None, max_bytes: int) -> tuple[str, str, bytes] | Decoded:
-    """A store value's JSON text, its form and the SHA-256 of its (inflated) bytes, or a
-    Decoded that says why there is none."""
+    """A store value's JSON text, its form and its (inflated) bytes, or a Decoded that says
+    why there is none."""
     if raw is None:
         return Decoded()
     form = "plain"
@@ -286,7 +300,7 @@ def _text_of(raw: bytes | None, max_bytes: int) -> tuple[str, str, bytes] | Deco
     except UnicodeDecodeError:
         return Decoded(problem="value is neither UTF-8 JSON nor zlib (a pickle is never loaded)",
                        form=form)
-    return text, form, hashlib.sha256(raw).digest()
+    return text, form, raw
 
 
 def _parse(text: str, form: str, by_entry: bool

@@ -102,6 +102,10 @@ class VerdictCache:
                     self.hits += len(verdicts)
             return verdicts
 
+    def holds_values(self) -> bool:
+        """Whether any value's verdicts are remembered (a fresh worker's cache holds none)."""
+        return bool(self._values)
+
     def remember_value(self, digest: bytes, verdicts: tuple[Verdict, ...]) -> None:
         with self._lock:
             self._values[digest] = verdicts

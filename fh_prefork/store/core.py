@@ -42,6 +42,7 @@ from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
+from ..verdicts import Verdict
 from .backend import (
     ChangeNotifier,
     ItemLimitBackend,
@@ -212,7 +213,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread_log = RateLimitedLog(self._log)
         self._tasks: list[_Task] = []
         self._server_item_limit: int | None = None   # what the server said; 0: it does not say
-        self._texts_due: tuple[bytes | None, int] | None = None  # see _start_up
+        self._texts_due: tuple[bytes | None, int, tuple[Verdict, ...] | None] | None = None
         self._fingerprint_due: tuple[Snapshot, fs.Decoded] | None = None   # see _start_up
         self._starting = start      # the store thread has not checked the start's read yet
 
@@ -530,10 +531,11 @@ class SessionStore(RawUpdateFeatureListener):
             self._start_notifier()
             if not self._closed:    # a store closed at once asks its server nothing
                 self._max_item_bytes()
-            if due is not None and not self._closed:
+            if due is not None:
                 # the start's value was parsed whole (the worker's start is a third quicker):
-                # remember its entries by text now, so the next value, which differs in a few
-                # entries, is judged only there (see fh_prefork.verdicts)
+                # remember it and its entries by text now, even when closing (no I/O: what
+                # was judged stays judged for the next store in the process), so the next
+                # value, which differs in a few entries, is judged only there
                 fs.remember_entry_texts(*due)
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
             self.counters.errors += 1
@@ -869,7 +871,7 @@ class SessionStore(RawUpdateFeatureListener):
             bound = max(self._max_item_bytes(), bound)
         decoded = fs.decode(raw, bound, entry_texts=entry_texts)
         if not entry_texts:
-            self._texts_due = (raw, bound)
+            self._texts_due = (raw, bound, decoded.verdicts)
         if decoded.problem or decoded.problems:
             self.counters.junk += 1
             self.counters.junk_entries += len(decoded.problems) or 1

@@ -149,9 +149,13 @@ def test_a_value_parsed_whole_is_remembered_by_entry_only_when_asked(judged: Cou
     fs.VERDICTS.clear()
     judged.calls = 0
     first = value(many(50))
-    fs.decode(first, 10**6, entry_texts=False)
-    fs.remember_entry_texts(first, 10**6)
+    start = fs.decode(first, 10**6, entry_texts=False)
+    assert start.digest is None and start.verdicts is not None, \
+        "a fresh process's start worked out a digest it has nothing to look up by"
+    fs.remember_entry_texts(first, 10**6, start.verdicts)
     assert judged.calls == 50, "remembering the texts judged entries again"
+    fs.decode(first, 10**6)
+    assert judged.calls == 50, "the start's value, read again, was judged again"
     fs.decode(value(states), 10**6)
     assert judged.calls == 51, "more than the changed entry was judged"
     fs.remember_entry_texts(value(many(3)), 10**6)      # a value never judged: nothing to keep
