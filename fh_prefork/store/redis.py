@@ -32,6 +32,7 @@ parse of the URL (host, port, db, user), never from the URL text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import threading
@@ -162,10 +163,13 @@ def split_url(url: str) -> tuple[str, bool]:
                      f"redis+cluster:// or rediss+cluster://, got a {url.split(':', 1)[0]!r} URL")
 
 
+@functools.lru_cache(maxsize=16)
 def describe_url(url: str) -> str:
     """``url`` as redis-py reads it, rebuilt without the password (safe to log and show).
 
     Raises ``ValueError`` for a URL redis-py refuses (that is the validation).
+    Remembered: the master's settings check describes the URL once, before the
+    workers fork and each describes it again in its post-fork hook.
     """
     plain, cluster = split_url(url)
     _redis()  # installed, or a one-line error naming the extra
@@ -214,9 +218,12 @@ def make_client(url: str, options: RedisSessionStoreOptions, *,
     plain, cluster = split_url(url)
     # RESP2 unless the URL asks for another (``?protocol=3``): nothing here needs RESP3, and
     # its HELLO is one more round trip in every worker's start, before the store's first read
+    # no retries: a client's Retry is deep-copied into each connection it makes, and without
+    # one redis-py gives each the same Retry(NoBackoff(), 0); RedisCluster uses its own
     common: dict[str, Any] = dict(socket_timeout=options.timeout,
                                   socket_connect_timeout=options.connect_timeout,
-                                  retry=Retry(NoBackoff(), 0), decode_responses=False,
+                                  retry=Retry(NoBackoff(), 0) if cluster else None,
+                                  decode_responses=False,
                                   health_check_interval=30 if subscriber else 0, protocol=2,
                                   **_no_client_setinfo())
     if cluster:
@@ -474,10 +481,11 @@ class RedisNotifier:
         self.reconnects = 0
         self.messages = 0
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="fh-prefork-redis-push",
-                                        daemon=True)
+        self._thread: threading.Thread | None = None    # made by start(), off the worker's start
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fh-prefork-redis-push",
+                                        daemon=True)
         self._thread.start()
 
     def _subscribe(self) -> Any:
@@ -548,8 +556,9 @@ class RedisNotifier:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
 
     def status(self) -> PushStatus:
         return {"connected": self.connected, "reconnects": self.reconnects,

@@ -131,12 +131,17 @@ def test_close_interrupts_a_blocked_wait_promptly(push_url: str, stores: Any) ->
     _, store = stores(push_url)
     notifier = store._notifier
     assert notifier is not None
+    # the store thread starts the notifier just after the constructor: close it once its
+    # thread waits for notifications, not before it exists
+    wait_for(lambda: notifier.status()["connected"], 10, what="the notifier to subscribe")
+    thread = notifier._thread
+    assert thread is not None and thread.is_alive()
     started = time.monotonic()
     store.close(flush_timeout=0)
     took = time.monotonic() - started
     print(f"close with a notifier on {push_url.split(':')[0]}: {took:.3f} s")
     assert took < 1.5
-    assert not notifier._thread.is_alive()
+    assert not thread.is_alive()
 
 
 def test_a_deleted_data_file_is_written_back_at_once(stores: Any, tmp_path: Path) -> None:
