@@ -118,14 +118,6 @@ class ListeningRepository(FeatureHubRepository):  # type: ignore[misc]
     def absence_seconds(self, seconds: float) -> None:
         self.judge.grace = seconds
 
-    @property
-    def _clock(self) -> Callable[[], float]:
-        return self.judge.clock
-
-    @_clock.setter
-    def _clock(self, clock: Callable[[], float]) -> None:   # tests step the grace over
-        self.judge.clock = clock
-
     def use_clock(self, clock: Callable[[], float]) -> None:
         """Read ``clock`` for every time judged here, the absence grace and the unix times
         alike, so a test steps over both at once (fh_prefork.testing.clock.ManualClock)."""

@@ -203,7 +203,7 @@ def test_an_empty_list_removes_nothing_for_six_graces() -> None:
     environment whose last feature was retired does empty in the end)."""
     repo = ListeningRepository()
     now = [1000.0]
-    repo._clock = lambda: now[0]
+    repo.use_clock(lambda: now[0])
     repo.absence_seconds = 10.0
     repo.notify("features", [feat("A"), feat("B")])
     for _ in range(59):
@@ -221,7 +221,7 @@ def test_an_empty_list_removes_nothing_for_six_graces() -> None:
 def test_a_list_lacking_most_features_counts_only_after_six_graces() -> None:
     repo = ListeningRepository()
     now = [1000.0]
-    repo._clock = lambda: now[0]
+    repo.use_clock(lambda: now[0])
     repo.absence_seconds = 10.0
     repo.notify("features", [feat(k) for k in "ABCD"])
     repo.notify("features", [feat("A")])          # names 1 of 4: suspect
@@ -239,7 +239,7 @@ def test_a_poll_304_keeps_the_absence_clock_running() -> None:
     Edge never sends another full list."""
     repo = ListeningRepository()
     now = [1000.0]
-    repo._clock = lambda: now[0]
+    repo.use_clock(lambda: now[0])
     repo.absence_seconds = 10.0
     repo.notify("features", [feat("A"), feat("B")])
     repo.notify("features", [feat("A")])
@@ -264,7 +264,7 @@ def test_silence_counts_only_while_the_edge_view_is_current() -> None:
 def test_a_feature_is_deleted_only_when_full_lists_keep_lacking_it_past_the_grace() -> None:
     repo = ListeningRepository()
     now = [1000.0]
-    repo._clock = lambda: now[0]                      # the grace is stepped over, not slept
+    repo.use_clock(lambda: now[0])                    # the grace is stepped over, not slept
     repo.absence_seconds = 0.3
     repo.notify("features", [feat("A"), feat("B")])
     repo.notify("features", [feat("A")])              # one list lacking B: the clock starts
@@ -312,7 +312,7 @@ def test_the_absence_clock_runs_across_a_reconnect() -> None:
     repo = ListeningRepository()
     now = [1000.0]
     live = [True]
-    repo._clock = lambda: now[0]
+    repo.use_clock(lambda: now[0])
     repo.edge_live = lambda: live[0]
     repo.absence_seconds = 100.0
     repo.notify("features", [feat("A"), feat("B")])
