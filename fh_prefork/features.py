@@ -270,11 +270,11 @@ def remember_entry_texts(raw: bytes | None, max_bytes: int,
     if known is None and verdicts is not None:
         VERDICTS.remember_value(digest, verdicts)
         known = verdicts
-    parsed = _parse(text, form, by_entry=True) if known is not None else None
-    if known is None or isinstance(parsed, Decoded) or parsed is None or parsed[0] is None:
+    if known is None:
         return
-    texts = parsed[0]
-    if len(texts) == len(known):
+    parsed = _parse(text, form, by_entry=True)
+    texts = None if isinstance(parsed, Decoded) else parsed[0]
+    if texts is not None and len(texts) == len(known):
         VERDICTS.remember(zip(texts, known, strict=True))
 
 

@@ -514,33 +514,34 @@ class SessionStore(RawUpdateFeatureListener):
         """The store thread's first acts, kept out of the constructor: check the start
         value's fingerprint, start push, ask the server its item limit (for ``status()``; a
         write would ask it anyway), and remember the start value's entries by text."""
+        check, self._fingerprint_due = self._fingerprint_due, None  # taken whatever happens
+        texts, self._texts_due = self._texts_due, None
         try:
-            check, self._fingerprint_due = self._fingerprint_due, None
             if check is not None and not self._closed:
                 self._check_fingerprint(*check, may_write=False)
         except Exception:  # the loop still runs: its verify read checks the fingerprint again
-            self.counters.errors += 1
-            self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
-                                     level=logging.ERROR, exc_info=True)
+            self._start_failed()
         finally:
             with self._cond:
                 self._starting = False      # flush() waits for the check (it may find a repair)
                 self._cond.notify_all()
-        due, self._texts_due = self._texts_due, None     # taken whatever happens below
         try:
             self._start_notifier()
             if not self._closed:    # a store closed at once asks its server nothing
                 self._max_item_bytes()
-            if due is not None:
+            if texts is not None:
                 # the start's value was parsed whole (the worker's start is a third quicker):
                 # remember it and its entries by text now, even when closing (no I/O: what
                 # was judged stays judged for the next store in the process), so the next
                 # value, which differs in a few entries, is judged only there
-                fs.remember_entry_texts(*due)
+                fs.remember_entry_texts(*texts)
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
-            self.counters.errors += 1
-            self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
-                                     level=logging.ERROR, exc_info=True)
+            self._start_failed()
+
+    def _start_failed(self) -> None:
+        self.counters.errors += 1
+        self._thread_log.failure("fh_prefork: %s store thread error at start", self.source,
+                                 level=logging.ERROR, exc_info=True)
 
     def _make_notifier(self) -> ChangeNotifier | None:
         """Push: the backend's notifier, if it has one, to wake this store's thread."""
