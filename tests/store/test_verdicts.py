@@ -23,6 +23,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from fh_prefork import features as fs
 from fh_prefork.store import open_store
 from fh_prefork.verdicts import USABLE, Verdict, VerdictCache
+from tests.support.procs import wait_for
 from tests.support.stores import feat, repo_of
 
 
@@ -182,10 +183,9 @@ def test_after_a_store_start_a_changed_entry_is_the_only_one_judged(
         store = open_store(url, config, {"prefix": "p", "refresh_timeout": 3600.0,
                                          "push": False})
         assert store is not None and judged.calls == 40
-        deadline = time.monotonic() + 5
-        while len(fs.VERDICTS) < 40 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(fs.VERDICTS) == 40, "the store thread did not remember the start's entries"
+        wait_for(lambda: len(fs.VERDICTS) >= 40, 5,
+                 what="the store thread to remember the start's entries")
+        assert len(fs.VERDICTS) == 40
         repo_of(seed).notify("feature", feat("F011", 2))    # the writer judges it: once
         assert writer.flush(5)
         before = judged.calls
