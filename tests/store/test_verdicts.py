@@ -53,6 +53,11 @@ def value(features: list[dict[str, Any]]) -> bytes:
     return fs.encode(features)
 
 
+def versions(config: Any) -> dict[str, int]:
+    """key -> version of every feature state a config's repository holds."""
+    return {f["key"]: f["version"] for f in repo_of(config).feature_states()}
+
+
 def many(n: int, version: int = 1) -> list[dict[str, Any]]:
     return [feat(f"F{i:03}", version) for i in range(n)]
 
@@ -191,6 +196,7 @@ def test_after_a_store_start_a_changed_entry_is_the_only_one_judged(
         before = judged.calls
         assert store.refresh(5)
         assert repo_of(config).feature("F011").get_version == 2
+        assert versions(config) == versions(seed), "the reader's whole state is the writer's"
         assert judged.calls == before + 1, \
             f"{judged.calls - before} entries judged for one changed entry"
     finally:
