@@ -322,6 +322,8 @@ def test_flush_after_start_returns_only_once_the_start_read_is_settled(
         store = MemcacheSessionStore(memcached.address, config, {"prefix": prefix})
         try:
             assert len(repo_of(config).features) == 60
+            assert ({f["key"]: f["version"] for f in repo_of(config).feature_states()}
+                    == {f["key"]: f["version"] for f in states}), "the whole Ruby state replayed"
             assert store.flush(5)
             assert store.status()["fingerprint"] == fs.fingerprint(states)
             assert store.counters.settles == int(repaired) and store.counters.writes == 0
