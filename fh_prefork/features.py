@@ -257,15 +257,19 @@ def decode(raw: bytes | None, max_bytes: int, *, entry_texts: bool = True) -> De
 
 
 def remember_entry_texts(raw: bytes | None, max_bytes: int,
-                         verdicts: tuple[Verdict, ...] | None = None) -> None:
+                         verdicts: tuple[Verdict, ...] | None = None, *,
+                         fingerprint: str | None = None) -> None:
     """Remember a value decoded with ``entry_texts=False``: its entries' verdicts by each
     entry's text, and by its digest the value's, given as ``verdicts`` when the decode
-    left the digest out. Nothing when the value was not judged or is not an array."""
+    left the digest out (and its ``fingerprint``, when that was worked out already).
+    Nothing when the value was not judged or is not an array."""
     read = _text_of(raw, max_bytes)
     if isinstance(read, Decoded):
         return
     text, form, inflated = read
     digest = hashlib.sha256(inflated).digest()
+    if fingerprint is not None:
+        VERDICTS.remember_fingerprint(digest, fingerprint)
     known = VERDICTS.value(digest, count=False)
     if known is None and verdicts is not None:
         VERDICTS.remember_value(digest, verdicts)

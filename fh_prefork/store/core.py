@@ -516,9 +516,11 @@ class SessionStore(RawUpdateFeatureListener):
         write would ask it anyway), and remember the start value's entries by text."""
         check, self._fingerprint_due = self._fingerprint_due, None  # taken whatever happens
         texts, self._texts_due = self._texts_due, None
+        fingerprint = None      # the start value's, once the check has worked it out
         try:
             if check is not None and not self._closed:
                 self._check_fingerprint(*check, may_write=False)
+                fingerprint = self._fingerprint
         except Exception:  # the loop still runs: its verify read checks the fingerprint again
             self._start_failed()
         finally:
@@ -534,7 +536,7 @@ class SessionStore(RawUpdateFeatureListener):
                 # remember it and its entries by text now, even when closing (no I/O: what
                 # was judged stays judged for the next store in the process), so the next
                 # value, which differs in a few entries, is judged only there
-                fs.remember_entry_texts(*texts)
+                fs.remember_entry_texts(*texts, fingerprint=fingerprint)
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
             self._start_failed()
 

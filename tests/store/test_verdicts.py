@@ -250,6 +250,40 @@ def test_a_values_fingerprint_is_worked_out_once_per_distinct_value(
     assert len(made) == 2
 
 
+def test_a_stores_start_works_out_its_values_fingerprint_once(
+        judged: Counted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh worker's start checks the stored fingerprint on the store thread, and the
+    value's digest is worked out there too: the check's fingerprint is remembered by it,
+    so the store's next full read of the same value works out nothing again."""
+    url = f"file://{tmp_path}"
+    seed = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
+    writer = open_store(url, seed, {"prefix": "p", "refresh_timeout": 3600.0, "push": False})
+    assert writer is not None
+    repo_of(seed).notify("features", many(30))
+    assert writer.flush(5)
+    writer.close()
+    fs.VERDICTS.clear()
+    made: list[int] = []
+    real = fs.fingerprint
+
+    def counted(features: Any) -> str:
+        made.append(1)
+        return real(features)
+
+    monkeypatch.setattr(fs, "fingerprint", counted)
+    config = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
+    store = open_store(url, config, {"prefix": "p", "refresh_timeout": 3600.0, "push": False})
+    assert store is not None
+    try:
+        assert store.flush(5)       # the start's fingerprint check is done
+        wait_for(lambda: len(fs.VERDICTS) >= 30, 5, what="the start value remembered")
+        assert store.refresh(5)
+        assert versions(config) == versions(seed)
+        assert len(made) == 1, f"the start value's fingerprint was worked out {len(made)} times"
+    finally:
+        store.close(flush_timeout=0)
+
+
 def test_a_vouched_entry_is_judged_again_after_one_use(judged: Counted) -> None:
     item = fs.decode(value([feat("A", 1)]), 10**6).features[0]
     assert fs.feature_problem(item) is None
