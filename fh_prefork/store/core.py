@@ -229,9 +229,8 @@ class SessionStore(RawUpdateFeatureListener):
         if not start:
             # no store thread to leave the start's checks to (see _start_up): the fingerprint
             # is checked here, and nothing of the value read is kept by a store that is closed
-            due, self._fingerprint_due, self._texts_due = self._fingerprint_due, None, None
-            if due is not None:
-                self._check_fingerprint(*due, may_write=False)
+            self._check_start_fingerprint()
+            self._texts_due = None
             self._closing = self._closed = True
             self._backend.close()
             return
@@ -514,13 +513,10 @@ class SessionStore(RawUpdateFeatureListener):
         """The store thread's first acts, kept out of the constructor: check the start
         value's fingerprint, start push, ask the server its item limit (for ``status()``; a
         write would ask it anyway), and remember the start value's entries by text."""
-        check, self._fingerprint_due = self._fingerprint_due, None  # taken whatever happens
-        texts, self._texts_due = self._texts_due, None
+        texts, self._texts_due = self._texts_due, None      # taken whatever happens
         fingerprint = None      # the start value's, once the check has worked it out
         try:
-            if check is not None and not self._closed:
-                self._check_fingerprint(*check, may_write=False)
-                fingerprint = self._fingerprint
+            fingerprint = self._check_start_fingerprint()
         except Exception:  # the loop still runs: its verify read checks the fingerprint again
             self._start_failed()
         finally:
@@ -539,6 +535,15 @@ class SessionStore(RawUpdateFeatureListener):
                 fs.remember_entry_texts(*texts, fingerprint=fingerprint)
         except Exception:  # the loop still runs: push is an optimisation, the limit asked later
             self._start_failed()
+
+    def _check_start_fingerprint(self) -> str | None:
+        """The stored fingerprint check the start's read left (see _settled), once; the start
+        value's fingerprint when it ran."""
+        check, self._fingerprint_due = self._fingerprint_due, None
+        if check is None or self._closed:
+            return None
+        self._check_fingerprint(*check, may_write=False)
+        return self._fingerprint
 
     def _start_failed(self) -> None:
         self.counters.errors += 1
