@@ -256,11 +256,14 @@ class MemcacheBackend:
         return fs.decode_fingerprint(raw)
 
     def read(self) -> Snapshot:
-        # data (with its fingerprint) first, tombstones second: see backend.py's ordering contract
-        found = self._call(self._client.gets_many, [self.data_key, self.sha_key])
+        # data (with its fingerprint) first, tombstones second (see backend.py's ordering
+        # contract), in one round trip: memcached reads a multi-get's keys in the order given,
+        # and pymemcache's HashClient asks the data key's server first
+        found = self._call(self._client.gets_many,
+                           [self.data_key, self.sha_key, self.tombstones_key])
         value, cas = found.get(self.data_key, (None, None))
         sha_raw, _ = found.get(self.sha_key, (None, None))
-        tombstones, tombstones_cas = self._call(self._client.gets, self.tombstones_key)
+        tombstones, tombstones_cas = found.get(self.tombstones_key, (None, None))
         return Snapshot(value=value, cas_token=cas,
                         change_token=fs.decode_fingerprint(sha_raw),
                         tombstones=tombstones, tombstones_cas=tombstones_cas)

@@ -332,3 +332,50 @@ def test_flush_after_start_returns_only_once_the_start_read_is_settled(
             assert client.get(f"{prefix}_env-test_sha") == expected
         finally:
             store.close()
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_a_read_asks_the_data_before_the_tombstones_in_one_round_trip(
+        memcached: Memcached, own_memcached: Memcached, prefix: str, servers: int) -> None:
+    """backend.py's ordering contract on memcached, with the three keys in one multi-get:
+    one server gets one command naming the data key first; a HashClient whose data and
+    tombstones keys sit on different servers asks the data key's server first. Either way
+    the read returns the tombstones the store holds."""
+    from pymemcache.client.hash import HashClient
+
+    from fh_prefork import tombstones as ts
+
+    address = memcached.address if servers == 1 else \
+        f"{memcached.address},{own_memcached.address}"
+    if servers == 2:    # a prefix that puts the data and the tombstones on different servers
+        nodes = HashClient([("127.0.0.1", memcached.port), ("127.0.0.1", own_memcached.port)])
+        prefix = next(p for p in (f"{prefix}{n}" for n in range(200))
+                      if nodes._get_client(f"{p}_env-test").server
+                      != nodes._get_client(f"{p}_env-test_deleted").server)
+    config = make_config()
+    store = MemcacheSessionStore(address, config, {"prefix": prefix})
+    try:
+        repo_of(config).notify("features", [feat("A", 1), feat("B", 1)])
+        repo_of(config).notify("delete_feature", {"id": "id-B", "key": "B", "version": 0})
+        assert store.flush(5)
+        backend = store._backend
+        keys = [backend.data_key, backend.sha_key, backend.tombstones_key]
+        client: Any = backend._client
+        spied = list(client.clients.values()) if isinstance(client, HashClient) else [client]
+        asked: list[list[str]] = []
+        for node in spied:
+            def gets_many(wanted: list[str], *, _real: Any = node.gets_many) -> Any:
+                asked.append(list(wanted))
+                return _real(wanted)
+            node.gets_many = gets_many
+        snapshot = backend.read()
+    finally:
+        store.close()
+    in_order = [key for wanted in asked for key in wanted]
+    assert sorted(in_order) == sorted(keys), asked
+    assert in_order.index(keys[0]) < in_order.index(keys[2]), asked
+    if servers == 1:
+        assert asked == [keys], "one round trip, data first"
+    else:
+        assert len(asked) == 2 and keys[0] in asked[0], asked
+    assert "id-B" in ts.decode(snapshot.tombstones, fs.MAX_READ_BYTES)[0], snapshot
