@@ -344,6 +344,7 @@ def test_a_read_asks_the_data_before_the_tombstones_in_one_round_trip(
     from pymemcache.client.hash import HashClient
 
     from fh_prefork import tombstones as ts
+    from fh_prefork.store.memcache import MemcacheBackend
 
     address = memcached.address if servers == 1 else \
         f"{memcached.address},{own_memcached.address}"
@@ -359,6 +360,7 @@ def test_a_read_asks_the_data_before_the_tombstones_in_one_round_trip(
         repo_of(config).notify("delete_feature", {"id": "id-B", "key": "B", "version": 0})
         assert store.flush(5)
         backend = store._backend
+        assert isinstance(backend, MemcacheBackend)
         keys = [backend.data_key, backend.sha_key, backend.tombstones_key]
         client: Any = backend._client
         spied = list(client.clients.values()) if isinstance(client, HashClient) else [client]
