@@ -258,7 +258,8 @@ class MemcacheBackend:
     def read(self) -> Snapshot:
         # data (with its fingerprint) first, tombstones second (see backend.py's ordering
         # contract), in one round trip: memcached reads a multi-get's keys in the order given,
-        # and pymemcache's HashClient asks the data key's server first
+        # and pymemcache's HashClient asks the data key's server first (a proxy that splits
+        # multi-gets, such as mcrouter, may not: docs/stores.md says what that costs)
         found = self._call(self._client.gets_many,
                            [self.data_key, self.sha_key, self.tombstones_key])
         value, cas = found.get(self.data_key, (None, None))
