@@ -62,8 +62,12 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         server = start_server([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"],
                               cwd=EXAMPLES / "prometheus")
         server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 7)
-        workers = {c.pid for c in psutil.Process(server.proc.pid).children()}
-        assert len(workers) == 4
+
+        def four_workers() -> set[int] | None:
+            pids = {c.pid for c in psutil.Process(server.proc.pid).children()}
+            return pids if len(pids) == 4 else None
+
+        workers = wait_for(four_workers, 15, what="gunicorn's four workers")
 
         def every_worker_reports() -> str | None:
             text = scrape_or_none(server)
@@ -83,18 +87,21 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         for name in ("fh_prefork_edge_connected", "fh_prefork_store_refresh_age_seconds"):
             assert len(samples(text, name)) >= 4, name
         before: float = sum(samples(text, "fh_prefork_store_cas_conflicts_total").values())
+        wrote: float = sum(samples(text, "fh_prefork_store_writes_total").values())
         applied = samples(text, "fh_prefork_updates_applied_total")
         assert any('source="edge"' in labels for labels in applied), applied
 
         # force conflicts: rewrite the data key (same bytes, new CAS token) all through the
-        # slowed-down read-to-CAS window of the workers' next write
+        # slowed-down read-to-CAS window of the workers' next write, for a while. A store
+        # thread exports its counters between flushes, and a flush under the churn makes up
+        # to 64 attempts, so the counters show the conflicts once the churn stops and the
+        # write lands: wait for that, bounded, rather than for the counter while churning
         key = f"{prefix}_{API_KEY.split('/')[1]}"
         client = Client(("127.0.0.1", memcached.port), default_noreply=False)
         stop = threading.Event()
 
         def churn() -> None:
-            deadline = time.monotonic() + 5
-            while not stop.is_set() and time.monotonic() < deadline:
+            while not stop.is_set():
                 raw = client.get(key)
                 if raw is not None:
                     client.set(key, raw)
@@ -104,19 +111,20 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         churner.start()
         try:
             edge.push_feature(make_feature("NEW_CHECKOUT", False, 8))
-            wait_for(lambda: sum(samples(scrape_or_none(server) or "",
-                                         "fh_prefork_store_cas_conflicts_total").values()) > before,
-                     10, what="the conflict counter to move")
+            server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 8)
+            time.sleep(2)   # the churn's length: several attempts of 0.2-0.3 s through the proxy
         finally:
             stop.set()
             churner.join()
             client.close()
-        server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 8)
-        # the write lands once the churn stops; the store thread exports the counters after
-        # the flush it is in (its attempts through the slowed proxy), so wait for it, bounded
-        wait_for(lambda: sum(samples(scrape_or_none(server) or "",
-                                     "fh_prefork_store_writes_total").values()) >= 1,
-                 10, what="a write, once the conflicts stop, in the exported counters")
+
+        def exported(name: str) -> float:
+            return sum(samples(scrape_or_none(server) or "", name).values())
+
+        wait_for(lambda: exported("fh_prefork_store_cas_conflicts_total") > before, 20,
+                 what="the conflict counter to move")
+        wait_for(lambda: exported("fh_prefork_store_writes_total") > wrote, 20,
+                 what="the write of version 8, once the conflicts stop, in the counters")
         print("metric names:", sorted({line.split("{")[0].split(" ")[0]
                                        for line in scrape(server).splitlines()
                                        if line.startswith("fh_prefork_")}))
