@@ -236,6 +236,10 @@ class History:
         #: the workers' absence grace: a fault that outlasts it in wall time (a slow step on
         #: a loaded machine) may remove what it hides, by design, so the check stops there
         self.absence = ABSENCE
+        #: a fault outlasted the grace and no settle has converged since: the absence marks it
+        #: proposed may still be confirmed (a few refreshes later) during the next fault, so
+        #: that fault is not protected; the flags come back once Edge names them (the settle)
+        self.outlasted = False
         self.violations: list[str] = []
 
     def note(self, text: str) -> None:
@@ -337,6 +341,7 @@ class History:
             took = self.wait_converged(SETTLE_BOUND)
             if took is None:
                 return f" [NOT converged within {SETTLE_BOUND:g} s: {self.brief_diff()}]"
+            self.outlasted = False   # Edge named every flag again: the marks are lifted
             return f" [converged in {took:.2f} s]"
         raise AssertionError(f"unknown step {step}")
 
@@ -448,6 +453,10 @@ class History:
 
     def protect(self) -> None:
         """Note what each worker holds that Edge has, as an Edge fault begins."""
+        if self.outlasted:
+            self.note("not protected: an earlier fault outlasted the grace and its absence "
+                      "marks may land now; protection resumes after the next settle")
+            return
         expected = edge_state(self.edge)
         try:
             workers = worker_states(self.cluster, timeout=5)
@@ -465,6 +474,7 @@ class History:
             self.note(f"the Edge fault outlasted the {self.absence:g} s grace in wall time: "
                       "what it hides may be removed from here, by design")
             self.protected = None
+            self.outlasted = True
             return
         expected = edge_state(self.edge)
         try:
