@@ -98,6 +98,7 @@ def _construct(url: str, prefix: str, n_features: int,
 
     from ... import features as fs
     from ...store import open_store
+    from ...testing.cluster import wait_until
 
     config = FeatureHubConfig("http://127.0.0.1:9/", [API_KEY])
     cpu = time.process_time()
@@ -106,9 +107,9 @@ def _construct(url: str, prefix: str, n_features: int,
     elapsed = time.perf_counter() - started
     assert store is not None
     if start_up_cpu is not None:
-        deadline = time.monotonic() + 5     # the entries remembered: the start-up's last act
-        while len(fs.VERDICTS) < n_features and time.monotonic() < deadline:
-            time.sleep(0.001)
+        # the entries remembered: the start-up's last act
+        wait_until(lambda: len(fs.VERDICTS) >= n_features, 5, "the store thread's start-up",
+                   interval=0.001)
         start_up_cpu.append(time.process_time() - cpu)
     held = sum(1 for h in config.repository().features.values() if h.exists)
     store.close(flush_timeout=0)
