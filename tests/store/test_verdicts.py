@@ -21,6 +21,7 @@ import pytest
 from featurehub_sdk.featurehub_config import FeatureHubConfig
 
 from fh_prefork import features as fs
+from fh_prefork.features import fingerprint as real_fingerprint
 from fh_prefork.store import open_store
 from fh_prefork.verdicts import USABLE, Verdict, VerdictCache
 from tests.support.procs import wait_for
@@ -47,6 +48,19 @@ def judged(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
     monkeypatch.setattr(fs, "_judge_all", counted)
     yield counted
     fs.VERDICTS.clear()
+
+
+@pytest.fixture
+def fingerprinted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``fs.fingerprint`` counted: one entry per value fingerprinted."""
+    made: list[int] = []
+
+    def counted(features: Any) -> str:
+        made.append(1)
+        return real_fingerprint(features)
+
+    monkeypatch.setattr(fs, "fingerprint", counted)
+    return made
 
 
 def value(features: list[dict[str, Any]]) -> bytes:
@@ -229,15 +243,8 @@ def test_a_stores_verify_read_of_an_unchanged_state_judges_nothing(
 
 
 def test_a_values_fingerprint_is_worked_out_once_per_distinct_value(
-        judged: Counted, monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[int] = []
-    real = fs.fingerprint
-
-    def counted(features: Any) -> str:
-        made.append(1)
-        return real(features)
-
-    monkeypatch.setattr(fs, "fingerprint", counted)
+        judged: Counted, fingerprinted: list[int]) -> None:
+    made, real = fingerprinted, real_fingerprint
     states = many(20)
     first = fs.decode(value(states), 10**6)
     again = fs.decode(value(states), 10**6)
@@ -251,7 +258,7 @@ def test_a_values_fingerprint_is_worked_out_once_per_distinct_value(
 
 
 def test_a_stores_start_works_out_its_values_fingerprint_once(
-        judged: Counted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        judged: Counted, tmp_path: Path, fingerprinted: list[int]) -> None:
     """A fresh worker's start checks the stored fingerprint on the store thread, and the
     value's digest is worked out there too: the check's fingerprint is remembered by it,
     so the store's next full read of the same value works out nothing again."""
@@ -263,14 +270,8 @@ def test_a_stores_start_works_out_its_values_fingerprint_once(
     assert writer.flush(5)
     writer.close()
     fs.VERDICTS.clear()
-    made: list[int] = []
-    real = fs.fingerprint
-
-    def counted(features: Any) -> str:
-        made.append(1)
-        return real(features)
-
-    monkeypatch.setattr(fs, "fingerprint", counted)
+    fingerprinted.clear()       # the writer's: only the reader's count
+    made = fingerprinted
     config = FeatureHubConfig("http://127.0.0.1:9/", ["a/b/c*d"])
     store = open_store(url, config, {"prefix": "p", "refresh_timeout": 3600.0, "push": False})
     assert store is not None
