@@ -92,12 +92,14 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         assert any('source="edge"' in labels for labels in applied), applied
 
         # force conflicts: rewrite the data key (same bytes, new CAS token) all through the
-        # slowed-down read-to-CAS window of the workers' next write, for a while. A store
+        # slowed-down read-to-CAS window of the workers' next write, until memcached refuses one
+        # (its own cas_badval counter, read on a client of its own). A store
         # thread exports its counters between flushes, and a flush under the churn makes up
         # to 64 attempts, so the counters show the conflicts once the churn stops and the
         # write lands: wait for that, bounded, rather than for the counter while churning
         key = f"{prefix}_{API_KEY.split('/')[1]}"
         client = Client(("127.0.0.1", memcached.port), default_noreply=False)
+        stats = Client(("127.0.0.1", memcached.port), default_noreply=False)
         stop = threading.Event()
 
         def churn() -> None:
@@ -110,13 +112,17 @@ def test_one_scrape_shows_every_worker_and_counters_move_after_a_conflict(
         churner = threading.Thread(target=churn)
         churner.start()
         try:
+            refused = stats.stats()[b"cas_badval"]
             edge.push_feature(make_feature("NEW_CHECKOUT", False, 8))
             server.serving("/", lambda b: isinstance(b, dict) and b.get("version") == 8)
-            time.sleep(2)   # the churn's length: several attempts of 0.2-0.3 s through the proxy
+            # churn until memcached itself has refused a worker's compare-and-set
+            wait_for(lambda: stats.stats()[b"cas_badval"] > refused, 20,
+                     what="memcached to refuse a compare-and-set")
         finally:
             stop.set()
             churner.join()
             client.close()
+            stats.close()
 
         def exported(name: str) -> float:
             return sum(samples(scrape_or_none(server) or "", name).values())
