@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import json_parser
 from .feature_shape import MAX_VERSION, plain_states, shape_problem
 from .verdicts import USABLE, Verdict, VerdictCache
 
@@ -314,13 +315,13 @@ def _parse(text: str, form: str, by_entry: bool
     if entries is not None:
         return entries[0], entries[1], form
     try:
-        value = json.loads(text)
+        value = json_parser.loads(text)
         if isinstance(value, str):  # Ruby/Dalli JSON serializer wraps the array in a string
             form = "json-string" if form == "plain" else form
             entries = _array_entries(value) if by_entry else None
             if entries is not None:
                 return entries[0], entries[1], form
-            value = json.loads(value)
+            value = json_parser.loads(value)
     except RecursionError:
         return Decoded(problem="JSON nested too deeply", form=form)
     except ValueError:
