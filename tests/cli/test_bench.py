@@ -40,6 +40,9 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     for row in sections["propagation"]["rows"]:
         assert row["missed"] == 0 and row["p99_seconds"] < 15
     assert all(r["constructor_ms_median"] > 0 for r in sections["cold"]["rows"])
+    # the test group installs orjson: each row also has the start without it
+    assert all(r["json_parser"].startswith("orjson ") and r["standard_library_json_ms_median"] > 0
+               for r in sections["cold"]["rows"])
     assert {r["variant"].split(" ")[0] for r in sections["memory"]["rows"]} == \
         {"fh_prefork", "plain"}
     assert sections["read"]["ratio"] > 0

@@ -14,6 +14,10 @@ too, for a fresh worker.
 Both are set beside their floor, measured in the same run (the machine may be
 shared): the FeatureHub SDK alone taking the same 500 states, a config's
 repository notified of the parsed list, with no store, check or thread.
+
+With the ``speedups`` extra installed (orjson parses the value: see
+fh_prefork.json_parser), the fresh worker's constructor is also measured, in
+the same run, as it is without it.
 """
 
 from __future__ import annotations
@@ -122,10 +126,12 @@ def _construct(url: str, prefix: str, n_features: int,
 def run(b: Bench) -> None:
 
     from ... import features as fs
+    from ... import json_parser
     from ...testing.cluster import Cluster, free_port, wait_until
     from ...testing.edge_simulator import make_feature
 
     n_features = 500
+    orjson_in_use = json_parser.parser() != json_parser.STANDARD_LIBRARY
     states = fs.encode([make_feature(f"F{i:03}", i % 2 == 0, 1) for i in range(n_features)])
     repeats, restarts = (3, 1) if b.quick else (20, 5)
     rows = []
@@ -137,6 +143,7 @@ def run(b: Bench) -> None:
         known: list[float] = []
         start_up: list[float] = []
         floor: list[float] = []
+        plain_json: list[float] = []
         gc.collect()    # the fill's and the last section's garbage: not this section's to pay
         for _ in range(repeats):
             floor.append(sdk_alone(states))     # interleaved: the same moment's machine
@@ -145,6 +152,10 @@ def run(b: Bench) -> None:
             known.append(_construct(url, prefix, n_features))   # the value checked before
             fs.VERDICTS.clear()
             _construct(url, prefix, n_features, start_up_cpu=start_up)
+            if orjson_in_use:   # the same fresh worker without the speedups extra
+                fs.VERDICTS.clear()
+                with json_parser.standard_library_only():
+                    plain_json.append(_construct(url, prefix, n_features))
         median, sdk = statistics.median(took), statistics.median(floor)
         row: dict[str, Any] = {"backend": backend, "features": n_features,
                                "constructor_ms_median": round(median * 1000, 2),
@@ -154,8 +165,14 @@ def run(b: Bench) -> None:
                                "start_up_cpu_ms_median": round(
                                    statistics.median(start_up) * 1000, 2),
                                "sdk_alone_ms_median": round(sdk * 1000, 2),
+                               "json_parser": json_parser.parser(),
+                               "standard_library_json_ms_median": (
+                                   round(statistics.median(plain_json) * 1000, 2)
+                                   if plain_json else None),
                                "constructor_to_sdk": round(median / sdk, 1),
                                "runs": repeats, "load_average": round(os.getloadavg()[0], 2)}
+        row["standard_library_json_shown"] = row["standard_library_json_ms_median"] \
+            if plain_json else "(the headline)"
         if b.quick and backend == "memcache":
             # a table cell that says why, not "None": the JSON keeps the figure empty
             row["worker_first_answer_ms_median"] = None
@@ -194,9 +211,11 @@ def run(b: Bench) -> None:
         row["worker_first_answer_shown"] = row["worker_first_answer_ms_median"]
         rows.append(row)
     b.results["cold"] = {"rows": rows}
-    b.emit(table(f"Cold start with {n_features} features in the store",
+    b.emit(table(f"Cold start with {n_features} features in the store, values parsed by "
+                 f"{json_parser.parser()}",
                  [("backend", "backend"), ("constructor ms (median)", "constructor_ms_median"),
                   ("constructor ms (max)", "constructor_ms_max"),
+                  ("without speedups ms (median)", "standard_library_json_shown"),
                   ("value checked before ms (median)", "known_value_ms_median"),
                   ("start-up CPU ms, all threads (median)", "start_up_cpu_ms_median"),
                   ("SDK alone ms (median)", "sdk_alone_ms_median"),
