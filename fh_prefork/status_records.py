@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import psutil
 
+from .threads import start_without_signals
+
 if TYPE_CHECKING:   # the runtime imports this module: its types only, for the checker
     from .runtime import WorkerStatus
 
@@ -202,7 +204,7 @@ class Ticker:
                                         daemon=True)
 
     def start(self) -> Ticker:
-        self._thread.start()
+        start_without_signals(self._thread)
         return self
 
     def _run(self) -> None:

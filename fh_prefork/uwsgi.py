@@ -14,6 +14,10 @@ What uWSGI 2.0.31 on CPython 3.11 does, found by the tests in ``tests/servers``:
 * ``uwsgi.atexit`` runs in every worker on every kind of exit, before Python
   finalisation waits for threads: the worker is closed there, so it exits at
   once instead of after ``worker-reload-mercy``.
+* uWSGI handles a worker's signals in C, in whichever thread receives them;
+  SIGINT runs the exit hooks there. On one of the library's threads that hung
+  the worker until ``worker-reload-mercy``, so those threads block every
+  signal and the kernel gives them to the main thread (:mod:`fh_prefork.threads`).
 * Without ``--master``, ``uwsgidecorators`` refuses to load; the raw
   ``uwsgi.post_fork_hook`` still runs in each worker.
 * uWSGI runs no Python in its master, so nothing there can hear a worker die

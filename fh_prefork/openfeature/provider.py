@@ -24,6 +24,7 @@ from openfeature.provider import AbstractProvider, FeatureProvider, Metadata
 from .. import runtime
 from ..listener import RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
+from ..threads import start_without_signals
 from .evaluation import STALE_REASON, STATIC, ObjectValue, error, evaluate, feature_metadata
 from .fork import fresh_openfeature, providers
 
@@ -273,7 +274,7 @@ class FeatureHubProvider(AbstractProvider):
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._watch, args=(self._stop,),
                                             name="fh-prefork-openfeature", daemon=True)
-            self._thread.start()
+            start_without_signals(self._thread)
 
     def _changed(self, keys: list[str]) -> None:
         """On the notifying thread (Edge or store): note the keys, wake the watcher."""

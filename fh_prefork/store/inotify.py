@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ratelog import RateLimitedLog
+from ..threads import start_without_signals
 from .backend import PushStatus, Wake
 
 #: the store's logger: what push does is part of what the store does
@@ -98,7 +99,7 @@ class DirectoryWatch:
         except OSError:
             self._close_fds()
             raise
-        self._thread.start()
+        start_without_signals(self._thread)
         self._wake(False)   # a write between the store's first read and the watch: a cheap check
 
     def _add_watch(self) -> None:

@@ -45,6 +45,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
 from ..ratelog import RateLimitedLog
+from ..threads import start_without_signals
 from .backend import PushStatus, Snapshot, StoreUnavailable, Wake, store_keys
 from .core import SessionStore
 from .core import log as store_log  # push is part of what the store does
@@ -486,7 +487,7 @@ class RedisNotifier:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fh-prefork-redis-push",
                                         daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def _subscribe(self) -> Any:
         if self._client is None:

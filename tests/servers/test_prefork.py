@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +22,8 @@ from tests.support.procs import wait_for
 from tests.support.servers import stream_owners, versions
 
 StartCluster = Callable[..., Cluster]
+#: tgkill(2), a signal to one thread of a process: its number on the machines we test on
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
 
 VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "gunicorn-sync": ("gunicorn", (), {}),
@@ -211,6 +216,67 @@ def test_uwsgi_shutdown_closes_everything(start_cluster: StartCluster,
     print(f"uWSGI stop of 4 workers took {took:.2f} s")
     assert took < 10, "a worker waited for worker-reload-mercy: a thread kept it alive"
     wait_for(lambda: edge.open_streams == 0, 5, what="all streams closed")
+
+
+def _blocked_signals(pid: int, tid: int) -> set[int]:
+    """The signals thread ``tid`` of process ``pid`` blocks, as the kernel reports them."""
+    with open(f"/proc/{pid}/task/{tid}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+
+
+SERVER_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                  signal.SIGUSR2}
+
+
+#: server, store, and the library threads a worker then runs besides its main thread
+THREAD_SETS = [("uwsgi", "redis", 3),       # store, its push subscriber, Edge
+               ("gunicorn", "default", 3),  # store, its inotify watch, Edge
+               ("gunicorn", "none", 2)]     # the status ticker, Edge
+
+
+@pytest.mark.parametrize(("kind", "store", "threads"), THREAD_SETS,
+                         ids=[f"{k}-{s}" for k, s, _ in THREAD_SETS])
+def test_signals_sent_to_a_worker_reach_its_main_thread_only(
+        start_cluster: StartCluster, edge: EdgeSimulator, request: pytest.FixtureRequest,
+        tmp_path: Path, kind: str, store: str, threads: int) -> None:
+    """The kernel gives a worker's signal to its main thread, or to another thread that does
+    not block it when the main thread has one pending: every library thread blocks them."""
+    env: dict[str, str | None] = {"FH_PREFORK_STORE": store}
+    if store == "redis":
+        env["FH_PREFORK_STORE"] = request.getfixturevalue("redis_server").url
+    elif store == "default":
+        env = default_store_env(tmp_path)
+    cluster = start_cluster(kind, 2, env=env)
+    assert edge.wait_for_streams(2, timeout=10)
+    for pid in cluster.worker_pids():
+        def library_threads(pid: int = pid) -> list[int] | None:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+            return tids if len(tids) >= threads else None
+
+        others = wait_for(library_threads, 10, what=f"{threads} library threads in {pid}")
+        for tid in others:
+            assert SERVER_SIGNALS <= _blocked_signals(pid, tid), (pid, tid)
+        assert not SERVER_SIGNALS & _blocked_signals(pid, pid), "the main thread's own"
+
+
+@pytest.mark.skipif(SYS_TGKILL is None, reason="tgkill's number unknown on this machine")
+def test_a_uwsgi_sigint_on_a_library_thread_neither_ends_nor_hangs_the_worker(
+        start_cluster: StartCluster, edge: EdgeSimulator) -> None:
+    """uWSGI handles SIGINT in C in the thread that receives it, running the exit hooks
+    there: on a library thread that hung the worker until worker-reload-mercy. Aimed at
+    each library thread (tgkill), it now waits there, blocked, and the worker serves on."""
+    cluster = start_cluster("uwsgi", 1)
+    assert edge.wait_for_streams(1, timeout=10)
+    pid = cluster.worker_pids()[0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    for tid in [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]:
+        assert libc.syscall(SYS_TGKILL, pid, tid, signal.SIGINT) == 0, ctypes.get_errno()
+    time.sleep(1.0)     # the old hang began at once, in the signal handler
+    assert cluster.worker_pids() == [pid]
+    assert cluster.get("/status")["pid"] == pid
+    took = cluster.stop()
+    assert took < 10, "a worker waited for worker-reload-mercy"
 
 
 def test_edge_down_at_start_then_up(start_cluster: StartCluster, edge: EdgeSimulator) -> None:

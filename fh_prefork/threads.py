@@ -1,0 +1,60 @@
+"""The library's background threads, which leave the process's signals to its main thread.
+
+A signal sent to a process goes to one of its threads that does not block it: the main
+thread, unless that one already has a signal pending; then any other. uWSGI handles a
+worker's signals in C, in whichever thread receives them: SIGINT ends the worker there,
+through its exit hooks. In one of our threads that hung the worker until the master
+killed it after ``worker-reload-mercy`` (10 s and more): the exit hook closes the store,
+whose thread cannot wait for itself. gunicorn and Python run their handlers on the main
+thread alone, so blocking the signals elsewhere changes nothing for them.
+
+So every thread of ours starts with the asynchronous signals blocked (it inherits the
+mask of the thread that starts it, set for that moment), and a signal sent to the
+worker always reaches the main thread, as the servers expect. A fault's own signal
+(SIGSEGV and the like) still reaches the thread that faulted.
+
+A process started on one of these threads (by a feature listener the application
+registered, say) inherits the mask: give it a ``preexec_fn`` that unblocks what it
+needs (``signal.pthread_sigmask(signal.SIG_UNBLOCK, ...)``), or start it elsewhere.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+#: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
+FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                           signal.SIGTRAP, signal.SIGSYS})
+#: Every other signal: the main thread's (SIGKILL and SIGSTOP cannot be blocked anyway).
+BLOCKED_SIGNALS = frozenset(signal.valid_signals()) - FAULT_SIGNALS
+
+
+def start_without_signals(thread: threading.Thread) -> None:
+    """Start ``thread`` with every signal but a fault's blocked in it, from its first
+    instruction: it inherits this thread's mask, which is set so for that moment only.
+
+    Once gevent or eventlet has patched ``threading`` (a green gunicorn worker: see
+    fh_prefork.green), threads are greenlets on the one native thread, which must go on
+    receiving every signal: the mask is left alone. (Set and restored around each
+    start, it was lost when two greenlets' starts interleaved, and the worker never saw
+    SIGTERM again.)
+    """
+    if _green():
+        thread.start()
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _green() -> bool:
+    """Whether ``threading`` makes greenlets here: gevent's or eventlet's monkey patch."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
+        return True
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
