@@ -15,7 +15,8 @@ value read is the one :func:`json.loads` reads, exactly:
 Nesting about a thousand levels deep is the one place the two differ, and there json
 differs from itself: it refuses what nests deeper than the interpreter's recursion
 limit less the stack in use (so a read on the store thread and one in a post-fork hook
-may disagree), orjson what nests past 1,024 levels. No feature state nests more than a
+may disagree; an application that lowers ``sys.setrecursionlimit`` lowers it too),
+orjson what nests past 1,024 levels. No feature state nests more than a
 few levels, so an entry nested that deep is junk either way; orjson's reading keeps
 the value's other entries, where json's refuses the whole value.
 
