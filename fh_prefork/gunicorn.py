@@ -22,6 +22,9 @@ If you already define one of these hooks, call ours from yours.
   the hub knows nothing of (their exit prints ``KeyError`` tracebacks and
   stalls the worker's shutdown). For those the start waits until the worker
   has patched and loads the app (:mod:`fh_prefork.green`): both are greenlets.
+  A stop signal that arrives while it runs is not lost: until the worker's own
+  handlers are in place it would reach the master's, and the worker would be
+  killed only after ``graceful_timeout``; it is sent again once they are.
 * ``worker_exit(server, worker)``: in the exiting worker: close them, so it
   exits promptly.
 * ``child_exit(server, worker)``: in the master, after a worker exited however
@@ -38,7 +41,10 @@ at once, so flags read at import time never open a connection in it.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import green, runtime, serverlog, status_records
@@ -64,11 +70,51 @@ def on_reload(server: Any) -> None:
         server.log.error("fh_prefork: after reload: %s", err)
 
 
+#: What a gunicorn master stops a worker with: gracefully (TERM) or at once (INT, QUIT).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    if green.defer_until_patched(worker, lambda: post_fork(server, worker)):
-        return  # runs again from the green worker's init_process, once it has patched
+    if green.defer_until_patched(worker, lambda: _start(server)):
+        return  # started from the green worker's init_process, once it has patched
+    with _stop_kept_for(worker):
+        _start(server)
+
+
+def _start(server: Any) -> None:
     serverlog.route_to_gunicorn(server)   # also when on_starting is the user's own
     runtime.start_worker(hooked="gunicorn post_fork")
+
+
+@contextmanager
+def _stop_kept_for(worker: Any) -> Iterator[None]:
+    """Keep a stop signal that arrives during ``post_fork`` for the worker's own handlers.
+
+    Until its ``init_process`` installs them, a new worker runs the master's handlers,
+    which queue a signal for the master's loop: in the worker a stop is lost, and the
+    master kills the worker only after ``graceful_timeout``. The store's read and Edge's
+    start are most of that window. A stop met here is sent again as soon as the worker's
+    handlers are in place (a green worker starts fh_prefork after that: see post_fork).
+    """
+    received: list[int] = []
+
+    def keep(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, keep) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            init_signals = worker.init_signals
+
+            def init_signals_then_stop() -> None:
+                init_signals()
+                os.kill(os.getpid(), received[0])
+
+            worker.init_signals = init_signals_then_stop
 
 
 def worker_exit(server: Any, worker: Any) -> None:

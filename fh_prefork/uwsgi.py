@@ -14,6 +14,10 @@ What uWSGI 2.0.31 on CPython 3.11 does, found by the tests in ``tests/servers``:
 * ``uwsgi.atexit`` runs in every worker on every kind of exit, before Python
   finalisation waits for threads: the worker is closed there, so it exits at
   once instead of after ``worker-reload-mercy``.
+* A SIGINT that reaches a worker while its post-fork hooks run (the master
+  stopping) is raised there as ``KeyboardInterrupt``: uWSGI prints it and the
+  worker serves on until ``worker-reload-mercy``. Met in fh_prefork's hook, the
+  worker closes what started and exits as uWSGI's own handler would.
 * uWSGI handles a worker's signals in C, in whichever thread receives them;
   SIGINT runs the exit hooks there. On one of the library's threads that hung
   the worker until ``worker-reload-mercy``, so those threads block every
@@ -91,9 +95,21 @@ def option_problems() -> list[tuple[int, str]]:
     return problems
 
 
+#: What a uWSGI worker exits with when told to end (uWSGI's UWSGI_END_CODE, as its end_me).
+END_CODE = 30
+
+
 def _start() -> None:
     try:
         runtime.start_worker(hooked="uWSGI post-fork hook")
+    except KeyboardInterrupt:
+        # SIGINT while the hook ran, before uWSGI's own handlers are in place: the master is
+        # stopping its workers. Raised out of the hook, uWSGI prints it and the worker serves
+        # on, deaf, until the master kills it after worker-reload-mercy (10 s and more)
+        log.info("fh_prefork: uWSGI worker %d told to stop while it started; it stops",
+                 os.getpid())
+        runtime.stop_worker(timeout=1.0)
+        os._exit(END_CODE)
     except Exception:  # a worker must come up even when FeatureHub cannot
         log.exception("fh_prefork: could not start in uWSGI worker %d", os.getpid())
 

@@ -6,6 +6,7 @@ import ctypes
 import os
 import platform
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -277,6 +278,34 @@ def test_a_uwsgi_sigint_on_a_library_thread_neither_ends_nor_hangs_the_worker(
     assert cluster.get("/status")["pid"] == pid
     took = cluster.stop()
     assert took < 10, "a worker waited for worker-reload-mercy"
+
+
+HELD_START = Path(__file__).parent.parent / "support" / "held_start"
+
+
+@pytest.mark.servers   # starts its servers itself: start_cluster waits for the start to end
+@pytest.mark.parametrize("kind", ["uwsgi", "gunicorn"])
+def test_a_worker_told_to_stop_while_it_starts_stops_at_once(
+        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path, kind: str) -> None:
+    """A stop that lands in the post-fork hook: uWSGI raised it there as KeyboardInterrupt,
+    printed it and served on; gunicorn's worker still ran the master's handlers, which
+    dropped it. Either way the master killed the worker only after its 10 s of mercy or
+    graceful timeout (the 12 s uWSGI stop CI met now and then)."""
+    marker = tmp_path / "held"
+    env = {**server_env, "PYTHONPATH": f"{HELD_START}{os.pathsep}{server_env['PYTHONPATH']}",
+           "FH_TEST_HELD_START": str(marker), "FH_TEST_HOLD_SECONDS": "2"}
+    cluster = Cluster(kind, 1, env, log_dir=str(tmp_path))
+    with open(cluster.log_path, "ab") as log:
+        cluster.proc = subprocess.Popen(cluster.command(), env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: list(tmp_path.glob("held.*")), 20, what="a worker inside its start")
+        took = cluster.stop()
+    finally:
+        cluster.stop()
+    print(f"{kind}: stopped during a worker's start in {took:.2f} s")
+    assert took < 6, cluster.log_text()[-3000:]    # the start holds 2 s; mercy was 10 s
+    assert "NO MERCY" not in cluster.log_text()
 
 
 def test_edge_down_at_start_then_up(start_cluster: StartCluster, edge: EdgeSimulator) -> None:
