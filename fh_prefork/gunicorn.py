@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,6 +97,9 @@ def _stop_kept_for(worker: Any) -> Iterator[None]:
     start are most of that window. A stop met here is sent again as soon as the worker's
     handlers are in place (a green worker starts fh_prefork after that: see post_fork).
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield       # not gunicorn's own call (only the main thread may set handlers)
+        return
     received: list[int] = []
 
     def keep(signum: int, frame: Any) -> None:
