@@ -56,7 +56,7 @@ from featurehub_sdk.version import sdk_version
 
 from .apikey import environment_id, redact
 from .listener import ListeningRepository
-from .threads import start_without_signals
+from .threads import start_without_signals, started
 
 log = logging.getLogger("fh_prefork.edge")
 
@@ -319,7 +319,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             thread = self._thread
         for conn in conns:
             _shutdown(conn)
-        if thread is not None and thread is not threading.current_thread():
+        if started(thread) and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("fh_prefork: Edge thread %s did not stop within %.1fs",

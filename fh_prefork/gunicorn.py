@@ -44,8 +44,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from . import green, runtime, serverlog, status_records
@@ -78,8 +76,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 def post_fork(server: Any, worker: Any) -> None:
     if green.defer_until_patched(worker, lambda: _start(server)):
         return  # started from the green worker's init_process, once it has patched
-    with _stop_kept_for(worker):
-        _start(server)
+    _keep_stop_signals(worker)
+    _start(server)
 
 
 def _start(server: Any) -> None:
@@ -87,38 +85,35 @@ def _start(server: Any) -> None:
     runtime.start_worker(hooked="gunicorn post_fork")
 
 
-@contextmanager
-def _stop_kept_for(worker: Any) -> Iterator[None]:
-    """Keep a stop signal that arrives during ``post_fork`` for the worker's own handlers.
+def _keep_stop_signals(worker: Any) -> None:
+    """Keep a stop signal that arrives before the worker's own handlers are in place.
 
     Until its ``init_process`` installs them, a new worker runs the master's handlers,
     which queue a signal for the master's loop: in the worker a stop is lost, and the
     master kills the worker only after ``graceful_timeout``. The store's read and Edge's
-    start are most of that window. A stop met here is sent again as soon as the worker's
-    handlers are in place (a green worker starts fh_prefork after that: see post_fork).
+    start are most of that window (and whatever a ``post_fork`` of the application's
+    does after calling ours). A stop met is sent again once ``init_signals`` has run:
+    INT or QUIT (at once) if one came, else TERM (graceful). A green worker starts
+    fh_prefork after that (see post_fork), and is left as it is.
     """
     if threading.current_thread() is not threading.main_thread():
-        yield       # not gunicorn's own call (only the main thread may set handlers)
-        return
+        return      # not gunicorn's own call: only the main thread may set handlers
     received: list[int] = []
 
     def keep(signum: int, frame: Any) -> None:
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, keep) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, keep)    # the master's, useless here; init_signals replaces them
+    init_signals = worker.init_signals
+
+    def init_signals_then_stop() -> None:
+        init_signals()
         if received:
-            init_signals = worker.init_signals
+            urgent = [sig for sig in received if sig != signal.SIGTERM]
+            os.kill(os.getpid(), urgent[0] if urgent else signal.SIGTERM)
 
-            def init_signals_then_stop() -> None:
-                init_signals()
-                os.kill(os.getpid(), received[0])
-
-            worker.init_signals = init_signals_then_stop
+    worker.init_signals = init_signals_then_stop
 
 
 def worker_exit(server: Any, worker: Any) -> None:

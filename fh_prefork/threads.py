@@ -23,6 +23,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import TypeGuard
 
 #: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -47,8 +48,11 @@ def start_without_signals(thread: threading.Thread) -> None:
     if _green():
         thread.start()
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+    # read first, block inside the try: a Python handler runs right after each mask change
+    # and may raise (KeyboardInterrupt), which must not leave this thread blocking signals
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
         thread.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -61,3 +65,9 @@ def _green() -> bool:
         return True
     eventlet_patcher = sys.modules.get("eventlet.patcher")
     return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
+
+
+def started(thread: threading.Thread | None) -> TypeGuard[threading.Thread]:
+    """Whether ``thread`` was started: a start interrupted by a signal leaves it unstarted,
+    and joining it would raise."""
+    return thread is not None and thread.ident is not None

@@ -14,10 +14,12 @@ What uWSGI 2.0.31 on CPython 3.11 does, found by the tests in ``tests/servers``:
 * ``uwsgi.atexit`` runs in every worker on every kind of exit, before Python
   finalisation waits for threads: the worker is closed there, so it exits at
   once instead of after ``worker-reload-mercy``.
-* A SIGINT that reaches a worker while its post-fork hooks run (the master
-  stopping) is raised there as ``KeyboardInterrupt``: uWSGI prints it and the
-  worker serves on until ``worker-reload-mercy``. Met in fh_prefork's hook, the
-  worker closes what started and exits as uWSGI's own handler would.
+* Until uWSGI installs a worker's own signal handlers, after the post-fork
+  hooks, a worker forked at start raises SIGINT as ``KeyboardInterrupt`` (uWSGI
+  prints it and the worker serves on) and ignores SIGHUP, and a respawned worker
+  runs its copy of the master's C handlers: a stop or reload met then is lost
+  until ``worker-reload-mercy``. While fh_prefork's hook runs, SIGINT and SIGHUP
+  end the worker at once, as uWSGI's own handler would (exit code 30).
 * uWSGI handles a worker's signals in C, in whichever thread receives them;
   SIGINT runs the exit hooks there. On one of the library's threads that hung
   the worker until ``worker-reload-mercy``, so those threads block every
@@ -36,7 +38,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -97,21 +101,53 @@ def option_problems() -> list[tuple[int, str]]:
 
 #: What a uWSGI worker exits with when told to end (uWSGI's UWSGI_END_CODE, as its end_me).
 END_CODE = 30
+#: What a uWSGI master sends a worker to end it: SIGINT (stop, brutal reload), SIGHUP
+#: (graceful reload). Until uWSGI installs the worker's own handlers, after the post-fork
+#: hooks, a worker forked at start raises SIGINT as KeyboardInterrupt and ignores SIGHUP,
+#: and a respawned one still runs the master's C handlers: either way the master then
+#: waits worker-reload-mercy (10 s, 60 by default) before it kills the worker.
+END_SIGNALS = (signal.SIGINT, signal.SIGHUP)
 
 
 def _start() -> None:
+    """Start in a worker's post-fork hook; a master's end signal met meanwhile ends it now."""
+    if threading.current_thread() is not threading.main_thread():
+        _start_worker()     # imported on another thread: only the main one may set handlers
+        return
+    previous = {sig: signal.getsignal(sig) for sig in END_SIGNALS}
+    for sig in END_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)     # raises KeyboardInterrupt
+    try:
+        _start_worker()
+    except KeyboardInterrupt:
+        _end_now()
+    finally:
+        for sig, handler in previous.items():
+            # None: a handler set in C (a respawned worker's copy of the master's), which
+            # is not the worker's to keep: the default until uWSGI installs the worker's own
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _start_worker() -> None:
     try:
         runtime.start_worker(hooked="uWSGI post-fork hook")
-    except KeyboardInterrupt:
-        # SIGINT while the hook ran, before uWSGI's own handlers are in place: the master is
-        # stopping its workers. Raised out of the hook, uWSGI prints it and the worker serves
-        # on, deaf, until the master kills it after worker-reload-mercy (10 s and more)
-        log.info("fh_prefork: uWSGI worker %d told to stop while it started; it stops",
-                 os.getpid())
-        runtime.stop_worker(timeout=1.0)
-        os._exit(END_CODE)
     except Exception:  # a worker must come up even when FeatureHub cannot
         log.exception("fh_prefork: could not start in uWSGI worker %d", os.getpid())
+
+
+def _end_now() -> None:
+    """Close what started and exit as uWSGI's own handler would: at once, deaf to a second
+    signal (a terminal's Ctrl-C reaches the worker, then the master passes it on)."""
+    for sig in END_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        log.info("fh_prefork: uWSGI worker %d told to stop while it started; it stops",
+                 os.getpid())
+        hook = getattr(_uwsgi, "atexit", None)
+        if callable(hook):
+            hook()          # ours (runtime.stop_worker) and the application's, chained
+    finally:
+        os._exit(END_CODE)
 
 
 def _chain(attribute: str, first: Callable[[], None]) -> None:

@@ -283,29 +283,91 @@ def test_a_uwsgi_sigint_on_a_library_thread_neither_ends_nor_hangs_the_worker(
 HELD_START = Path(__file__).parent.parent / "support" / "held_start"
 
 
-@pytest.mark.servers   # starts its servers itself: start_cluster waits for the start to end
-@pytest.mark.parametrize("kind", ["uwsgi", "gunicorn"])
-def test_a_worker_told_to_stop_while_it_starts_stops_at_once(
-        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path, kind: str) -> None:
-    """A stop that lands in the post-fork hook: uWSGI raised it there as KeyboardInterrupt,
-    printed it and served on; gunicorn's worker still ran the master's handlers, which
-    dropped it. Either way the master killed the worker only after its 10 s of mercy or
-    graceful timeout (the 12 s uWSGI stop CI met now and then)."""
-    marker = tmp_path / "held"
-    env = {**server_env, "PYTHONPATH": f"{HELD_START}{os.pathsep}{server_env['PYTHONPATH']}",
-           "FH_TEST_HELD_START": str(marker), "FH_TEST_HOLD_SECONDS": "2"}
+def _held_cluster(kind: str, env: dict[str, str], tmp_path: Path, **hold: str) -> Cluster:
+    """A server whose workers' starts are held open 2 s (tests/support/held_start), started
+    without waiting for them (start_cluster would)."""
+    env = {**env, "PYTHONPATH": f"{HELD_START}{os.pathsep}{env['PYTHONPATH']}",
+           "FH_TEST_HELD_START": str(tmp_path / "held"), "FH_TEST_HOLD_SECONDS": "2", **hold}
     cluster = Cluster(kind, 1, env, log_dir=str(tmp_path))
     with open(cluster.log_path, "ab") as log:
         cluster.proc = subprocess.Popen(cluster.command(), env=env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: list(tmp_path.glob("held.*")), 20, what="a worker inside its start")
-        took = cluster.stop()
-    finally:
-        cluster.stop()
+    return cluster
+
+
+def _held(tmp_path: Path, pid: int | None = None) -> list[Path]:
+    """The markers of workers inside their held start (``pid``'s only, if given)."""
+    return list(tmp_path.glob(f"held.{pid}" if pid is not None else "held.*"))
+
+
+def _assert_stopped_at_once(cluster: Cluster, took: float, kind: str) -> None:
     print(f"{kind}: stopped during a worker's start in {took:.2f} s")
     assert took < 6, cluster.log_text()[-3000:]    # the start holds 2 s; mercy was 10 s
     assert "NO MERCY" not in cluster.log_text()
+
+
+@pytest.mark.servers   # starts its servers itself: start_cluster waits for the start to end
+@pytest.mark.parametrize(("kind", "where"), [("uwsgi", "start"), ("gunicorn", "start"),
+                                             ("gunicorn", "after")])
+def test_a_worker_told_to_stop_while_it_starts_stops_at_once(
+        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path, kind: str,
+        where: str) -> None:
+    """A stop that lands in the post-fork hook: uWSGI raised it there as KeyboardInterrupt,
+    printed it and served on; gunicorn's worker still ran the master's handlers, which
+    dropped it. Either way the master killed the worker only after its 10 s of mercy or
+    graceful timeout (the 12 s uWSGI stop CI met now and then). ``after``: an application's
+    post_fork calls ours, then works on: the stop must still be kept."""
+    cluster = _held_cluster(kind, server_env, tmp_path, FH_TEST_HOLD_WHERE=where)
+    try:
+        wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")
+        took = cluster.stop()
+    finally:
+        cluster.stop()
+    _assert_stopped_at_once(cluster, took, kind)
+
+
+@pytest.mark.servers
+def test_ctrl_c_while_a_uwsgi_worker_starts_stops_it_at_once(
+        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the group: the worker's own SIGINT,
+    then the master's, which must not interrupt the worker's end."""
+    cluster = _held_cluster("uwsgi", server_env, tmp_path)
+    try:
+        wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")
+        started = time.monotonic()
+        os.killpg(cluster.master_pid, signal.SIGINT)
+        assert cluster.proc is not None
+        cluster.proc.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        cluster.stop()
+    _assert_stopped_at_once(cluster, took, "uwsgi, Ctrl-C")
+
+
+@pytest.mark.servers
+def test_a_respawned_uwsgi_worker_told_to_stop_while_it_starts_stops_at_once(
+        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path) -> None:
+    """A worker uWSGI respawns (after a crash, max-requests) starts with its copy of the
+    master's C signal handlers, not Python's: the stop must end it all the same."""
+    cluster = _held_cluster("uwsgi", server_env, tmp_path)
+    try:
+        first = wait_for(lambda: cluster.worker_pids(), 20, what="the first worker")[0]
+
+        def serving() -> bool:
+            try:
+                return bool(cluster.get("/ping", timeout=5) == "ok")
+            except (OSError, ValueError):   # still starting: the request waits or is refused
+                return False
+
+        wait_for(serving, 20, what="it serving")
+        os.kill(first, signal.SIGKILL)
+        second = wait_for(lambda: [p for p in cluster.worker_pids() if p != first], 20,
+                          what="a respawned worker")[0]
+        wait_for(lambda: _held(tmp_path, second), 20, what="it inside its start")
+        took = cluster.stop()
+    finally:
+        cluster.stop()
+    _assert_stopped_at_once(cluster, took, "uwsgi, a respawned worker")
 
 
 def test_edge_down_at_start_then_up(start_cluster: StartCluster, edge: EdgeSimulator) -> None:
