@@ -345,6 +345,25 @@ def test_ctrl_c_while_a_uwsgi_worker_starts_stops_it_at_once(
 
 
 @pytest.mark.servers
+def test_a_graceful_uwsgi_reload_while_a_worker_starts_replaces_it_at_once(
+        edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGHUP (a graceful reload, touch-reload) reaches a starting worker while uWSGI still
+    ignores it there: the master waited worker-reload-mercy for that worker to go."""
+    cluster = _held_cluster("uwsgi", server_env, tmp_path)
+    try:
+        first = int(wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")[0]
+                    .suffix[1:])
+        started = time.monotonic()
+        os.kill(cluster.master_pid, signal.SIGHUP)
+        wait_for(lambda: first not in cluster.worker_pids() and cluster.worker_pids(), 30,
+                 what="the starting worker replaced")
+        took = time.monotonic() - started
+    finally:
+        cluster.stop()
+    _assert_stopped_at_once(cluster, took, "uwsgi, a graceful reload")
+
+
+@pytest.mark.servers
 def test_a_respawned_uwsgi_worker_told_to_stop_while_it_starts_stops_at_once(
         edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path) -> None:
     """A worker uWSGI respawns (after a crash, max-requests) starts with its copy of the
