@@ -326,21 +326,31 @@ def test_a_worker_told_to_stop_while_it_starts_stops_at_once(
     _assert_stopped_at_once(cluster, took, kind)
 
 
+def _time_from_held_start(cluster: Cluster, tmp_path: Path, act: Callable[[int], object],
+                          done: Callable[[int], object], what: str) -> float:
+    """Seconds from ``act(pid)``, ``pid`` a worker inside its held start, until ``done(pid)``;
+    the server is stopped after, whatever happened."""
+    try:
+        held = wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")
+        pid = int(held[0].suffix[1:])
+        started = time.monotonic()
+        act(pid)
+        wait_for(lambda: done(pid), 30, what=what)
+        return time.monotonic() - started
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.servers
 def test_ctrl_c_while_a_uwsgi_worker_starts_stops_it_at_once(
         edge: EdgeSimulator, server_env: dict[str, str], tmp_path: Path) -> None:
     """A terminal's Ctrl-C reaches every process of the group: the worker's own SIGINT,
     then the master's, which must not interrupt the worker's end."""
     cluster = _held_cluster("uwsgi", server_env, tmp_path)
-    try:
-        wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")
-        started = time.monotonic()
-        os.killpg(cluster.master_pid, signal.SIGINT)
-        assert cluster.proc is not None
-        cluster.proc.wait(timeout=30)
-        took = time.monotonic() - started
-    finally:
-        cluster.stop()
+    took = _time_from_held_start(
+        cluster, tmp_path, lambda pid: os.killpg(cluster.master_pid, signal.SIGINT),
+        lambda pid: cluster.proc is not None and cluster.proc.poll() is not None,
+        "the server gone")
     _assert_stopped_at_once(cluster, took, "uwsgi, Ctrl-C")
 
 
@@ -350,16 +360,10 @@ def test_a_graceful_uwsgi_reload_while_a_worker_starts_replaces_it_at_once(
     """SIGHUP (a graceful reload, touch-reload) reaches a starting worker while uWSGI still
     ignores it there: the master waited worker-reload-mercy for that worker to go."""
     cluster = _held_cluster("uwsgi", server_env, tmp_path)
-    try:
-        first = int(wait_for(lambda: _held(tmp_path), 20, what="a worker inside its start")[0]
-                    .suffix[1:])
-        started = time.monotonic()
-        os.kill(cluster.master_pid, signal.SIGHUP)
-        wait_for(lambda: first not in cluster.worker_pids() and cluster.worker_pids(), 30,
-                 what="the starting worker replaced")
-        took = time.monotonic() - started
-    finally:
-        cluster.stop()
+    took = _time_from_held_start(
+        cluster, tmp_path, lambda pid: os.kill(cluster.master_pid, signal.SIGHUP),
+        lambda pid: pid not in cluster.worker_pids() and cluster.worker_pids(),
+        "the starting worker replaced")
     _assert_stopped_at_once(cluster, took, "uwsgi, a graceful reload")
 
 
