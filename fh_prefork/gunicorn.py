@@ -96,8 +96,9 @@ def _keep_stop_signals(worker: Any) -> None:
     INT or QUIT (at once) if one came, else TERM (graceful). A green worker starts
     fh_prefork after that (see post_fork), and is left as it is.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return      # not gunicorn's own call: only the main thread may set handlers
+    init_signals = getattr(worker, "init_signals", None)
+    if threading.current_thread() is not threading.main_thread() or not callable(init_signals):
+        return      # not gunicorn's own call (only the main thread may set handlers)
     received: list[int] = []
 
     def keep(signum: int, frame: Any) -> None:
@@ -105,7 +106,6 @@ def _keep_stop_signals(worker: Any) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, keep)    # the master's, useless here; init_signals replaces them
-    init_signals = worker.init_signals
 
     def init_signals_then_stop() -> None:
         init_signals()
