@@ -56,7 +56,7 @@ from featurehub_sdk.version import sdk_version
 
 from .apikey import environment_id, redact
 from .listener import ListeningRepository
-from .threads import start_without_signals, started
+from .threads import start_without_signals, wait_for_end
 
 log = logging.getLogger("fh_prefork.edge")
 
@@ -319,11 +319,9 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             thread = self._thread
         for conn in conns:
             _shutdown(conn)
-        if started(thread) and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("fh_prefork: Edge thread %s did not stop within %.1fs",
-                            self._name, timeout)
+        if not wait_for_end(thread, timeout):
+            log.warning("fh_prefork: Edge thread %s did not stop within %.1fs", self._name,
+                        timeout)
         if not already:
             self._set_state("closed", logging.DEBUG, "fh_prefork: Edge connection closed")
             if self._pool is not None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import psutil
 
-from .threads import start_without_signals
+from .threads import start_without_signals, wait_for_end
 
 if TYPE_CHECKING:   # the runtime imports this module: its types only, for the checker
     from .runtime import WorkerStatus
@@ -223,8 +223,7 @@ class Ticker:
 
     def close(self, timeout: float = 1.0) -> None:
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        wait_for_end(self._thread, timeout)
 
 
 def run_tasks(store: Any, tasks: Sequence[tuple[Task, str]]) -> Ticker | None:

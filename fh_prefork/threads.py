@@ -23,7 +23,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import TypeGuard
 
 #: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -67,7 +66,14 @@ def _green() -> bool:
     return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
 
 
-def started(thread: threading.Thread | None) -> TypeGuard[threading.Thread]:
-    """Whether ``thread`` was started: a start interrupted by a signal leaves it unstarted,
-    and joining it would raise."""
-    return thread is not None and thread.ident is not None
+
+def wait_for_end(thread: threading.Thread | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``thread`` to end; False only when it outlived the wait.
+
+    Not waited for, and True: no thread, one never started (a signal can interrupt its
+    start) or already ended, and the caller itself (a close run on the thread it closes).
+    """
+    if thread is None or not thread.is_alive() or thread is threading.current_thread():
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()

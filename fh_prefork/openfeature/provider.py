@@ -24,7 +24,7 @@ from openfeature.provider import AbstractProvider, FeatureProvider, Metadata
 from .. import runtime
 from ..listener import RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
-from ..threads import start_without_signals, started
+from ..threads import start_without_signals, wait_for_end
 from .evaluation import STALE_REASON, STATIC, ObjectValue, error, evaluate, feature_metadata
 from .fork import fresh_openfeature, providers
 
@@ -164,8 +164,7 @@ class FeatureHubProvider(AbstractProvider):
             self._cond.notify_all()
         if worker is not None:
             worker.repository.remove_raw_update_listener(self._listener)
-        if started(thread) and thread is not threading.current_thread():
-            thread.join(timeout=2.0)
+        wait_for_end(thread, 2.0)
 
     def resolve_boolean_details(self, flag_key: str, default_value: bool,
                                 evaluation_context: EvaluationContext | None = None,

@@ -42,7 +42,7 @@ from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
-from ..threads import start_without_signals, started
+from ..threads import start_without_signals, wait_for_end
 from ..verdicts import Verdict
 from .backend import (
     ChangeNotifier,
@@ -302,13 +302,11 @@ class SessionStore(RawUpdateFeatureListener):
             notifier.close()
         self._repository.remove_raw_update_listener(self)
         thread = self._thread
-        if started(thread) and thread is not threading.current_thread():
-            thread.join(timeout=max(flush_timeout, 0) + self.STOP_GRACE)
-            if thread.is_alive():
-                self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
-                                  "closes %s when its current call returns", self.source,
-                                  max(flush_timeout, 0) + self.STOP_GRACE,
-                                  self._backend.description)
+        if not wait_for_end(thread, max(flush_timeout, 0) + self.STOP_GRACE):
+            self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
+                              "closes %s when its current call returns", self.source,
+                              max(flush_timeout, 0) + self.STOP_GRACE,
+                              self._backend.description)
 
     def _shut_down(self) -> None:
         """The store thread's last act: closing tasks (lease release), then the backend."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ratelog import RateLimitedLog
-from ..threads import start_without_signals
+from ..threads import start_without_signals, wait_for_end
 from .backend import PushStatus, Wake
 
 #: the store's logger: what push does is part of what the store does
@@ -169,8 +169,7 @@ class DirectoryWatch:
                 os.write(self._pipe_w, b"x")
             except OSError:
                 pass
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
+        wait_for_end(self._thread, 1.0)
         if not self._thread.is_alive():
             self._close_fds()
 

@@ -45,7 +45,7 @@ from featurehub_sdk.featurehub_config import FeatureHubConfig
 from .. import features as fs
 from ..apikey import environment_id, require_client_evaluated
 from ..ratelog import RateLimitedLog
-from ..threads import start_without_signals
+from ..threads import start_without_signals, wait_for_end
 from .backend import PushStatus, Snapshot, StoreUnavailable, Wake, store_keys
 from .core import SessionStore
 from .core import log as store_log  # push is part of what the store does
@@ -558,8 +558,7 @@ class RedisNotifier:
     def close(self) -> None:
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout=2.0)
+        wait_for_end(thread, 2.0)
 
     def status(self) -> PushStatus:
         return {"connected": self.connected, "reconnects": self.reconnects,

@@ -9,7 +9,12 @@ import threading
 
 import pytest
 
-from fh_prefork.threads import BLOCKED_SIGNALS, FAULT_SIGNALS, start_without_signals
+from fh_prefork.threads import (
+    BLOCKED_SIGNALS,
+    FAULT_SIGNALS,
+    start_without_signals,
+    wait_for_end,
+)
 
 UNBLOCKABLE = {signal.SIGKILL, signal.SIGSTOP}
 
@@ -54,3 +59,19 @@ def test_under_gevent_the_native_threads_mask_is_left_alone() -> None:
         "after = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
         "assert after == before, sorted(after - before)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_wait_for_end_never_waits_on_an_unstarted_thread_or_itself() -> None:
+    unstarted = threading.Thread(target=lambda: None, daemon=True)
+    assert wait_for_end(unstarted, 5) and wait_for_end(None, 5)
+    seen: list[bool] = []
+    itself = threading.Thread(target=lambda: seen.append(wait_for_end(itself, 5)), daemon=True)
+    start_without_signals(itself)
+    itself.join(5)
+    assert seen == [True]
+    release = threading.Event()
+    busy = threading.Thread(target=release.wait, args=(5,), daemon=True)
+    start_without_signals(busy)
+    assert not wait_for_end(busy, 0.05), "it outlived the wait"
+    release.set()
+    assert wait_for_end(busy, 5)
