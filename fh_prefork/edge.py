@@ -56,7 +56,7 @@ from featurehub_sdk.version import sdk_version
 
 from .apikey import environment_id, redact
 from .listener import ListeningRepository
-from .threads import start_without_signals, wait_for_end
+from .threads import launch_without_signals, wait_for_end
 
 log = logging.getLogger("fh_prefork.edge")
 
@@ -305,7 +305,7 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             if self._closed or self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            start_without_signals(self._thread)
+            launch_without_signals(self._thread)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the thread promptly: a blocked SSE read is interrupted by a socket shutdown."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import psutil
 
-from .threads import start_without_signals, wait_for_end
+from .threads import launch_without_signals, wait_for_end
 
 if TYPE_CHECKING:   # the runtime imports this module: its types only, for the checker
     from .runtime import WorkerStatus
@@ -204,7 +204,7 @@ class Ticker:
                                         daemon=True)
 
     def start(self) -> Ticker:
-        start_without_signals(self._thread)
+        launch_without_signals(self._thread)
         return self
 
     def _run(self) -> None:

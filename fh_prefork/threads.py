@@ -16,13 +16,22 @@ worker always reaches the main thread, as the servers expect. A fault's own sign
 A process started on one of these threads (by a feature listener the application
 registered, say) inherits the mask: give it a ``preexec_fn`` that unblocks what it
 needs (``signal.pthread_sigmask(signal.SIG_UNBLOCK, ...)``), or start it elsewhere.
+
+The threads a worker's start makes are launched (:func:`launch_without_signals`), not
+started: ``Thread.start`` waits until the new thread has run, about 0.1 ms on an idle
+host and a scheduler's whim on one where every worker starts at once, and the
+post-fork hook has better things to do than wait for the scheduler.
 """
 
 from __future__ import annotations
 
+import _thread
+import logging
+import os
 import signal
 import sys
 import threading
+import time
 
 #: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -57,6 +66,49 @@ def start_without_signals(thread: threading.Thread) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def launch_without_signals(thread: threading.Thread) -> None:
+    """:func:`start_without_signals` without waiting for ``thread`` to run: a short-lived
+    helper thread (itself without signals) starts it, and this call returns at once.
+
+    Until then ``thread.is_alive()`` is False; :func:`wait_for_end` waits for the launch
+    first, so a close that comes early still waits for the thread's end. A start that fails
+    there (no thread can be made) is logged at ERROR, since nothing else will see it.
+    Under gevent or eventlet the helper is a greenlet, spawned without a switch between
+    setting the mask and restoring it, so the one native thread's mask is kept.
+    """
+    launched = threading.Event()
+    _launches[thread] = (os.getpid(), launched)
+
+    def launch() -> None:
+        try:
+            thread.start()
+        except BaseException:
+            if not sys.is_finalizing():     # a process exiting has no use for it anyway
+                logging.getLogger("fh_prefork").error(
+                    "fh_prefork: could not start thread %s; what it does will not happen in "
+                    "process %d", thread.name, os.getpid(), exc_info=True)
+        finally:
+            _launches.pop(thread, None)
+            launched.set()
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+        _thread.start_new_thread(launch, ())
+    except BaseException:
+        _launches.pop(thread, None)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+#: Threads being launched, with the launching process (a fork copies the entry, not the
+#: helper that would end it) and the event the helper sets when the start is done. No lock:
+#: each use is one dict operation, atomic in CPython, and a lock could be copied held into
+#: a child forked at that moment.
+_launches: dict[threading.Thread, tuple[int, threading.Event]] = {}
+
+
 def _green() -> bool:
     """Whether ``threading`` makes greenlets here: gevent's or eventlet's monkey patch."""
     gevent_monkey = sys.modules.get("gevent.monkey")
@@ -66,14 +118,20 @@ def _green() -> bool:
     return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
 
 
-
 def wait_for_end(thread: threading.Thread | None, timeout: float) -> bool:
     """Wait up to ``timeout`` s for ``thread`` to end; False only when it outlived the wait.
 
     Not waited for, and True: no thread, one never started (a signal can interrupt its
     start) or already ended, and the caller itself (a close run on the thread it closes).
+    A thread still being launched (:func:`launch_without_signals`) is waited for.
     """
-    if thread is None or not thread.is_alive() or thread is threading.current_thread():
+    if thread is None or thread is threading.current_thread():
         return True
-    thread.join(timeout)
+    deadline = time.monotonic() + timeout
+    pid, launched = _launches.get(thread, (None, None))
+    if launched is not None and pid == os.getpid() and not launched.wait(timeout):
+        return False
+    if not thread.is_alive():
+        return True
+    thread.join(max(0.0, deadline - time.monotonic()))
     return not thread.is_alive()

@@ -42,7 +42,7 @@ from .. import tombstones as ts
 from ..apikey import environment_id, require_client_evaluated
 from ..listener import ListeningRepository, RawUpdateFeatureListener
 from ..ratelog import RateLimitedLog
-from ..threads import start_without_signals, wait_for_end
+from ..threads import launch_without_signals, wait_for_end
 from ..verdicts import Verdict
 from .backend import (
     ChangeNotifier,
@@ -243,7 +243,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
         with self._cond:    # the thread's first act waits for this lock (see _run)
-            start_without_signals(self._thread)
+            launch_without_signals(self._thread)
 
     @property
     def edge_live(self) -> Callable[[], bool] | None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from fh_prefork.threads import (
     BLOCKED_SIGNALS,
     FAULT_SIGNALS,
+    launch_without_signals,
     start_without_signals,
     wait_for_end,
 )
@@ -51,11 +54,13 @@ def test_under_gevent_the_native_threads_mask_is_left_alone() -> None:
     code = (
         "from gevent import monkey; monkey.patch_all()\n"
         "import gevent, signal, threading\n"
-        "from fh_prefork.threads import start_without_signals\n"
+        "from fh_prefork.threads import launch_without_signals, start_without_signals\n"
         "before = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
-        "def starter():\n"
-        "    start_without_signals(threading.Thread(target=gevent.sleep, args=(0.01,)))\n"
-        "gevent.joinall([gevent.spawn(starter) for _ in range(3)], timeout=5)\n"
+        "def starter(start):\n"
+        "    start(threading.Thread(target=gevent.sleep, args=(0.01,)))\n"
+        "gevent.joinall([gevent.spawn(starter, start) for _ in range(3)\n"
+        "                for start in (start_without_signals, launch_without_signals)],\n"
+        "               timeout=5)\n"
         "after = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
         "assert after == before, sorted(after - before)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -75,3 +80,60 @@ def test_wait_for_end_never_waits_on_an_unstarted_thread_or_itself() -> None:
     assert not wait_for_end(busy, 0.05), "it outlived the wait"
     release.set()
     assert wait_for_end(busy, 5)
+
+
+class _HeldStart(threading.Thread):
+    """A thread whose start waits until the test lets it go: the scheduler at its slowest."""
+
+    def __init__(self, target: object = None) -> None:
+        super().__init__(target=target, daemon=True)  # type: ignore[arg-type]
+        self.go = threading.Event()
+        self.start_called = threading.Event()
+
+    def start(self) -> None:
+        self.start_called.set()
+        self.go.wait(10)
+        super().start()
+
+
+def test_a_launch_returns_before_the_thread_is_started_and_it_blocks_the_signals() -> None:
+    seen: list[set[int]] = []
+    thread = _HeldStart(target=lambda: seen.append(_mask()))
+    before = _mask()
+    started = time.monotonic()
+    launch_without_signals(thread)
+    returned_after = time.monotonic() - started
+    assert thread.start_called.wait(5), "the helper starts it"
+    assert not thread.is_alive() and not seen
+    assert returned_after < 5, "a launch does not wait for the start (which waits 10 s)"
+    thread.go.set()
+    assert wait_for_end(thread, 5) and seen
+    assert seen[0] >= BLOCKED_SIGNALS - UNBLOCKABLE and not seen[0] & FAULT_SIGNALS
+    assert _mask() == before, "the launching thread's own mask is as it was"
+
+
+def test_wait_for_end_waits_for_a_launch_still_under_way() -> None:
+    """A close that comes before the helper started the thread still waits for its end:
+    otherwise the store thread would close its connection after close() returned."""
+    ran = threading.Event()
+    thread = _HeldStart(target=ran.set)
+    launch_without_signals(thread)
+    assert thread.start_called.wait(5)
+    assert not wait_for_end(thread, 0.05), "neither started nor ended: it outlived the wait"
+    threading.Timer(0.1, thread.go.set).start()
+    assert wait_for_end(thread, 5)
+    assert ran.is_set(), "waited for the start, then for the end"
+
+
+def test_a_launch_that_cannot_start_the_thread_says_so_at_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Unstartable(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    thread = Unstartable(name="fh-prefork-test", daemon=True)
+    with caplog.at_level(logging.ERROR, logger="fh_prefork"):
+        launch_without_signals(thread)
+        assert wait_for_end(thread, 5), "nothing to wait for once the launch failed"
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "fh-prefork-test" in caplog.text and "can't start new thread" in caplog.text
