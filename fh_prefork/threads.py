@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 #: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -66,40 +67,56 @@ def start_without_signals(thread: threading.Thread) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def launch_without_signals(thread: threading.Thread) -> None:
+def launch_without_signals(thread: threading.Thread,
+                           failed: Callable[[], None] | None = None) -> None:
     """:func:`start_without_signals` without waiting for ``thread`` to run: a short-lived
     helper thread (itself without signals) starts it, and this call returns at once.
 
     Until then ``thread.is_alive()`` is False; :func:`wait_for_end` waits for the launch
     first, so a close that comes early still waits for the thread's end. A start that fails
-    there (no thread can be made) is logged at ERROR, since nothing else will see it.
-    Under gevent or eventlet the helper is a greenlet, spawned without a switch between
-    setting the mask and restoring it, so the one native thread's mask is kept.
+    there (no room for one more thread) is logged at ERROR, since nothing else would see
+    it, and ``failed`` is called on the helper. Under gevent or eventlet the helper is a
+    greenlet, spawned without a switch between setting the mask and restoring it, so the
+    one native thread's mask is kept.
     """
     launched = threading.Event()
-    _launches[thread] = (os.getpid(), launched)
+    entry = (os.getpid(), launched)
 
     def launch() -> None:
         try:
             thread.start()
         except BaseException:
-            if not sys.is_finalizing():     # a process exiting has no use for it anyway
+            if not _exiting():     # a process exiting has no use for the thread anyway
                 logging.getLogger("fh_prefork").error(
                     "fh_prefork: could not start thread %s; what it does will not happen in "
                     "process %d", thread.name, os.getpid(), exc_info=True)
+                if failed is not None:
+                    failed()
         finally:
             _launches.pop(thread, None)
             launched.set()
 
+    # read first, record the launch only inside the try: a Python handler may run (and
+    # raise) at each mask change, and must leave neither the mask nor a launch that no
+    # helper will ever end
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
-        _thread.start_new_thread(launch, ())
-    except BaseException:
-        _launches.pop(thread, None)
-        raise
+        _launches[thread] = entry
+        try:
+            _thread.start_new_thread(launch, ())
+        except RuntimeError:    # no helper was made (a handler's raise after it is not this)
+            _launches.pop(thread, None)
+            raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _exiting() -> bool:
+    """Whether the interpreter is on its way out. Python 3.12 refuses new threads from the
+    start of its shutdown, before ``sys.is_finalizing()`` says so; ``threading`` marks that
+    moment (a private flag, read defensively)."""
+    return sys.is_finalizing() or bool(getattr(threading, "_SHUTTING_DOWN", False))
 
 
 #: Threads being launched, with the launching process (a fork copies the entry, not the

@@ -217,6 +217,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._texts_due: tuple[bytes | None, int, tuple[Verdict, ...] | None] | None = None
         self._fingerprint_due: tuple[Snapshot, fs.Decoded] | None = None   # see _start_up
         self._starting = start      # the store thread has not checked the start's read yet
+        self._thread_lost = False   # its start failed: nothing will be read or written again
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
@@ -243,7 +244,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
         with self._cond:    # the thread's first act waits for this lock (see _run)
-            launch_without_signals(self._thread)
+            launch_without_signals(self._thread, failed=self._thread_failed)
 
     @property
     def edge_live(self) -> Callable[[], bool] | None:
@@ -302,11 +303,21 @@ class SessionStore(RawUpdateFeatureListener):
             notifier.close()
         self._repository.remove_raw_update_listener(self)
         thread = self._thread
-        if not wait_for_end(thread, max(flush_timeout, 0) + self.STOP_GRACE):
+        ended = wait_for_end(thread, max(flush_timeout, 0) + self.STOP_GRACE)
+        if ended and thread is not None and thread.ident is None:
+            self._shut_down()   # it never ran (its start failed): no store thread will do this
+        if not ended:
             self._log.warning("fh_prefork: %s store thread did not stop within %.1f s; it "
                               "closes %s when its current call returns", self.source,
                               max(flush_timeout, 0) + self.STOP_GRACE,
                               self._backend.description)
+
+    def _thread_failed(self) -> None:
+        """The store thread could not start (see threads.launch_without_signals): unhealthy
+        in ``status()``, since nothing will be read, written or run again."""
+        self._thread_lost = True
+        self._last_error = "the store thread could not start"
+        self._set_problem("the store thread could not start: nothing is refreshed or written")
 
     def _shut_down(self) -> None:
         """The store thread's last act: closing tasks (lease release), then the backend."""
@@ -441,7 +452,7 @@ class SessionStore(RawUpdateFeatureListener):
             "last_refresh": self._last_refresh,
             "last_write": self._last_write,
             "last_error": self._last_error,
-            "healthy": not self._backend_log.failing,
+            "healthy": not self._backend_log.failing and not self._thread_lost,
             "push": notifier.status() if notifier is not None else None,
             "refresh_seconds": self.options.refresh_timeout,
             # the largest state written: the option, or the server's own limit once known

@@ -341,3 +341,33 @@ def test_a_masters_store_checks_the_fingerprint_and_keeps_nothing_of_the_value(
     assert master.status()["fingerprint"] == fs.fingerprint([feat("A", 2), feat("B", 1)])
     assert master._fingerprint_due is None and master._texts_due is None, \
         "a closed store holds the start's snapshot and value for nothing"
+
+
+def test_a_store_whose_thread_cannot_start_says_so_and_still_closes_its_backend(
+        memory_medium: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The store thread is launched, not started (fh_prefork.threads): when no thread can be
+    made at that moment, the constructor has returned already. The store must then say it
+    is not healthy, and its close must close the backend, which the thread would have."""
+    import threading
+
+    from fh_prefork.testing.memory import MemoryBackend, memory_store
+
+    start = threading.Thread.start
+
+    def refuse_the_store_thread(thread: threading.Thread) -> None:
+        if thread.name.startswith("fh-prefork-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_store_thread)
+    with caplog.at_level(logging.ERROR, logger="fh_prefork"):
+        store = memory_store(memory_medium, make_config())
+        wait_for(lambda: not store.status()["healthy"], 5, what="the failed start to show")
+    status = store.status()
+    assert status["state_problem"] and "thread could not start" in status["state_problem"]
+    assert any("could not start thread fh-prefork-" in r.getMessage() for r in caplog.records)
+    store.close()
+    backend = store._backend
+    assert isinstance(backend, MemoryBackend) and backend._closed, \
+        "closed by close(), since no store thread will"
