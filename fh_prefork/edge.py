@@ -305,7 +305,14 @@ class SupervisedEdge(EdgeService):  # type: ignore[misc]  # the SDK is untyped
             if self._closed or self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            launch_without_signals(self._thread)
+            launch_without_signals(self._thread, failed=self._thread_failed)
+
+    def _thread_failed(self) -> None:
+        """The thread could not start (see threads.launch_without_signals): say so in
+        ``status()``, and let a later ``start()`` try again."""
+        with self._lock:
+            self._thread = None
+            self._last_error = "the Edge thread could not start"
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the thread promptly: a blocked SSE read is interrupted by a socket shutdown."""

@@ -105,8 +105,12 @@ def launch_without_signals(thread: threading.Thread,
         _launches[thread] = entry
         try:
             _thread.start_new_thread(launch, ())
-        except RuntimeError:    # no helper was made (a handler's raise after it is not this)
-            _launches.pop(thread, None)
+        except RuntimeError as err:
+            # raised by the call itself: no helper was made. One raised by a signal handler
+            # once the call returned (Python 3.13 runs them there) has the handler's frame
+            # below this one, and the helper exists and will end the launch itself.
+            if err.__traceback__ is not None and err.__traceback__.tb_next is None:
+                _launches.pop(thread, None)
             raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

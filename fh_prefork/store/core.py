@@ -218,6 +218,7 @@ class SessionStore(RawUpdateFeatureListener):
         self._fingerprint_due: tuple[Snapshot, fs.Decoded] | None = None   # see _start_up
         self._starting = start      # the store thread has not checked the start's read yet
         self._thread_lost = False   # its start failed: nothing will be read or written again
+        self._shut = False          # the backend is closed (by the store thread, or by close)
 
         try:  # read and replay only: a write here would block the post-fork hook
             self._sync(write=False)
@@ -314,13 +315,25 @@ class SessionStore(RawUpdateFeatureListener):
 
     def _thread_failed(self) -> None:
         """The store thread could not start (see threads.launch_without_signals): unhealthy
-        in ``status()``, since nothing will be read, written or run again."""
-        self._thread_lost = True
+        in ``status()``, since nothing will be read, written or run again; nothing to wait
+        for in ``flush()``; and a close that gave up waiting for the launch left the backend
+        to it."""
         self._last_error = "the store thread could not start"
         self._set_problem("the store thread could not start: nothing is refreshed or written")
+        with self._cond:
+            self._thread_lost = True
+            closed = self._closed
+            self._cond.notify_all()
+        if closed:
+            self._shut_down()
 
     def _shut_down(self) -> None:
-        """The store thread's last act: closing tasks (lease release), then the backend."""
+        """The store thread's last act: closing tasks (lease release), then the backend.
+        Once: a close and a thread that failed to start may both come here."""
+        with self._cond:
+            if self._shut:
+                return
+            self._shut = True
         for task in self._take_tasks():
             if task.on_close is not None:
                 try:
@@ -384,12 +397,13 @@ class SessionStore(RawUpdateFeatureListener):
         """Wait until what arrived has been written (or found already stored)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._starting or self._dirty or self._in_flight) and not self._closed:
+            while ((self._starting or self._dirty or self._in_flight) and not self._closed
+                   and not self._thread_lost):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            return not (self._dirty or self._blocked)
+            return not (self._dirty or self._blocked or self._thread_lost)
 
     def state_problem(self, min_age: float = 0.0, absent_min_age: float | None = None
                       ) -> str | None:

@@ -711,3 +711,24 @@ def test_gunicorn_workers_with_an_unknown_key_back_off_and_say_so(tmp_path: Path
     assert all("environment env-gone" in line and "client*secret" not in line
                for line in errors), errors
     assert set(states.values()) == {"key_not_found"}, states
+
+
+def test_an_edge_thread_that_cannot_start_says_so_and_starts_on_the_next_try(
+        repo: RecordingRepository, make_edge: Callable[..., SupervisedEdge],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread is launched (fh_prefork.threads), so a start that fails no longer reaches
+    the caller of start(): the status names it, and start() may be called again."""
+    real_start = threading.Thread.start
+
+    def refuse_the_edge_thread(thread: threading.Thread) -> None:
+        if thread.name.startswith("fh-prefork-"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    edge = make_edge()
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_edge_thread)
+    edge.start()
+    assert wait_for(lambda: edge.status()["last_error"] == "the Edge thread could not start")
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    edge.start()
+    assert wait_for(lambda: repo.value("FLAG_A") is True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -362,12 +363,54 @@ def test_a_store_whose_thread_cannot_start_says_so_and_still_closes_its_backend(
 
     monkeypatch.setattr(threading.Thread, "start", refuse_the_store_thread)
     with caplog.at_level(logging.ERROR, logger="fh_prefork"):
-        store = memory_store(memory_medium, make_config())
+        config = make_config()
+        store = memory_store(memory_medium, config)
         wait_for(lambda: not store.status()["healthy"], 5, what="the failed start to show")
     status = store.status()
     assert status["state_problem"] and "thread could not start" in status["state_problem"]
     assert any("could not start thread fh-prefork-" in r.getMessage() for r in caplog.records)
-    store.close()
+    repo_of(config).notify("features", [feat("A", 1)])     # something to write
+    waited = time.monotonic()
+    assert not store.flush(5), "nothing will be written"
+    store.close(flush_timeout=5)
+    assert time.monotonic() - waited < 2.5, "flush and close waited for a thread that is not"
     backend = store._backend
     assert isinstance(backend, MemoryBackend) and backend._closed, \
         "closed by close(), since no store thread will"
+
+
+def test_a_close_that_gave_up_on_a_slow_launch_still_has_the_backend_closed(
+        memory_medium: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch is slow (a host out of threads), close() stops waiting for it, then the
+    start fails: the backend must still be closed, once, though no store thread ever ran."""
+    import threading
+
+    from fh_prefork.testing.memory import MemoryBackend, memory_store
+
+    start = threading.Thread.start
+    refuse = threading.Event()
+
+    def slow_then_refused(thread: threading.Thread) -> None:
+        if thread.name.startswith("fh-prefork-"):
+            refuse.wait(10)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_then_refused)
+    store = memory_store(memory_medium, make_config())
+    backend = store._backend
+    assert isinstance(backend, MemoryBackend)
+    closes: list[bool] = []
+    close = backend.close
+
+    def counted_close() -> None:
+        closes.append(True)
+        close()
+
+    monkeypatch.setattr(backend, "close", counted_close)
+    store.STOP_GRACE = 0.05
+    store.close(flush_timeout=0)
+    assert not backend._closed, "the launch is still under way"
+    refuse.set()
+    wait_for(lambda: backend._closed, 5, what="the backend closed after the failed start")
+    assert closes == [True]

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
+from fh_prefork import threads
 from fh_prefork.threads import (
     BLOCKED_SIGNALS,
     FAULT_SIGNALS,
@@ -206,3 +208,55 @@ def test_a_signal_handler_raising_during_launches_leaves_no_launch_to_wait_for()
     assert int(bad_masks) == 0, "the launching thread kept signals blocked"
     assert int(left) == 0 and int(outlived) == 0, f"launches left waiting: {done.stdout}"
     assert float(waited) < 0.5, "a close would have waited for a launch that never happened"
+
+
+def test_a_handlers_runtime_error_after_the_helper_is_made_keeps_the_launch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.13 runs signal handlers right after ``_thread.start_new_thread`` returns. A
+    handler raising RuntimeError there is not the call failing: the helper exists and will
+    start the thread, so ``wait_for_end`` must still wait for it."""
+    import _thread
+    import types
+
+    def handler_raises() -> None:
+        raise RuntimeError("raised by a signal handler")
+
+    def made_then_interrupted(function: Callable[[], object], args: tuple[()]) -> int:
+        ident = _thread.start_new_thread(function, args)
+        handler_raises()
+        return ident
+
+    monkeypatch.setattr(threads, "_thread",
+                        types.SimpleNamespace(start_new_thread=made_then_interrupted))
+    ran = threading.Event()
+    thread = _HeldStart(target=ran.set)
+    with pytest.raises(RuntimeError, match="signal handler"):
+        launch_without_signals(thread)
+    assert thread.start_called.wait(5)
+    assert not wait_for_end(thread, 0.05), "the launch is under way: not ended"
+    thread.go.set()
+    assert wait_for_end(thread, 5) and ran.is_set()
+
+
+NO_ROOM = """
+import resource, threading
+from fh_prefork import threads
+stack = 512 << 20
+threading.stack_size(stack)
+size = int([line for line in open("/proc/self/status")
+            if line.startswith("VmSize")][0].split()[1]) << 10
+resource.setrlimit(resource.RLIMIT_AS, (size + stack // 2, resource.RLIM_INFINITY))
+thread = threading.Thread(target=lambda: None, daemon=True)
+try:
+    threads.launch_without_signals(thread)
+except RuntimeError as err:
+    print("refused", len(threads._launches), threads.wait_for_end(thread, 5))
+"""
+
+
+def test_a_launch_when_no_thread_can_be_made_raises_and_leaves_nothing_to_wait_for() -> None:
+    """No room for even the helper (address space for a stack): the caller gets the error,
+    as from ``Thread.start``, and no launch is left for a close to wait on."""
+    done = subprocess.run([sys.executable, "-c", NO_ROOM], capture_output=True, text=True,
+                          timeout=60, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.stdout.split() == ["refused", "0", "True"], done.stdout + done.stderr
