@@ -32,7 +32,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 #: Raised by a fault in the thread that faulted: never blocked (blocking them is undefined).
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
@@ -57,14 +58,8 @@ def start_without_signals(thread: threading.Thread) -> None:
     if _green():
         thread.start()
         return
-    # read first, block inside the try: a Python handler runs right after each mask change
-    # and may raise (KeyboardInterrupt), which must not leave this thread blocking signals
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+    with _signals_blocked():
         thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def launch_without_signals(thread: threading.Thread,
@@ -96,12 +91,9 @@ def launch_without_signals(thread: threading.Thread,
             _launches.pop(thread, None)
             launched.set()
 
-    # read first, record the launch only inside the try: a Python handler may run (and
-    # raise) at each mask change, and must leave neither the mask nor a launch that no
-    # helper will ever end
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+    with _signals_blocked():
+        # recorded only once the signals are blocked: a handler raising at the mask change
+        # must not leave a launch that no helper will ever end
         _launches[thread] = entry
         try:
             _thread.start_new_thread(launch, ())
@@ -112,6 +104,18 @@ def launch_without_signals(thread: threading.Thread,
             if err.__traceback__ is not None and err.__traceback__.tb_next is None:
                 _launches.pop(thread, None)
             raise
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """:data:`BLOCKED_SIGNALS` blocked in this thread while inside, so a thread started
+    there inherits them; the mask as it was afterwards. Read first, block inside the try:
+    a Python handler runs right after each mask change and may raise (KeyboardInterrupt),
+    which must not leave this thread blocking signals."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
