@@ -244,8 +244,9 @@ class SessionStore(RawUpdateFeatureListener):
         self._notifier = self._make_notifier() if options.push else None
         self._thread = threading.Thread(target=self._run, name=f"fh-prefork-{self.source}",
                                         daemon=True)
-        with self._cond:    # the thread's first act waits for this lock (see _run)
-            launch_without_signals(self._thread, failed=self._thread_failed)
+        # last: the launch returns at once, and the thread has nothing of the constructor's
+        # left to race (its first acts are the start's deferred checks: see _start_up)
+        launch_without_signals(self._thread, failed=self._thread_failed)
 
     @property
     def edge_live(self) -> Callable[[], bool] | None:
@@ -479,8 +480,6 @@ class SessionStore(RawUpdateFeatureListener):
     # -- the store thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        with self._cond:
-            pass    # the constructor has returned from starting this thread: its work first
         self._start_up()
         next_tick = time.monotonic() + random.uniform(0, self.options.refresh_timeout)
         while True:
