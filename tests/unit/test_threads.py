@@ -188,7 +188,9 @@ while time.monotonic() < deadline:
     bad_masks += bool(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 signal.setitimer(signal.ITIMER_REAL, 0, 0)
 signal.signal(signal.SIGALRM, signal.SIG_IGN)
-time.sleep(0.5)     # every helper made has started its thread by now
+settled = time.monotonic() + 5     # every helper made has ended its launch by then
+while threads._launches and time.monotonic() < settled:
+    time.sleep(0.01)
 never_ran = [thread for thread in interrupted if thread.ident is None][:20]
 started = time.monotonic()
 waits = [threads.wait_for_end(thread, 0.5) for thread in never_ran]
